@@ -1,0 +1,197 @@
+//! Wiring: builds every part from the configuration, binds the HTTP listener, supervises the
+//! background tasks and shuts down in order (MQTT loops stop → the dispatcher drains the
+//! channel and flushes the buffer → the HTTP server finishes its requests). A task that dies
+//! takes the whole process down, loudly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::ingest::{self, DeviceRegistry, IngestContext};
+use crate::metrics::Metrics;
+
+/// A built, running service.
+pub struct App {
+    /// The bound HTTP address (port 0 in the config gives a free port).
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub ingest: IngestContext,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    dispatcher: JoinHandle<anyhow::Result<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl App {
+    /// Connect to Postgres (creating the database), migrate, and start everything.
+    pub async fn build(cfg: Config, clock: SharedClock) -> anyhow::Result<App> {
+        let pool =
+            crate::db::connect(cfg.database.url.expose(), cfg.database.max_connections).await?;
+        crate::db::migrate(&pool).await?;
+        Self::build_with_pool(cfg, pool, clock).await
+    }
+
+    /// Start everything on an existing, migrated pool (tests pass `#[sqlx::test]`'s pool).
+    pub async fn build_with_pool(
+        cfg: Config,
+        pool: PgPool,
+        clock: SharedClock,
+    ) -> anyhow::Result<App> {
+        // rustls needs one process-wide crypto provider; a second install is a harmless no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+
+        let metrics = Metrics::new();
+        let identity = crate::domain::identity::Identity::from_config(&cfg);
+        crate::db::devices::sync_config(&pool, &cfg, &identity)
+            .await
+            .context("writing configured groups and client IDs")?;
+        let registry = Arc::new(DeviceRegistry::load(&pool, cfg.devices.max_devices).await?);
+        let ingest =
+            IngestContext::new(&cfg, pool.clone(), metrics.clone(), clock.clone(), registry);
+
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        let (tx, rx) = mpsc::channel(cfg.mqtt.channel_capacity);
+        let statuses = ingest::mqtt::start(
+            &cfg,
+            tx,
+            metrics.clone(),
+            clock.clone(),
+            &tracker,
+            cancel.clone(),
+        )?;
+        let dispatcher = tokio::spawn(ingest::dispatch::run(ingest.clone(), rx, cancel.clone()));
+        tracker.spawn(ingest::telemetry::run_flusher(
+            ingest.clone(),
+            cfg.telemetry.flush_interval.0,
+            cancel.clone(),
+        ));
+        tracker.spawn(crate::retention::run(
+            pool.clone(),
+            clock.clone(),
+            cfg.retention.clone(),
+            cancel.clone(),
+        ));
+
+        let state = AppState {
+            pool,
+            metrics,
+            mqtt: statuses.into(),
+            clock,
+            api_token_digest: cfg
+                .api
+                .token
+                .as_ref()
+                .map(|t| Arc::new(http::auth::digest(t.expose()))),
+        };
+        let listener = TcpListener::bind(&cfg.http.addr)
+            .await
+            .with_context(|| format!("http.addr: binding {}", cfg.http.addr))?;
+        let addr = listener.local_addr()?;
+        let server = {
+            let cancel = cancel.clone();
+            let router = http::router(state.clone());
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { cancel.cancelled().await })
+                    .await
+            })
+        };
+        tracing::info!(%addr, "fleetwatch listening");
+        Ok(App {
+            addr,
+            state,
+            ingest,
+            cancel,
+            tracker,
+            dispatcher,
+            server,
+        })
+    }
+
+    /// A token that stops the service when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Run until `shutdown` completes or a vital task fails, then stop in order.
+    pub async fn run_until(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let failure: Option<anyhow::Error> = tokio::select! {
+            _ = shutdown => None,
+            r = &mut self.dispatcher => Some(match r {
+                Ok(Ok(())) => anyhow::anyhow!("the ingest dispatcher stopped unexpectedly"),
+                Ok(Err(e)) => e.context("ingest dispatcher failed"),
+                Err(e) => anyhow::Error::new(e).context("ingest dispatcher panicked"),
+            }),
+            r = &mut self.server => Some(match r {
+                Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped unexpectedly"),
+                Ok(Err(e)) => anyhow::Error::new(e).context("HTTP server failed"),
+                Err(e) => anyhow::Error::new(e).context("HTTP server panicked"),
+            }),
+        };
+        match failure {
+            None => self.shutdown().await,
+            Some(e) => {
+                tracing::error!(error = %format!("{e:#}"), "a vital task failed; shutting down");
+                self.cancel.cancel();
+                self.tracker.close();
+                self.tracker.wait().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stop everything, flushing what was received.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        tracing::info!("shutting down");
+        self.cancel.cancel();
+        self.tracker.close();
+        // The MQTT loops end first; their senders drop, so the dispatcher can drain and flush.
+        self.tracker.wait().await;
+        let dispatched = self
+            .dispatcher
+            .await
+            .context("ingest dispatcher panicked")?;
+        let served = self.server.await.context("HTTP server panicked")?;
+        dispatched?;
+        served.context("HTTP server")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

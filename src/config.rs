@@ -1,0 +1,769 @@
+//! Typed configuration: a TOML file (every key optional) plus the environment overrides of
+//! DESIGN.md §4. Validation happens once, here, so that a wrong value stops the service at
+//! start-up with a message naming the key and what it expected, instead of surfacing later as
+//! odd behaviour. Secrets are wrapped in [`Secret`] so neither `Debug` nor logs can show them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Deserializer};
+
+/// A string that must never appear in logs or `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is used, never to log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"[redacted]\"")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// A duration written like `500ms`, `30s`, `5m`, `2h` or `90d`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl fmt::Debug for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| format!("expected a duration like 500ms, 30s, 5m or 2h, got {s:?} ({e})"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn dur(s: &str) -> HumanDuration {
+    s.parse().expect("built-in default duration parses")
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub mqtt: MqttConfig,
+    pub telemetry: TelemetryConfig,
+    pub devices: DevicesConfig,
+    pub detector: DetectorConfig,
+    pub fleet: FleetConfig,
+    pub api: ApiConfig,
+    pub retention: RetentionConfig,
+    /// Groups (buildings, sites), keyed by group id.
+    pub groups: BTreeMap<String, GroupConfig>,
+    /// Client ID → device id, for bridges whose MQTT client ID is not the device id.
+    pub client_ids: BTreeMap<String, String>,
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// How many connections to open; telemetry is spread over them with `$share`.
+    pub connections: usize,
+    /// Prefix of our own client IDs; any client ID starting with it is never a device.
+    pub client_id_prefix: String,
+    /// Stable name of this replica inside the client ID (default: the host name).
+    pub instance_id: Option<String>,
+    /// `$share/<group>/…` group name; used when `connections > 1` or when set explicitly.
+    pub shared_group: Option<String>,
+    /// Also subscribe the presence topics through `$share` (only for rule-republished topics:
+    /// AWS's own `$aws/events/…` topics cannot be shared). Without it, presence is subscribed on
+    /// the first connection only, so events are not received N times.
+    pub share_presence: bool,
+    pub presence_topics: Vec<String>,
+    pub telemetry_topics: Vec<String>,
+    pub keep_alive: HumanDuration,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Largest payload we process (AWS IoT Core's limit is 128 KB); larger ones are counted and
+    /// skipped. The client's own packet limit is set well above this.
+    pub max_payload_bytes: usize,
+    /// Capacity of the channel between the MQTT poll loops and the processing side.
+    pub channel_capacity: usize,
+    pub backoff_min: HumanDuration,
+    pub backoff_max: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// 0-based topic level holding the device id (used when `device_id_field` is unset).
+    pub device_id_level: usize,
+    /// JSON field holding the device id; overrides the topic level when set.
+    pub device_id_field: Option<String>,
+    /// JSON field with the device's own time (epoch ms or RFC 3339); empty disables it.
+    pub device_ts_field: String,
+    /// 0-based topic level naming the device's group (building), if the topics carry one.
+    pub group_level: Option<usize>,
+    /// How often the coalescing buffer is written to Postgres.
+    pub flush_interval: HumanDuration,
+    /// Flush early when this many devices are buffered.
+    pub flush_max_devices: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// Devices created from unknown clients beyond this number are counted and dropped.
+    pub max_devices: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectorConfig {
+    pub expected_interval: HumanDuration,
+    pub grace: HumanDuration,
+    pub disconnect_grace: HumanDuration,
+    pub tick: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// IANA time zone for devices without a group.
+    pub time_zone: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bootstrap token with every scope (`FLEETWATCH_API_TOKEN`).
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Presence events older than this (by arrival) are deleted.
+    pub presence_events: HumanDuration,
+    /// How often the retention job runs.
+    pub interval: HumanDuration,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Human name (defaults to the id).
+    pub name: Option<String>,
+    /// IANA time zone, e.g. `Asia/Tokyo` (defaults to `fleet.time_zone`).
+    pub time_zone: Option<String>,
+    /// Regular expression on the device id; a matching device belongs to this group.
+    pub device_pattern: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secret: Option<Secret>,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://localhost/fleetwatch"),
+            max_connections: 16,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".into(),
+            connections: 1,
+            client_id_prefix: "fleetwatch-".into(),
+            instance_id: None,
+            shared_group: None,
+            share_presence: false,
+            presence_topics: vec![
+                "$aws/events/presence/connected/+".into(),
+                "$aws/events/presence/disconnected/+".into(),
+                "$aws/events/presence/connect_failed/+".into(),
+            ],
+            telemetry_topics: vec!["dt/+/impressions".into()],
+            keep_alive: dur("30s"),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password: None,
+            max_payload_bytes: 128 * 1024,
+            channel_capacity: 8192,
+            backoff_min: dur("1s"),
+            backoff_max: dur("60s"),
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            device_id_level: 1,
+            device_id_field: None,
+            device_ts_field: "timestamp".into(),
+            group_level: None,
+            flush_interval: dur("1s"),
+            flush_max_devices: 5000,
+        }
+    }
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            max_devices: 50_000,
+        }
+    }
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            expected_interval: dur("5m"),
+            grace: dur("5m"),
+            disconnect_grace: dur("10m"),
+            tick: dur("15s"),
+        }
+    }
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            time_zone: "UTC".into(),
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            presence_events: dur("90d"),
+            interval: dur("1h"),
+        }
+    }
+}
+
+/// Where the TLS material and address of the broker come from, parsed from `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerAddr {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(format!(
+                "expected mqtt://host:port or mqtts://host:port, got {url:?}"
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("expected a port number in {url:?}, got {p:?}"))?,
+            ),
+            None => (rest, if tls { 8883 } else { 1883 }),
+        };
+        if host.is_empty() {
+            return Err(format!("expected a host name in {url:?}"));
+        }
+        Ok(Self {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+        })
+    }
+}
+
+impl Config {
+    /// Load from the file (if any) and the process environment, then validate.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::load_with_env(path, &env)
+    }
+
+    /// Like [`Config::load`] with an explicit environment (tests use this).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Self> {
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("FLEETWATCH_CONFIG").map(PathBuf::from));
+        let mut cfg = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?;
+                Self::from_toml(&text).with_context(|| format!("in config file {}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    fn apply_env(&mut self, env: &BTreeMap<String, String>) -> anyhow::Result<()> {
+        fn duration(
+            env: &BTreeMap<String, String>,
+            key: &str,
+        ) -> anyhow::Result<Option<HumanDuration>> {
+            match env.get(key) {
+                Some(v) => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|e: String| anyhow::anyhow!("{key}: {e}")),
+                None => Ok(None),
+            }
+        }
+        if let Some(v) = env.get("DATABASE_URL") {
+            self.database.url = Secret::new(v.clone());
+        }
+        if let Some(v) = env.get("FLEETWATCH_HTTP_ADDR") {
+            self.http.addr = v.clone();
+        }
+        if let Some(v) = env.get("FLEETWATCH_MQTT_URL") {
+            self.mqtt.url = v.clone();
+        }
+        if let Some(v) = env.get("FLEETWATCH_TELEMETRY_TOPICS") {
+            self.mqtt.telemetry_topics = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = env.get("FLEETWATCH_DEVICE_ID_LEVEL") {
+            self.telemetry.device_id_level = v.trim().parse().map_err(|_| {
+                anyhow::anyhow!("FLEETWATCH_DEVICE_ID_LEVEL: expected a topic level number (0-based), got {v:?}")
+            })?;
+        }
+        if let Some(v) = env.get("FLEETWATCH_DEVICE_TS_FIELD") {
+            self.telemetry.device_ts_field = v.clone();
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_EXPECTED_INTERVAL")? {
+            self.detector.expected_interval = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_GRACE")? {
+            self.detector.grace = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_DISCONNECT_GRACE")? {
+            self.detector.disconnect_grace = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_TICK")? {
+            self.detector.tick = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_FLUSH_INTERVAL")? {
+            self.telemetry.flush_interval = d;
+        }
+        if let Some(v) = env.get("FLEETWATCH_API_TOKEN") {
+            if !v.is_empty() {
+                self.api.token = Some(Secret::new(v.clone()));
+            }
+        }
+        if let Some(v) = env.get("FLEETWATCH_MQTT_CONNECTIONS") {
+            self.mqtt.connections = v.trim().parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "FLEETWATCH_MQTT_CONNECTIONS: expected a positive number, got {v:?}"
+                )
+            })?;
+        }
+        if let Some(v) = env.get("FLEETWATCH_INSTANCE_ID") {
+            self.mqtt.instance_id = Some(v.clone());
+        }
+        if let Some(v) = env.get("FLEETWATCH_PRESENCE_TOPICS") {
+            self.mqtt.presence_topics = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(url) = env.get("FLEETWATCH_WEBHOOK_URL") {
+            self.webhooks.push(WebhookConfig {
+                url: url.clone(),
+                secret: env
+                    .get("FLEETWATCH_WEBHOOK_SECRET")
+                    .map(|s| Secret::new(s.clone())),
+            });
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        BrokerAddr::parse(&self.mqtt.url).map_err(|e| anyhow::anyhow!("mqtt.url: {e}"))?;
+        if self.mqtt.connections == 0 || self.mqtt.connections > 256 {
+            bail!(
+                "mqtt.connections: expected a number from 1 to 256, got {}",
+                self.mqtt.connections
+            );
+        }
+        if self.mqtt.telemetry_topics.is_empty() {
+            bail!("mqtt.telemetry_topics: expected at least one topic filter");
+        }
+        for t in self
+            .mqtt
+            .telemetry_topics
+            .iter()
+            .chain(&self.mqtt.presence_topics)
+        {
+            validate_filter(t).map_err(|e| anyhow::anyhow!("mqtt topic filter {t:?}: {e}"))?;
+        }
+        if self.mqtt.client_id_prefix.is_empty() {
+            bail!("mqtt.client_id_prefix: expected a non-empty prefix (our own clients must be recognisable)");
+        }
+        if self.mqtt.max_payload_bytes == 0 || self.mqtt.max_payload_bytes > 1024 * 1024 {
+            bail!(
+                "mqtt.max_payload_bytes: expected 1 to 1048576 bytes, got {}",
+                self.mqtt.max_payload_bytes
+            );
+        }
+        if self.mqtt.channel_capacity == 0 {
+            bail!("mqtt.channel_capacity: expected a positive number");
+        }
+        if self.mqtt.backoff_min.0.is_zero() || self.mqtt.backoff_min > self.mqtt.backoff_max {
+            bail!("mqtt.backoff_min: expected a positive duration no larger than mqtt.backoff_max");
+        }
+        if self.mqtt.keep_alive.0 < Duration::from_secs(5) {
+            bail!(
+                "mqtt.keep_alive: expected at least 5s, got {:?}",
+                self.mqtt.keep_alive
+            );
+        }
+        match (&self.mqtt.cert_file, &self.mqtt.key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                bail!("mqtt.cert_file and mqtt.key_file: expected both or neither")
+            }
+            _ => {}
+        }
+        for (k, d) in [
+            (
+                "detector.expected_interval",
+                self.detector.expected_interval,
+            ),
+            ("detector.tick", self.detector.tick),
+            ("telemetry.flush_interval", self.telemetry.flush_interval),
+            ("retention.interval", self.retention.interval),
+        ] {
+            if d.0.is_zero() {
+                bail!("{k}: expected a positive duration");
+            }
+        }
+        if self.telemetry.flush_max_devices == 0 {
+            bail!("telemetry.flush_max_devices: expected a positive number");
+        }
+        if self.devices.max_devices < 0 {
+            bail!("devices.max_devices: expected a non-negative number");
+        }
+        parse_tz(&self.fleet.time_zone).map_err(|e| anyhow::anyhow!("fleet.time_zone: {e}"))?;
+        for (id, g) in &self.groups {
+            crate::domain::identity::validate_id(id)
+                .map_err(|e| anyhow::anyhow!("groups.{id}: {e}"))?;
+            if let Some(tz) = &g.time_zone {
+                parse_tz(tz).map_err(|e| anyhow::anyhow!("groups.{id}.time_zone: {e}"))?;
+            }
+            if let Some(p) = &g.device_pattern {
+                regex::Regex::new(p).map_err(|e| {
+                    anyhow::anyhow!(
+                        "groups.{id}.device_pattern: expected a regular expression ({e})"
+                    )
+                })?;
+            }
+        }
+        for (client, device) in &self.client_ids {
+            crate::domain::identity::validate_id(device)
+                .map_err(|e| anyhow::anyhow!("client_ids.{client}: {e}"))?;
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                bail!(
+                    "webhooks[{i}].url: expected an http:// or https:// URL, got {:?}",
+                    w.url
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The stable instance name used inside our client IDs.
+    pub fn instance_id(&self) -> String {
+        self.mqtt.instance_id.clone().unwrap_or_else(|| {
+            gethostname::gethostname()
+                .to_string_lossy()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect()
+        })
+    }
+}
+
+/// Parse an IANA time zone name.
+pub fn parse_tz(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse::<chrono_tz::Tz>()
+        .map_err(|_| format!("expected an IANA time zone such as UTC or Asia/Tokyo, got {name:?}"))
+}
+
+fn validate_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("empty".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if l.contains('#') && (*l != "#" || i != levels.len() - 1) {
+            return Err("'#' must be a whole level and the last one".into());
+        }
+        if l.contains('+') && *l != "+" {
+            return Err("'+' must be a whole level".into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_contract() {
+        let c = Config::load_with_env(None, &env(&[])).unwrap();
+        assert_eq!(c.http.addr, "127.0.0.1:8080");
+        assert_eq!(c.mqtt.url, "mqtt://127.0.0.1:1883");
+        assert_eq!(c.mqtt.telemetry_topics, vec!["dt/+/impressions"]);
+        assert_eq!(c.telemetry.device_id_level, 1);
+        assert_eq!(c.telemetry.device_ts_field, "timestamp");
+        assert_eq!(c.detector.expected_interval.0, Duration::from_secs(300));
+        assert_eq!(c.detector.grace.0, Duration::from_secs(300));
+        assert_eq!(c.detector.disconnect_grace.0, Duration::from_secs(600));
+        assert_eq!(c.detector.tick.0, Duration::from_secs(15));
+        assert_eq!(c.database.url.expose(), "postgres://localhost/fleetwatch");
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://u:pw@db/x"),
+                ("FLEETWATCH_HTTP_ADDR", "0.0.0.0:9"),
+                ("FLEETWATCH_MQTT_URL", "mqtts://iot.example:8883"),
+                ("FLEETWATCH_TELEMETRY_TOPICS", "a/+/b, c/#"),
+                ("FLEETWATCH_DEVICE_ID_LEVEL", "2"),
+                ("FLEETWATCH_DEVICE_TS_FIELD", "ts"),
+                ("FLEETWATCH_EXPECTED_INTERVAL", "500ms"),
+                ("FLEETWATCH_GRACE", "2h"),
+                ("FLEETWATCH_DISCONNECT_GRACE", "30s"),
+                ("FLEETWATCH_TICK", "1s"),
+                ("FLEETWATCH_API_TOKEN", "tok"),
+                ("FLEETWATCH_WEBHOOK_URL", "http://hook"),
+                ("FLEETWATCH_WEBHOOK_SECRET", "s3cret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.database.url.expose(), "postgres://u:pw@db/x");
+        assert_eq!(c.http.addr, "0.0.0.0:9");
+        assert_eq!(c.mqtt.telemetry_topics, vec!["a/+/b", "c/#"]);
+        assert_eq!(c.telemetry.device_id_level, 2);
+        assert_eq!(c.telemetry.device_ts_field, "ts");
+        assert_eq!(c.detector.expected_interval.0, Duration::from_millis(500));
+        assert_eq!(c.detector.grace.0, Duration::from_secs(7200));
+        assert_eq!(c.detector.disconnect_grace.0, Duration::from_secs(30));
+        assert_eq!(c.detector.tick.0, Duration::from_secs(1));
+        assert_eq!(c.api.token.as_ref().unwrap().expose(), "tok");
+        assert_eq!(c.webhooks.len(), 1);
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://u:hunter2@db/x"),
+                ("FLEETWATCH_API_TOKEN", "supersecrettoken"),
+                ("FLEETWATCH_WEBHOOK_URL", "http://hook"),
+                ("FLEETWATCH_WEBHOOK_SECRET", "whsecret"),
+            ]),
+        )
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(!dbg.contains("supersecrettoken"));
+        assert!(!dbg.contains("whsecret"));
+        assert!(dbg.contains("[redacted]"));
+    }
+
+    #[test]
+    fn wrong_values_name_the_key() {
+        let e = Config::load_with_env(None, &env(&[("FLEETWATCH_GRACE", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FLEETWATCH_GRACE") && e.contains("duration"),
+            "{e}"
+        );
+
+        let e = Config::load_with_env(None, &env(&[("FLEETWATCH_MQTT_URL", "http://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mqtt.url"), "{e}");
+
+        let e = Config::from_toml("[detector]\ngrace = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("grace"), "{e}");
+
+        let e = Config::from_toml("[detector]\ngrace = \"five minutes please\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("grace") && e.contains("duration"), "{e}");
+
+        let e = Config::from_toml("[mqtt]\nnot_a_key = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not_a_key"), "{e}");
+
+        let mut c = Config::from_toml("[groups.tokyo]\ntime_zone = \"Mars/Olympus\"\n").unwrap();
+        c.apply_env(&env(&[])).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("groups.tokyo.time_zone"), "{e}");
+
+        let c = Config::from_toml("[groups.b1]\ndevice_pattern = \"([\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("groups.b1.device_pattern"), "{e}");
+
+        let c = Config::from_toml("[mqtt]\ntelemetry_topics = [\"a/b#\"]\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("a/b#"));
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::from_toml(
+            r#"
+            [mqtt]
+            url = "mqtts://abc-ats.iot.eu-west-1.amazonaws.com:443"
+            connections = 4
+            instance_id = "eu1"
+            ca_file = "/etc/ca.pem"
+            cert_file = "/etc/cert.pem"
+            key_file = "/etc/key.pem"
+
+            [telemetry]
+            device_id_field = "device"
+            group_level = 2
+
+            [groups.tokyo-hq]
+            name = "Tokyo HQ"
+            time_zone = "Asia/Tokyo"
+            device_pattern = "^tky-"
+
+            [client_ids]
+            bridgeawsiot-7 = "screen-7"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.mqtt.connections, 4);
+        assert_eq!(c.client_ids["bridgeawsiot-7"], "screen-7");
+        assert_eq!(
+            c.groups["tokyo-hq"].time_zone.as_deref(),
+            Some("Asia/Tokyo")
+        );
+        assert_eq!(c.instance_id(), "eu1");
+    }
+
+    #[test]
+    fn broker_addr_parses() {
+        assert_eq!(
+            BrokerAddr::parse("mqtts://a.b:443").unwrap(),
+            BrokerAddr {
+                tls: true,
+                host: "a.b".into(),
+                port: 443
+            }
+        );
+        assert_eq!(BrokerAddr::parse("mqtt://h").unwrap().port, 1883);
+        assert!(BrokerAddr::parse("tcp://h:1").is_err());
+        assert!(BrokerAddr::parse("mqtt://h:notaport").is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! Devices, groups and client-ID mappings: configuration sync at start and the read side of the
+//! device API.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::config::Config;
+use crate::domain::identity::Identity;
+
+/// A device as the API shows it (DESIGN.md §4).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeviceRow {
+    pub id: String,
+    pub group: Option<String>,
+    pub state: String,
+    pub state_since: DateTime<Utc>,
+    pub connected: Option<bool>,
+    pub last_connected_at: Option<DateTime<Utc>>,
+    pub last_disconnected_at: Option<DateTime<Utc>>,
+    pub last_disconnect_reason: Option<String>,
+    pub last_impression_at: Option<DateTime<Utc>>,
+    pub last_device_ts: Option<DateTime<Utc>>,
+    pub last_ip: Option<String>,
+    pub last_principal: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
+const DEVICE_COLUMNS: &str = r#"
+    id, group_id as "group", state, state_since, connected, last_connected_at,
+    last_disconnected_at, last_disconnect_reason, last_impression_at, last_device_ts, last_ip,
+    last_principal, created_at, retired_at
+"#;
+
+/// Filters of `GET /devices`.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    pub state: Option<String>,
+    pub group: Option<String>,
+    /// Substring of the id, case-insensitive.
+    pub q: Option<String>,
+    /// Only ids strictly after this (cursor).
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('%');
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+pub async fn list(pool: &PgPool, f: &DeviceFilter) -> sqlx::Result<Vec<DeviceRow>> {
+    let sql = format!(
+        r#"
+        select {DEVICE_COLUMNS} from devices
+        where ($1::text is null or state = $1)
+          and ($2::text is null or group_id = $2)
+          and ($3::text is null or id ilike $3)
+          and ($4::text is null or id > $4)
+        order by id
+        limit $5
+        "#
+    );
+    sqlx::query_as::<_, DeviceRow>(&sql)
+        .bind(&f.state)
+        .bind(&f.group)
+        .bind(f.q.as_deref().map(like_escape))
+        .bind(&f.after)
+        .bind(f.limit)
+        .fetch_all(pool)
+        .await
+}
+
+pub async fn get(pool: &PgPool, id: &str) -> sqlx::Result<Option<DeviceRow>> {
+    let sql = format!("select {DEVICE_COLUMNS} from devices where id = $1");
+    sqlx::query_as::<_, DeviceRow>(&sql)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn exists(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("select exists(select 1 from devices where id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+}
+
+/// Every device id, to warm the in-memory registry at start.
+pub async fn all_ids(pool: &PgPool) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("select id from devices")
+        .fetch_all(pool)
+        .await
+}
+
+/// Write the configured groups and client-ID mappings, and put devices matching a group's
+/// pattern into that group (rules may have changed since the devices were created).
+pub async fn sync_config(pool: &PgPool, cfg: &Config, identity: &Identity) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    for (id, g) in &cfg.groups {
+        sqlx::query(
+            r#"
+            insert into groups (id, name, time_zone, source) values ($1, $2, $3, 'config')
+            on conflict (id) do update set name = excluded.name, time_zone = excluded.time_zone,
+                source = 'config', updated_at = now()
+            "#,
+        )
+        .bind(id)
+        .bind(g.name.as_deref().unwrap_or(id))
+        .bind(g.time_zone.as_deref().unwrap_or(&cfg.fleet.time_zone))
+        .execute(&mut *tx)
+        .await?;
+    }
+    // Matched in Rust, not with Postgres' `~`: the two regex dialects differ.
+    let current: Vec<(String, Option<String>)> =
+        sqlx::query_as("select id, group_id from devices order by id")
+            .fetch_all(&mut *tx)
+            .await?;
+    for (device, group) in current {
+        if let Some(rule_group) = identity.group_for(&device, None) {
+            if group.as_deref() != Some(rule_group.as_str()) {
+                sqlx::query("update devices set group_id = $1 where id = $2")
+                    .bind(&rule_group)
+                    .bind(&device)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+    }
+    sqlx::query("delete from client_ids where source = 'config'")
+        .execute(&mut *tx)
+        .await?;
+    let mut pairs: Vec<(&String, &String)> = identity.client_map().iter().collect();
+    pairs.sort();
+    for (client, device) in pairs {
+        sqlx::query(
+            r#"insert into client_ids (client_id, device_id, source) values ($1, $2, 'config')
+               on conflict (client_id) do update set device_id = excluded.device_id, updated_at = now()"#,
+        )
+        .bind(client)
+        .bind(device)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}

@@ -1,0 +1,96 @@
+//! Writing coalesced telemetry: per-device last arrival and newest device time, and hourly
+//! counts, for a whole batch in one statement.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// One device's share of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceRow {
+    pub device_id: String,
+    pub group_id: Option<String>,
+    pub last_arrival: DateTime<Utc>,
+    pub max_device_ts: Option<DateTime<Utc>>,
+}
+
+/// One (device, hour) count of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HourRow {
+    pub device_id: String,
+    pub hour: DateTime<Utc>,
+    pub count: i64,
+}
+
+/// Write a batch. `devices` and `hours` must be sorted by key with no duplicates: Postgres
+/// refuses to update one row twice in a statement, and unsorted batches from two replicas can
+/// deadlock each other. Topic-named groups are created on the way.
+pub async fn write_batch(
+    pool: &PgPool,
+    devices: &[DeviceRow],
+    hours: &[HourRow],
+    fleet_time_zone: &str,
+) -> sqlx::Result<()> {
+    debug_assert!(devices.windows(2).all(|w| w[0].device_id < w[1].device_id));
+    debug_assert!(hours
+        .windows(2)
+        .all(|w| (&w[0].device_id, w[0].hour) < (&w[1].device_id, w[1].hour)));
+    let ids: Vec<&str> = devices.iter().map(|d| d.device_id.as_str()).collect();
+    let groups: Vec<Option<&str>> = devices.iter().map(|d| d.group_id.as_deref()).collect();
+    let arrivals: Vec<DateTime<Utc>> = devices.iter().map(|d| d.last_arrival).collect();
+    let dev_ts: Vec<Option<DateTime<Utc>>> = devices.iter().map(|d| d.max_device_ts).collect();
+    let h_ids: Vec<&str> = hours.iter().map(|h| h.device_id.as_str()).collect();
+    let h_hours: Vec<DateTime<Utc>> = hours.iter().map(|h| h.hour).collect();
+    let h_counts: Vec<i64> = hours.iter().map(|h| h.count).collect();
+    sqlx::query(
+        r#"
+        with new_groups as (
+            insert into groups (id, name, time_zone, source)
+            select distinct g, g, $8, 'topic' from unnest($2::text[]) as g where g is not null
+            order by 1
+            on conflict (id) do nothing
+        ), upserted as (
+            insert into devices as d (id, group_id, last_impression_at, last_device_ts, state, state_since)
+            select id, grp, arrival, dev_ts, 'healthy', arrival
+            from unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+                 as u(id, grp, arrival, dev_ts)
+            on conflict (id) do update set
+                last_impression_at = greatest(d.last_impression_at, excluded.last_impression_at),
+                last_device_ts     = greatest(d.last_device_ts, excluded.last_device_ts),
+                group_id           = coalesce(d.group_id, excluded.group_id),
+                -- until the detector owns health, first data makes a device healthy
+                state       = case when d.state = 'never_seen' then 'healthy' else d.state end,
+                state_since = case when d.state = 'never_seen' then excluded.state_since else d.state_since end
+        )
+        insert into impressions_hourly as h (device_id, hour, count)
+        select * from unnest($5::text[], $6::timestamptz[], $7::bigint[])
+        on conflict (device_id, hour) do update set count = h.count + excluded.count
+        "#,
+    )
+    .bind(&ids)
+    .bind(&groups)
+    .bind(&arrivals)
+    .bind(&dev_ts)
+    .bind(&h_ids)
+    .bind(&h_hours)
+    .bind(&h_counts)
+    .bind(fleet_time_zone)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Impression counts of one device by hour, newest first.
+pub async fn hourly_for_device(
+    pool: &PgPool,
+    device_id: &str,
+    since: DateTime<Utc>,
+) -> sqlx::Result<Vec<(DateTime<Utc>, i64)>> {
+    sqlx::query_as(
+        r#"select hour, count from impressions_hourly
+           where device_id = $1 and hour >= $2 order by hour desc"#,
+    )
+    .bind(device_id)
+    .bind(since)
+    .fetch_all(pool)
+    .await
+}

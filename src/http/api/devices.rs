@@ -1,0 +1,119 @@
+//! `GET /devices`, `GET /devices/{id}`, `GET /devices/{id}/events`.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::{clean, decode_cursor, encode_cursor, limit, Page};
+use crate::db::devices::{self as db, DeviceFilter, DeviceRow};
+use crate::db::presence::{self, EventRow};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::AppState;
+
+pub const STATES: [&str; 7] = [
+    "never_seen",
+    "healthy",
+    "late",
+    "silent",
+    "offline",
+    "quiet",
+    "retired",
+];
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub state: Option<String>,
+    pub group: Option<String>,
+    pub q: Option<String>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<Page<DeviceRow>>> {
+    let q = query(q)?;
+    if let Some(s) = &q.state {
+        if !STATES.contains(&s.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "state: expected one of {}, got {s:?}",
+                STATES.join(", ")
+            )));
+        }
+    }
+    let limit = limit(q.limit)?;
+    let filter = DeviceFilter {
+        state: q.state,
+        group: clean("group", q.group)?,
+        q: clean("q", q.q)?,
+        after: q.cursor.as_deref().map(decode_cursor).transpose()?,
+        limit: limit + 1,
+    };
+    let mut items = db::list(&state.pool, &filter).await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|d| encode_cursor(&d.id))
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceRow>> {
+    let id = clean("id", Some(id))?.unwrap_or_default();
+    db::get(&state.pool, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no device {id:?}")))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+fn parse_event_cursor(raw: &str) -> Result<(DateTime<Utc>, i64), ApiError> {
+    let bad = || ApiError::BadRequest("cursor: not a cursor this API returned".into());
+    let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
+    let ts = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok((ts, id.parse().map_err(|_| bad())?))
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> ApiResult<Json<Page<EventRow>>> {
+    let q = query(q)?;
+    let id = clean("id", Some(id))?.unwrap_or_default();
+    let limit = limit(q.limit)?;
+    let before = match q.cursor.as_deref() {
+        Some(c) => Some(parse_event_cursor(&decode_cursor(c)?)?),
+        None => None,
+    };
+    if !db::exists(&state.pool, &id).await? {
+        return Err(ApiError::NotFound(format!("no device {id:?}")));
+    }
+    let mut items = presence::list_for_device(&state.pool, &id, before, limit + 1).await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items
+            .last()
+            .map(|e| encode_cursor(&format!("{}:{}", e.timestamp.timestamp_micros(), e.id)))
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
+}

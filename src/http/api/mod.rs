@@ -1,0 +1,68 @@
+//! `/api/v1`: one file per resource, plus the shared pieces (pagination cursors, limits).
+
+pub mod devices;
+
+use axum::routing::get;
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/devices", get(devices::list))
+        .route("/devices/{id}", get(devices::get))
+        .route("/devices/{id}/events", get(devices::events))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+/// A page of a list endpoint.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+pub const DEFAULT_LIMIT: i64 = 100;
+pub const MAX_LIMIT: i64 = 1000;
+
+pub fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
+    match requested {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::BadRequest(format!(
+            "limit: expected 1 to {MAX_LIMIT}, got {n}"
+        ))),
+    }
+}
+
+/// Cursors are opaque to clients: base64url of our own position encoding.
+pub fn encode_cursor(raw: &str) -> String {
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+pub fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::BadRequest("cursor: not a cursor this API returned".into()))
+}
+
+/// Reject strings Postgres `text` cannot hold before they reach a query.
+pub fn clean(name: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
+    match v {
+        Some(s) if s.contains('\0') => Err(ApiError::BadRequest(format!(
+            "{name}: NUL characters are not allowed"
+        ))),
+        Some(s) if s.len() > 1024 => Err(ApiError::BadRequest(format!("{name}: too long"))),
+        other => Ok(other),
+    }
+}

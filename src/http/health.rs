@@ -1,0 +1,68 @@
+//! `/healthz` (the process is up; the state of each MQTT connection), `/readyz` (Postgres
+//! answers: the API can serve even while the broker is away) and Prometheus `/metrics`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use super::AppState;
+
+pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let connections: Vec<_> = state
+        .mqtt
+        .iter()
+        .map(|c| {
+            let s = c.snapshot();
+            json!({
+                "client_id": c.client_id,
+                "connected": s.connected,
+                "since": s.since,
+                "last_error": s.last_error,
+                "reconnects": s.reconnects,
+                "messages": s.messages,
+                "subscriptions": c.subscriptions,
+            })
+        })
+        .collect();
+    let all_up = state.mqtt.iter().all(|c| c.snapshot().connected);
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "mqtt": { "all_connected": all_up, "connections": connections },
+    }))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let ping = sqlx::query_scalar::<_, i32>("select 1").fetch_one(&state.pool);
+    match tokio::time::timeout(Duration::from_secs(2), ping).await {
+        Ok(Ok(_)) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "database": "ok"})),
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check: database error");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "database": "error"})),
+            )
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "database": "timeout"})),
+        ),
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,54 @@
+//! The HTTP server: REST API under `/api/v1` (bearer token), health and metrics endpoints.
+//! [`router`] is a pure function of the state, so tests drive it with `oneshot`.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod health;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use sqlx::PgPool;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::clock::SharedClock;
+use crate::ingest::mqtt::ConnectionStatus;
+use crate::metrics::Metrics;
+
+/// Everything a request handler may need; every field is a cheap handle.
+#[derive(Clone)]
+pub struct AppState {
+    /// Postgres, the one source of truth.
+    pub pool: PgPool,
+    /// The service's own metrics, rendered on `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The MQTT connections, for `/healthz`.
+    pub mqtt: Arc<[Arc<ConnectionStatus>]>,
+    /// Time, injected.
+    pub clock: SharedClock,
+    /// SHA-256 of the bootstrap API token; `None` refuses every `/api` request.
+    pub api_token_digest: Option<Arc<[u8; 32]>>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = api::router().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .nest("/api/v1", api)
+        .fallback(api::not_found)
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,95 @@
+//! Ingest: MQTT connections → bounded channel → processing (presence stored one by one and
+//! acknowledged once stored; telemetry coalesced in memory and flushed in batches).
+//!
+//! ```text
+//! mqtt.rs (N poll loops) ──Incoming──► dispatch.rs ──► presence.rs ──► Postgres, then ack
+//!                                           └────────► telemetry.rs buffer ──flush──► Postgres
+//! ```
+
+pub mod dispatch;
+pub mod mqtt;
+pub mod presence;
+pub mod registry;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::domain::identity::Identity;
+use crate::domain::telemetry::TelemetryFormat;
+use crate::logging::RateLimitedWarn;
+use crate::metrics::Metrics;
+
+pub use registry::DeviceRegistry;
+pub use telemetry::TelemetryBuffer;
+
+/// One message handed from a poll loop to the processing side.
+pub struct Incoming {
+    pub publish: rumqttc::Publish,
+    /// The connection it came on, to acknowledge it there.
+    pub client: rumqttc::AsyncClient,
+    pub received_at: DateTime<Utc>,
+}
+
+impl Incoming {
+    /// Acknowledge (QoS 1). Never blocks: the request channel is sized so that this only fails
+    /// when the connection is gone, and then the broker redelivers, which is harmless.
+    pub fn ack(&self) {
+        if let Err(e) = self.client.try_ack(&self.publish) {
+            tracing::debug!(error = %e, "could not acknowledge; the broker will redeliver");
+        }
+    }
+}
+
+/// What the processing side needs; cheap to clone.
+#[derive(Clone)]
+pub struct IngestContext {
+    pub pool: PgPool,
+    pub metrics: Arc<Metrics>,
+    pub clock: SharedClock,
+    pub identity: Arc<Identity>,
+    pub registry: Arc<DeviceRegistry>,
+    pub buffer: Arc<TelemetryBuffer>,
+    pub format: Arc<TelemetryFormat>,
+    pub presence_filters: Arc<[String]>,
+    pub telemetry_filters: Arc<[String]>,
+    pub fleet_time_zone: Arc<str>,
+    pub warn: Arc<RateLimitedWarn>,
+}
+
+impl IngestContext {
+    pub fn new(
+        cfg: &Config,
+        pool: PgPool,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+        registry: Arc<DeviceRegistry>,
+    ) -> Self {
+        let format = TelemetryFormat {
+            device_id_level: cfg.telemetry.device_id_level,
+            device_id_field: cfg.telemetry.device_id_field.clone(),
+            device_ts_field: Some(cfg.telemetry.device_ts_field.clone()).filter(|f| !f.is_empty()),
+            group_level: cfg.telemetry.group_level,
+        };
+        Self {
+            pool,
+            buffer: Arc::new(TelemetryBuffer::new(
+                cfg.telemetry.flush_max_devices,
+                metrics.clone(),
+            )),
+            metrics,
+            clock,
+            identity: Arc::new(Identity::from_config(cfg)),
+            registry,
+            format: Arc::new(format),
+            presence_filters: cfg.mqtt.presence_topics.clone().into(),
+            telemetry_filters: cfg.mqtt.telemetry_topics.clone().into(),
+            fleet_time_zone: cfg.fleet.time_zone.clone().into(),
+            warn: Arc::new(RateLimitedWarn::new(std::time::Duration::from_secs(10))),
+        }
+    }
+}

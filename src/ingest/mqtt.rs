@@ -1,0 +1,385 @@
+//! The pool of MQTT connections. Each connection has a unique client ID
+//! (`<prefix><instance_id>-<n>`), a persistent session (clean session off, so QoS 1 messages
+//! sent while we were briefly away are still delivered), and a poll loop that never blocks on
+//! anything but the bounded channel to the processing side.
+//!
+//! rumqttc reconnects as soon as `poll` is called again after an error; AWS IoT Core allows one
+//! CONNECT per second per client ID, so after every error we wait a capped exponential backoff
+//! with jitter first. The client's packet limit is set well above the 128 KB payload limit and
+//! the limit is enforced here instead: a packet over rumqttc's own limit is a fatal error, which
+//! a persistent session would redeliver after every reconnect, forever.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Incoming;
+use crate::clock::SharedClock;
+use crate::config::{BrokerAddr, Config};
+use crate::domain::DropReason;
+use crate::metrics::Metrics;
+
+/// The client's own packet limit: well above AWS IoT Core's 128 KB payload limit.
+pub const CLIENT_PACKET_LIMIT: usize = 256 * 1024;
+
+/// State of one connection, shown on `/healthz`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnState {
+    pub connected: bool,
+    /// When `connected` last changed.
+    pub since: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// Connection losses since start.
+    pub reconnects: u64,
+    /// Messages received on this connection since start.
+    pub messages: u64,
+}
+
+/// One connection of the pool, as the rest of the service sees it.
+#[derive(Debug)]
+pub struct ConnectionStatus {
+    pub index: usize,
+    pub client_id: String,
+    pub subscriptions: Vec<String>,
+    state: Mutex<ConnState>,
+}
+
+impl ConnectionStatus {
+    pub fn snapshot(&self) -> ConnState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn update(&self, f: impl FnOnce(&mut ConnState)) {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// What one connection is: its client ID and what it subscribes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionPlan {
+    pub index: usize,
+    pub client_id: String,
+    pub subscriptions: Vec<String>,
+}
+
+/// Plan the pool: unique client IDs; telemetry through `$share/<group>/…` when there is more
+/// than one connection (or a group is configured); presence on the first connection only,
+/// unless it is shareable (a rule-republished topic), so each event is received once.
+pub fn plan(cfg: &Config) -> Vec<ConnectionPlan> {
+    let n = cfg.mqtt.connections;
+    let instance = cfg.instance_id();
+    let group = cfg
+        .mqtt
+        .shared_group
+        .clone()
+        .filter(|g| !g.is_empty())
+        .or_else(|| (n > 1).then(|| "fleetwatch".to_string()));
+    let shared = |f: &String| match &group {
+        Some(g) => format!("$share/{g}/{f}"),
+        None => f.clone(),
+    };
+    (0..n)
+        .map(|i| {
+            let mut subscriptions: Vec<String> = Vec::new();
+            if cfg.mqtt.share_presence {
+                subscriptions.extend(cfg.mqtt.presence_topics.iter().map(shared));
+            } else if i == 0 {
+                subscriptions.extend(cfg.mqtt.presence_topics.iter().cloned());
+            }
+            subscriptions.extend(cfg.mqtt.telemetry_topics.iter().map(shared));
+            ConnectionPlan {
+                index: i,
+                client_id: format!("{}{}-{}", cfg.mqtt.client_id_prefix, instance, i),
+                subscriptions,
+            }
+        })
+        .collect()
+}
+
+fn read(path: &std::path::Path, key: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{key}: reading {}", path.display()))
+}
+
+/// Client options for one connection.
+pub fn options(cfg: &Config, client_id: &str) -> anyhow::Result<MqttOptions> {
+    let addr = BrokerAddr::parse(&cfg.mqtt.url).map_err(|e| anyhow::anyhow!("mqtt.url: {e}"))?;
+    let mut o = MqttOptions::new(client_id, addr.host.clone(), addr.port);
+    o.set_keep_alive(cfg.mqtt.keep_alive.0)
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(
+            CLIENT_PACKET_LIMIT.max(cfg.mqtt.max_payload_bytes * 2),
+            CLIENT_PACKET_LIMIT,
+        );
+    if let Some(user) = &cfg.mqtt.username {
+        let pw = cfg
+            .mqtt
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_string())
+            .unwrap_or_default();
+        o.set_credentials(user.clone(), pw);
+    }
+    if addr.tls {
+        let ca = match &cfg.mqtt.ca_file {
+            Some(p) => read(p, "mqtt.ca_file")?,
+            None => anyhow::bail!(
+                "mqtt.ca_file: required for mqtts:// (AWS IoT Core: AmazonRootCA1.pem)"
+            ),
+        };
+        let client_auth = match (&cfg.mqtt.cert_file, &cfg.mqtt.key_file) {
+            (Some(c), Some(k)) => Some((read(c, "mqtt.cert_file")?, read(k, "mqtt.key_file")?)),
+            _ => None,
+        };
+        // AWS IoT Core serves MQTT with client certificates on 443 only with this ALPN name.
+        let alpn = (addr.port == 443).then(|| vec![b"x-amzn-mqtt-ca".to_vec()]);
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn,
+            client_auth,
+        }));
+    }
+    Ok(o)
+}
+
+/// Capped exponential backoff with jitter: a random delay in `[d/2, d]` where
+/// `d = min(max, min * 2^attempt)`, never below `min` (one CONNECT per second per client ID).
+pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
+    let d = min
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(max);
+    let half = d / 2;
+    (half + Duration::from_secs_f64(rand::rng().random::<f64>() * half.as_secs_f64())).max(min)
+}
+
+/// Everything a poll loop needs.
+#[derive(Clone)]
+struct LoopCtx {
+    tx: mpsc::Sender<Incoming>,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+    max_payload: usize,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    request_capacity: usize,
+}
+
+/// Start every connection of the pool on `tracker`. Each loop ends on `cancel`, disconnecting
+/// cleanly (the session is kept), and drops its sender so the dispatcher can drain and finish.
+pub fn start(
+    cfg: &Config,
+    tx: mpsc::Sender<Incoming>,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> anyhow::Result<Vec<Arc<ConnectionStatus>>> {
+    let lc = LoopCtx {
+        tx,
+        metrics,
+        clock,
+        max_payload: cfg.mqtt.max_payload_bytes,
+        backoff_min: cfg.mqtt.backoff_min.0,
+        backoff_max: cfg.mqtt.backoff_max.0,
+        // Large enough that acks and subscribes never find it full in practice.
+        request_capacity: cfg.mqtt.channel_capacity.max(1024) * 2,
+    };
+    let mut statuses = Vec::new();
+    for p in plan(cfg) {
+        let opts = options(cfg, &p.client_id)?;
+        let status = Arc::new(ConnectionStatus {
+            index: p.index,
+            client_id: p.client_id.clone(),
+            subscriptions: p.subscriptions.clone(),
+            state: Mutex::new(ConnState::default()),
+        });
+        statuses.push(status.clone());
+        let (lc, cancel) = (lc.clone(), cancel.clone());
+        tracker.spawn(async move { run_connection(opts, status, lc, cancel).await });
+    }
+    Ok(statuses)
+}
+
+async fn run_connection(
+    opts: MqttOptions,
+    status: Arc<ConnectionStatus>,
+    lc: LoopCtx,
+    cancel: CancellationToken,
+) {
+    let conn_label = vec![("connection", status.client_id.clone())];
+    let (client, mut eventloop) = AsyncClient::new(opts, lc.request_capacity);
+    let subscriptions: Vec<rumqttc::SubscribeFilter> = status
+        .subscriptions
+        .iter()
+        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
+        .collect();
+    let mut attempt: u32 = 0;
+    // Subscribe on our first session even if the broker kept one: the configured topics may
+    // have changed since it was created.
+    let mut subscribed_once = false;
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => break,
+            ev = eventloop.poll() => ev,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                attempt = 0;
+                let now = lc.clock.now();
+                status.update(|s| {
+                    s.connected = true;
+                    s.since = Some(now);
+                });
+                lc.metrics.mqtt_connected.get_or_create(&conn_label).set(1);
+                tracing::info!(client_id = %status.client_id, session_present = ack.session_present, "MQTT connected");
+                if (!ack.session_present || !subscribed_once) && !subscriptions.is_empty() {
+                    if let Err(e) = client.try_subscribe_many(subscriptions.clone()) {
+                        tracing::error!(error = %e, "could not queue the subscription");
+                    }
+                    subscribed_once = true;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                status.update(|s| s.messages += 1);
+                if publish.payload.len() > lc.max_payload {
+                    lc.metrics.dropped(DropReason::Oversized);
+                    tracing::warn!(topic = %super::presence::truncate(&publish.topic), bytes = publish.payload.len(), "skipping oversized message");
+                    let _ = client.try_ack(&publish);
+                    continue;
+                }
+                let msg = Incoming {
+                    publish,
+                    client: client.clone(),
+                    received_at: lc.clock.now(),
+                };
+                lc.metrics.channel_depth.inc();
+                let msg = match lc.tx.try_send(msg) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::TrySendError::Full(m)) => m,
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                };
+                lc.metrics.channel_full.inc();
+                // Back-pressure: stop polling until the processing side catches up; the broker
+                // holds further messages back (its in-flight window) meanwhile.
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        lc.metrics.channel_depth.dec();
+                        break;
+                    }
+                    r = lc.tx.send(msg) => if r.is_err() { break },
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let now = lc.clock.now();
+                let was_connected = status.snapshot().connected;
+                status.update(|s| {
+                    if s.connected {
+                        s.reconnects += 1;
+                        s.since = Some(now);
+                    }
+                    s.connected = false;
+                    s.last_error = Some(e.to_string());
+                });
+                lc.metrics.mqtt_connected.get_or_create(&conn_label).set(0);
+                if was_connected {
+                    lc.metrics.mqtt_reconnects.get_or_create(&conn_label).inc();
+                    tracing::warn!(client_id = %status.client_id, error = %e, "MQTT connection lost");
+                } else {
+                    tracing::debug!(client_id = %status.client_id, error = %e, "MQTT connect failed");
+                }
+                let wait = backoff(attempt, lc.backoff_min, lc.backoff_max);
+                attempt = attempt.saturating_add(1);
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    // Leave cleanly: the broker keeps the persistent session and queues for us meanwhile.
+    if status.snapshot().connected && client.try_disconnect().is_ok() {
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while eventloop.poll().await.is_ok() {}
+        })
+        .await;
+    }
+    status.update(|s| s.connected = false);
+    lc.metrics.mqtt_connected.get_or_create(&conn_label).set(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_are_unique_and_ours() {
+        let mut cfg = Config::default();
+        cfg.mqtt.connections = 4;
+        cfg.mqtt.instance_id = Some("host-a".into());
+        let p = plan(&cfg);
+        let ids: std::collections::HashSet<_> = p.iter().map(|c| c.client_id.clone()).collect();
+        assert_eq!(ids.len(), 4);
+        assert!(p
+            .iter()
+            .all(|c| c.client_id.starts_with("fleetwatch-host-a-")));
+        // telemetry shared across the pool, presence once
+        assert_eq!(p[0].subscriptions.len(), 4);
+        assert_eq!(
+            p[1].subscriptions,
+            vec!["$share/fleetwatch/dt/+/impressions"]
+        );
+        assert!(p[0]
+            .subscriptions
+            .contains(&"$aws/events/presence/connected/+".to_string()));
+    }
+
+    #[test]
+    fn single_connection_subscribes_plainly() {
+        let p = plan(&Config::default());
+        assert_eq!(p.len(), 1);
+        assert!(p[0].subscriptions.contains(&"dt/+/impressions".to_string()));
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        for attempt in 0..40 {
+            let d = backoff(attempt, min, max);
+            let cap = min
+                .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+                .min(max);
+            assert!(d >= (cap / 2).max(min) && d <= cap, "{attempt}: {d:?}");
+        }
+        assert_eq!(backoff(0, min, max), min);
+        assert!(backoff(30, min, max) >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn tls_needs_a_ca_and_port_443_gets_alpn() {
+        let mut cfg = Config::default();
+        cfg.mqtt.url = "mqtts://example.iot:443".into();
+        assert!(options(&cfg, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("mqtt.ca_file"));
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a real ca").unwrap();
+        cfg.mqtt.ca_file = Some(ca);
+        let o = options(&cfg, "x").unwrap();
+        match o.transport() {
+            Transport::Tls(TlsConfiguration::Simple { alpn, .. }) => {
+                assert_eq!(alpn, Some(vec![b"x-amzn-mqtt-ca".to_vec()]))
+            }
+            _ => panic!("expected TLS"),
+        }
+    }
+}

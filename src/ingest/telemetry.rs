@@ -1,0 +1,254 @@
+//! The write-coalescing buffer for impressions. Messages only update per-device entries in
+//! memory (last arrival, newest device time, counts per hour); a flusher writes everything in
+//! one statement at least every `telemetry.flush_interval`, so database load grows with the
+//! number of devices, not with the message rate. A failed flush puts its batch back (the
+//! merge is commutative), so a Postgres outage loses nothing while the process lives.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::IngestContext;
+use crate::db::telemetry::{write_batch, DeviceRow, HourRow};
+use crate::domain::telemetry::Impression;
+use crate::metrics::Metrics;
+
+/// One device's coalesced data since the last flush.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub group: Option<String>,
+    pub last_arrival: DateTime<Utc>,
+    pub max_device_ts: Option<DateTime<Utc>>,
+    pub hours: BTreeMap<DateTime<Utc>, i64>,
+}
+
+impl Pending {
+    fn merge(&mut self, other: Pending) {
+        self.group = self.group.take().or(other.group);
+        self.last_arrival = self.last_arrival.max(other.last_arrival);
+        self.max_device_ts = self.max_device_ts.max(other.max_device_ts);
+        for (h, c) in other.hours {
+            *self.hours.entry(h).or_default() += c;
+        }
+    }
+}
+
+pub type Batch = HashMap<String, Pending>;
+
+pub struct TelemetryBuffer {
+    inner: Mutex<Batch>,
+    /// Woken when the buffer holds `max_devices` devices, to flush early.
+    full: Notify,
+    max_devices: usize,
+    metrics: Arc<Metrics>,
+}
+
+fn hour_of(ts: DateTime<Utc>) -> DateTime<Utc> {
+    ts.duration_trunc(TimeDelta::hours(1)).unwrap_or(ts)
+}
+
+impl TelemetryBuffer {
+    pub fn new(max_devices: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Mutex::new(HashMap::new()),
+            full: Notify::new(),
+            max_devices,
+            metrics,
+        }
+    }
+
+    /// Record one impression that arrived at `arrival`.
+    pub fn add(&self, imp: Impression, group: Option<String>, arrival: DateTime<Utc>) {
+        let hour = hour_of(imp.device_ts.unwrap_or(arrival));
+        let p = Pending {
+            group,
+            last_arrival: arrival,
+            max_device_ts: imp.device_ts,
+            hours: BTreeMap::from([(hour, 1)]),
+        };
+        let len = {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            match inner.get_mut(&imp.device_id) {
+                Some(e) => e.merge(p),
+                None => {
+                    inner.insert(imp.device_id, p);
+                }
+            }
+            inner.len()
+        };
+        self.metrics.buffer_devices.set(len as i64);
+        if len >= self.max_devices {
+            self.full.notify_one();
+        }
+    }
+
+    /// Take everything buffered.
+    pub fn take(&self) -> Batch {
+        let batch = std::mem::take(&mut *self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+        self.metrics.buffer_devices.set(0);
+        batch
+    }
+
+    /// Put a batch back after a failed flush.
+    pub fn restore(&self, batch: Batch) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, p) in batch {
+            match inner.get_mut(&id) {
+                Some(e) => e.merge(p),
+                None => {
+                    inner.insert(id, p);
+                }
+            }
+        }
+        self.metrics.buffer_devices.set(inner.len() as i64);
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Turn a batch into sorted, duplicate-free rows (a `HashMap` already has one entry per
+/// device; sorting gives every writer the same lock order).
+pub fn rows(batch: &Batch) -> (Vec<DeviceRow>, Vec<HourRow>) {
+    let mut devices: Vec<DeviceRow> = batch
+        .iter()
+        .map(|(id, p)| DeviceRow {
+            device_id: id.clone(),
+            group_id: p.group.clone(),
+            last_arrival: p.last_arrival,
+            max_device_ts: p.max_device_ts,
+        })
+        .collect();
+    devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    let mut hours: Vec<HourRow> = batch
+        .iter()
+        .flat_map(|(id, p)| {
+            p.hours.iter().map(move |(h, c)| HourRow {
+                device_id: id.clone(),
+                hour: *h,
+                count: *c,
+            })
+        })
+        .collect();
+    hours.sort_by(|a, b| (&a.device_id, a.hour).cmp(&(&b.device_id, b.hour)));
+    (devices, hours)
+}
+
+/// Write what is buffered. On failure the batch goes back into the buffer.
+pub async fn flush(ctx: &IngestContext) -> anyhow::Result<usize> {
+    let batch = ctx.buffer.take();
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let n = batch.len();
+    let (devices, hours) = rows(&batch);
+    let started = Instant::now();
+    match write_batch(&ctx.pool, &devices, &hours, &ctx.fleet_time_zone).await {
+        Ok(()) => {
+            ctx.metrics
+                .flush_seconds
+                .observe(started.elapsed().as_secs_f64());
+            ctx.metrics.flush_batch_devices.observe(n as f64);
+            Ok(n)
+        }
+        Err(e) => {
+            ctx.metrics.flush_errors.inc();
+            ctx.buffer.restore(batch);
+            Err(anyhow::Error::new(e).context(format!("flushing telemetry for {n} devices")))
+        }
+    }
+}
+
+/// Flush every `interval`, or early when the buffer fills, until cancelled. The final flush at
+/// shutdown is the dispatcher's, after it has drained the channel.
+pub async fn run_flusher(
+    ctx: IngestContext,
+    interval: std::time::Duration,
+    cancel: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+            _ = ctx.buffer.full.notified() => {}
+        }
+        if let Err(e) = flush(&ctx).await {
+            ctx.warn.warn("flush_failed", &format_args!("{e:#}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    fn imp(id: &str, ts: Option<&str>) -> Impression {
+        Impression {
+            device_id: id.into(),
+            topic_group: None,
+            device_ts: ts.map(t),
+            device_ts_dropped: false,
+        }
+    }
+
+    #[test]
+    fn coalesces_per_device_and_hour() {
+        let b = TelemetryBuffer::new(100, Metrics::new());
+        b.add(
+            imp("a", Some("2026-11-27T10:59:00Z")),
+            None,
+            t("2026-11-27T11:00:05Z"),
+        );
+        b.add(
+            imp("a", Some("2026-11-27T11:01:00Z")),
+            None,
+            t("2026-11-27T11:01:02Z"),
+        );
+        b.add(imp("a", None), None, t("2026-11-27T11:00:30Z"));
+        b.add(imp("b", None), Some("g".into()), t("2026-11-27T11:00:00Z"));
+        let batch = b.take();
+        assert!(b.is_empty());
+        let a = &batch["a"];
+        assert_eq!(a.last_arrival, t("2026-11-27T11:01:02Z"));
+        assert_eq!(a.max_device_ts, Some(t("2026-11-27T11:01:00Z")));
+        assert_eq!(a.hours[&t("2026-11-27T10:00:00Z")], 1);
+        assert_eq!(a.hours[&t("2026-11-27T11:00:00Z")], 2);
+        let (devices, hours) = rows(&batch);
+        assert_eq!(
+            devices
+                .iter()
+                .map(|d| d.device_id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(hours.len(), 3);
+        assert_eq!(devices[1].group_id.as_deref(), Some("g"));
+    }
+
+    #[test]
+    fn restore_merges_commutatively() {
+        let b = TelemetryBuffer::new(100, Metrics::new());
+        b.add(imp("a", None), None, t("2026-11-27T11:00:00Z"));
+        let first = b.take();
+        b.add(imp("a", None), None, t("2026-11-27T11:30:00Z"));
+        b.restore(first);
+        let all = b.take();
+        assert_eq!(all["a"].last_arrival, t("2026-11-27T11:30:00Z"));
+        assert_eq!(all["a"].hours[&t("2026-11-27T11:00:00Z")], 2);
+    }
+}

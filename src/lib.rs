@@ -1,0 +1,14 @@
+//! fleetwatch: fleet-operations monitoring for device fleets on AWS IoT Core.
+//!
+//! See `ARCHITECTURE.md` for the map; each module's header says what it owns.
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod ingest;
+pub mod logging;
+pub mod metrics;
+pub mod retention;

@@ -1,0 +1,59 @@
+//! The `fleetwatch` binary: a thin command line over the library.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use fleetwatch::{app, clock::SystemClock, config::Config, db, logging};
+
+#[derive(Parser)]
+#[command(
+    name = "fleetwatch",
+    version,
+    about = "Fleet-operations monitoring for AWS IoT Core device fleets"
+)]
+struct Cli {
+    /// TOML configuration file (also `FLEETWATCH_CONFIG`).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Create the database if needed and apply migrations, then exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    logging::init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("fleetwatch: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = app::App::build(cfg, Arc::new(SystemClock)).await?;
+            app.run_until(app::shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let pool = db::connect(cfg.database.url.expose(), 2).await?;
+            db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+    }
+}
