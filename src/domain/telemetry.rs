@@ -146,7 +146,7 @@ mod tests {
         for payload in [
             &br#"{"timestamp":1000}"#[..],     // 1970
             br#"{"timestamp":1577836799999}"#, // just before 2020
-            br#"{"timestamp":1764500000000}"#, // days ahead
+            br#"{"timestamp":1796000000000}"#, // days ahead
             br#"{"timestamp":"yesterday"}"#,
             br#"{"timestamp":true}"#,
             br#"{"timestamp":1e300}"#,
