@@ -170,7 +170,7 @@ struct Wire {
 }
 
 /// Longest free-text field we keep (reasons, principals, addresses).
-const MAX_FIELD: usize = 256;
+const MAX_FIELD: usize = 1024;
 
 fn opt_str(v: Option<serde_json::Value>) -> Result<Option<String>, DropReason> {
     match v {

@@ -28,15 +28,26 @@ pub fn free_port() -> u16 {
 /// A Mosquitto of our own: a test that restarts a broker must not disturb the others.
 pub struct Broker {
     pub port: u16,
+    /// Whether sessions and queued messages survive a restart.
+    pub persistence: bool,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl Broker {
     pub async fn start() -> Broker {
+        Self::start_with(true).await
+    }
+
+    pub async fn start_with(persistence: bool) -> Broker {
         let dir = tempfile::tempdir().unwrap();
+        // Mosquitto started as root drops to the `mosquitto` user, which must be able to write
+        // its persistence file here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let mut b = Broker {
             port: free_port(),
+            persistence,
             dir,
             child: None,
         };
@@ -49,10 +60,11 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence {persistence}\n\
                  persistence_location {dir}/\nautosave_interval 1\nmax_queued_messages 100000\n\
                  max_inflight_messages 100\n",
                 port = self.port,
+                persistence = self.persistence,
                 dir = self.dir.path().display()
             ),
         )
@@ -124,6 +136,7 @@ static INSTANCE: AtomicUsize = AtomicUsize::new(0);
 
 /// A configuration for tests: the given broker, a free HTTP port, fast flushes and backoff.
 pub fn config(broker: &Broker) -> Config {
+    fleetwatch::logging::init();
     let mut c = Config::default();
     c.mqtt.url = broker.url();
     c.mqtt.instance_id = Some(format!(
