@@ -1,0 +1,188 @@
+//! End to end: the real `fleetwatch` binary, configured only through its environment, against a
+//! private Mosquitto and its own database; driven by a real MQTT client and read back over HTTP.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use common::*;
+use sqlx::PgPool;
+
+/// The URL of the database `#[sqlx::test]` made for this test.
+fn database_url(pool: &PgPool) -> String {
+    let master = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let db = pool.connect_options().get_database().unwrap().to_string();
+    let (base, _) = master.rsplit_once('/').unwrap();
+    format!("{base}/{db}")
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn the_binary_ingests_serves_and_stops_cleanly(pool: PgPool) {
+    let broker = Broker::start().await;
+    let http_port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
+        .arg("serve")
+        .env("DATABASE_URL", database_url(&pool))
+        .env("FLEETWATCH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .env("FLEETWATCH_MQTT_URL", broker.url())
+        .env("FLEETWATCH_API_TOKEN", TOKEN)
+        .env(
+            "FLEETWATCH_INSTANCE_ID",
+            format!("e2e-{}", std::process::id()),
+        )
+        .env(
+            "FLEETWATCH_TELEMETRY_TOPICS",
+            "dt/+/impressions,dt/+/heartbeat",
+        )
+        .env("FLEETWATCH_FLUSH_INTERVAL", "200ms")
+        .env("FLEETWATCH_EXPECTED_INTERVAL", "2s")
+        .env("FLEETWATCH_GRACE", "1s")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let api = api(&format!("http://127.0.0.1:{http_port}"));
+    eventually(
+        30,
+        "binary serves /healthz with a connected broker",
+        || async {
+            let r = api.http.get(format!("{}/healthz", api.base)).send().await;
+            match r {
+                Ok(r) => {
+                    r.json::<serde_json::Value>().await.unwrap()["mqtt"]["all_connected"] == true
+                }
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+
+    // 401 without the token
+    let r = api
+        .http
+        .get(format!("{}/api/v1/devices", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+
+    let mut p = Publisher::connect(broker.port, "e2e-sim").await;
+    let t0 = Utc::now() - TimeDelta::minutes(5);
+    let at = |m: i64| ms(t0 + TimeDelta::minutes(m));
+    // out of order and duplicated, as AWS delivers them
+    let script = [
+        (
+            "disconnected",
+            disconnected("lobby-7", at(2), "a", 5, "DUPLICATE_CLIENTID"),
+        ),
+        (
+            "connected",
+            connected("lobby-7", at(1), "a", 5, "203.0.113.5"),
+        ),
+        (
+            "connected",
+            connected("lobby-7", at(3), "b", 6, "203.0.113.6"),
+        ),
+        (
+            "disconnected",
+            disconnected("lobby-7", at(2), "a", 5, "DUPLICATE_CLIENTID"),
+        ),
+        (
+            "connect_failed",
+            connect_failed("scanner-1", at(1), "AUTH_ERROR"),
+        ),
+    ];
+    for (kind, payload) in &script {
+        let client = if *kind == "connect_failed" {
+            "scanner-1"
+        } else {
+            "lobby-7"
+        };
+        p.publish(&presence_topic(kind, client), payload.clone())
+            .await;
+    }
+    p.publish(
+        "dt/lobby-7/impressions",
+        format!(r#"{{"timestamp":{}}}"#, at(4)),
+    )
+    .await;
+    p.publish("sites/tokyo/lobby-8/impressions", b"{}".to_vec())
+        .await;
+    p.publish("dt/lobby-7/impressions", b"{{{{garbage".to_vec())
+        .await;
+    p.flush().await;
+
+    eventually(10, "lobby-7 connected with its impressions", || async {
+        let (s, d) = api.get("/api/v1/devices/lobby-7").await;
+        s == 200 && d["connected"] == true && d["last_impression_at"].is_string()
+    })
+    .await;
+    let d = api.get("/api/v1/devices/lobby-7").await.1;
+    assert_eq!(d["last_ip"], "203.0.113.6");
+    assert_eq!(d["last_disconnect_reason"], "DUPLICATE_CLIENTID");
+    assert_eq!(d["state"], "healthy");
+    // the second filter counts too
+    eventually(10, "second topic ingested", || async {
+        api.get("/api/v1/devices/lobby-8").await.0 == 200
+    })
+    .await;
+    // connect_failed never creates a device
+    assert_eq!(api.get("/api/v1/devices/scanner-1").await.0, 404);
+    let (_, list) = api.get("/api/v1/devices?limit=1").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert!(list["next_cursor"].is_string());
+
+    let metrics = api.text("/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"fleetwatch_ingest_dropped_total{reason="malformed_json"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        api.http
+            .get(format!("{}/readyz", api.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // SIGTERM: exits 0, and what it held is flushed
+    p.publish("dt/lobby-9/impressions", b"{}".to_vec()).await;
+    p.flush().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let flushed: bool = sqlx::query_scalar(
+        "select exists(select 1 from impressions_hourly where device_id = 'lobby-9')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(flushed);
+}
+
+#[test]
+fn a_wrong_setting_stops_the_binary_with_the_key_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
+        .arg("serve")
+        .env("FLEETWATCH_GRACE", "a while")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("FLEETWATCH_GRACE"), "{err}");
+}
