@@ -18,11 +18,23 @@ fn database_url(pool: &PgPool) -> String {
     format!("{base}/{db}")
 }
 
+/// Kills the child if the test fails half-way, so no stray service holds the test database.
+struct Guard(Option<std::process::Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn the_binary_ingests_serves_and_stops_cleanly(pool: PgPool) {
     let broker = Broker::start().await;
     let http_port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
+    let child = Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
         .arg("serve")
         .env("DATABASE_URL", database_url(&pool))
         .env("FLEETWATCH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
@@ -43,6 +55,7 @@ async fn the_binary_ingests_serves_and_stops_cleanly(pool: PgPool) {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    let mut guard = Guard(Some(child));
     let api = api(&format!("http://127.0.0.1:{http_port}"));
     eventually(
         30,
@@ -109,7 +122,7 @@ async fn the_binary_ingests_serves_and_stops_cleanly(pool: PgPool) {
         format!(r#"{{"timestamp":{}}}"#, at(4)),
     )
     .await;
-    p.publish("sites/tokyo/lobby-8/impressions", b"{}".to_vec())
+    p.publish("dt/lobby-8/heartbeat", b"{}".to_vec())
         .await;
     p.publish("dt/lobby-7/impressions", b"{{{{garbage".to_vec())
         .await;
@@ -157,6 +170,7 @@ async fn the_binary_ingests_serves_and_stops_cleanly(pool: PgPool) {
     p.publish("dt/lobby-9/impressions", b"{}".to_vec()).await;
     p.flush().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut child = guard.0.take().unwrap();
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
