@@ -13,6 +13,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("internal error")]
@@ -34,6 +36,11 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not Found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad Request"),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method Not Allowed",
+            ),
             ApiError::Database(_) | ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

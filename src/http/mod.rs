@@ -35,14 +35,17 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let api = api::router().route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_token,
-    ));
+    let api = api::router()
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .method_not_allowed_fallback(api::method_not_allowed)
         .nest("/api/v1", api)
         .fallback(api::not_found)
         .layer(TimeoutLayer::with_status_code(

@@ -1,12 +1,12 @@
 //! `GET /devices`, `GET /devices/{id}`, `GET /devices/{id}/events`.
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::{clean, decode_cursor, encode_cursor, limit, Page};
+use super::{clean, decode_cursor, encode_cursor, limit, path_param, Page};
 use crate::db::devices::{self as db, DeviceFilter, DeviceRow};
 use crate::db::presence::{self, EventRow};
 use crate::http::error::{ApiError, ApiResult};
@@ -69,9 +69,9 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<DeviceRow>> {
-    let id = clean("id", Some(id))?.unwrap_or_default();
+    let id = path_param(id)?;
     db::get(&state.pool, &id)
         .await?
         .map(Json)
@@ -87,17 +87,20 @@ pub struct EventsQuery {
 fn parse_event_cursor(raw: &str) -> Result<(DateTime<Utc>, i64), ApiError> {
     let bad = || ApiError::BadRequest("cursor: not a cursor this API returned".into());
     let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
-    let ts = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    let ts = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?)
+        // Postgres' timestamptz range is narrower than chrono's; ours are never outside 1970-9999.
+        .filter(|t| (1970..=9999).contains(&chrono::Datelike::year(t)))
+        .ok_or_else(bad)?;
     Ok((ts, id.parse().map_err(|_| bad())?))
 }
 
 pub async fn events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> ApiResult<Json<Page<EventRow>>> {
+    let id = path_param(id)?;
     let q = query(q)?;
-    let id = clean("id", Some(id))?.unwrap_or_default();
     let limit = limit(q.limit)?;
     let before = match q.cursor.as_deref() {
         Some(c) => Some(parse_event_cursor(&decode_cursor(c)?)?),

@@ -22,6 +22,19 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// A path parameter, with axum's plain-text rejection turned into a problem document and NUL
+/// refused before it reaches Postgres.
+pub fn path_param(
+    p: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<String, ApiError> {
+    let axum::extract::Path(v) = p.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    Ok(clean("id", Some(v))?.unwrap_or_default())
+}
+
 /// A page of a list endpoint.
 #[derive(Debug, Serialize)]
 pub struct Page<T> {
@@ -53,6 +66,8 @@ pub fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
         .decode(cursor)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
+        // Postgres text cannot hold NUL: refuse it here rather than fail the query.
+        .filter(|s| !s.contains('\0') && s.len() <= 1024)
         .ok_or_else(|| ApiError::BadRequest("cursor: not a cursor this API returned".into()))
 }
 
