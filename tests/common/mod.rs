@@ -30,6 +30,8 @@ pub struct Broker {
     pub port: u16,
     /// Whether sessions and queued messages survive a restart.
     pub persistence: bool,
+    /// Extra lines for the listener (TLS settings).
+    extra: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -40,6 +42,11 @@ impl Broker {
     }
 
     pub async fn start_with(persistence: bool) -> Broker {
+        Self::start_conf(persistence, "").await
+    }
+
+    /// A broker whose listener gets `extra` configuration lines.
+    pub async fn start_conf(persistence: bool, extra: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         // Mosquitto started as root drops to the `mosquitto` user, which must be able to write
         // its persistence file here.
@@ -48,6 +55,7 @@ impl Broker {
         let mut b = Broker {
             port: free_port(),
             persistence,
+            extra: extra.to_string(),
             dir,
             child: None,
         };
@@ -62,9 +70,10 @@ impl Broker {
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence {persistence}\n\
                  persistence_location {dir}/\nautosave_interval 1\nmax_queued_messages 100000\n\
-                 max_inflight_messages 100\n",
+                 max_inflight_messages 100\n{extra}\n",
                 port = self.port,
                 persistence = self.persistence,
+                extra = self.extra,
                 dir = self.dir.path().display()
             ),
         )
@@ -109,6 +118,11 @@ impl Broker {
     pub async fn restart(&mut self) {
         self.stop().await;
         self.spawn().await;
+    }
+
+    /// The broker's private directory (for certificates).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub fn url(&self) -> String {
