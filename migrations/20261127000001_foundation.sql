@@ -119,6 +119,7 @@ as $$
         when n_version <> c_version then n_version > c_version
         when n_connected <> c_connected then not n_connected
         when n_ts <> c_ts then n_ts > c_ts
-        else n_session > c_session
+        -- byte order, like Rust's: the database's default collation must not decide
+        else n_session collate "C" > c_session collate "C"
     end
 $$;
