@@ -122,8 +122,7 @@ async fn the_binary_ingests_serves_and_stops_cleanly(pool: PgPool) {
         format!(r#"{{"timestamp":{}}}"#, at(4)),
     )
     .await;
-    p.publish("dt/lobby-8/heartbeat", b"{}".to_vec())
-        .await;
+    p.publish("dt/lobby-8/heartbeat", b"{}".to_vec()).await;
     p.publish("dt/lobby-7/impressions", b"{{{{garbage".to_vec())
         .await;
     p.flush().await;
