@@ -26,6 +26,8 @@ pub struct App {
     pub addr: SocketAddr,
     pub state: AppState,
     pub ingest: IngestContext,
+    /// The detector (it only acts where the leader lock is held).
+    pub detector: Arc<crate::detect::Detector>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     dispatcher: JoinHandle<anyhow::Result<()>>,
@@ -77,6 +79,33 @@ impl App {
             cfg.telemetry.flush_interval.0,
             cancel.clone(),
         ));
+        let settings = crate::detect::Settings::from_config(&cfg);
+        let detector = Arc::new(crate::detect::Detector::new(
+            pool.clone(),
+            settings,
+            chrono::TimeDelta::from_std(cfg.detector.canary_timeout.0)
+                .unwrap_or(chrono::TimeDelta::MAX),
+        ));
+        let statuses: Arc<[Arc<crate::ingest::mqtt::ConnectionStatus>]> = statuses.into();
+        tracker.spawn(crate::detect::run(
+            detector.clone(),
+            crate::detect::leader::Leader::new((*pool.connect_options()).clone()),
+            ingest.health.clone(),
+            statuses.clone(),
+            clock.clone(),
+            cfg.detector.tick.0,
+            cancel.clone(),
+        ));
+        if let Some(first) = statuses.first() {
+            tracker.spawn(crate::detect::health::run_canary(
+                ingest.health.clone(),
+                first.clone(),
+                ingest.canary_topic.to_string(),
+                clock.clone(),
+                cfg.detector.canary_interval.0,
+                cancel.clone(),
+            ));
+        }
         tracker.spawn(crate::retention::run(
             pool.clone(),
             clock.clone(),
@@ -87,7 +116,7 @@ impl App {
         let state = AppState {
             pool,
             metrics,
-            mqtt: statuses.into(),
+            mqtt: statuses,
             clock,
             api_token_digest: cfg
                 .api
@@ -113,6 +142,7 @@ impl App {
             addr,
             state,
             ingest,
+            detector,
             cancel,
             tracker,
             dispatcher,

@@ -157,15 +157,60 @@ pub struct TelemetryConfig {
 pub struct DevicesConfig {
     /// Devices created from unknown clients beyond this number are counted and dropped.
     pub max_devices: i64,
+    /// Per-device expectation overrides, keyed by device id.
+    pub overrides: BTreeMap<String, ExpectationOverride>,
+}
+
+/// Expected interval and grace for one device or group.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExpectationOverride {
+    pub expected_interval: Option<HumanDuration>,
+    pub grace: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectorConfig {
+    /// Fleet default for the time between impressions (groups and devices override it).
     pub expected_interval: HumanDuration,
+    /// Extra time after `late` before a gap alerts.
     pub grace: HumanDuration,
+    /// A disconnect younger than this never alerts: the LTE blip allowance.
     pub disconnect_grace: HumanDuration,
+    /// Detector period; an alert comes at most one tick after its deadline.
     pub tick: HumanDuration,
+    /// A re-fire within this of the resolution reopens the same alert id.
+    pub reopen_window: HumanDuration,
+    /// Most devices evaluated per tick (the rest wait for the next one).
+    pub max_due_per_tick: i64,
+    /// Our canary message: published this often on our own topic...
+    pub canary_interval: HumanDuration,
+    /// ...and ingest is unhealthy when none came back within this.
+    pub canary_timeout: HumanDuration,
+    /// Topic of the canary (`{instance}` is replaced by the instance id).
+    pub canary_topic: String,
+    /// `flapping`: at least this many disconnects within `flapping_window`.
+    pub flapping_disconnects: i64,
+    pub flapping_window: HumanDuration,
+    /// `client_id_conflict`: this many DUPLICATE_CLIENTID disconnects from 2+ sessions.
+    pub conflict_disconnects: i64,
+    pub conflict_window: HumanDuration,
+    /// `throttled`: this many THROTTLED disconnects.
+    pub throttled_disconnects: i64,
+    pub throttled_window: HumanDuration,
+    /// `auth_failure`: this many AUTH_ERROR/FORBIDDEN_ACCESS disconnects and connect_failed.
+    pub auth_failures: i64,
+    pub auth_window: HumanDuration,
+    /// `group_outage`: at least this many devices of one group entering a gap within the window.
+    pub group_outage_devices: i64,
+    pub group_outage_window: HumanDuration,
+    /// `fleet_outage`: at least this fraction of reporting devices in a gap...
+    pub fleet_outage_fraction: f64,
+    /// ...and at least this many of them.
+    pub fleet_outage_min_devices: i64,
+    /// Severity per alert kind, overriding the defaults.
+    pub severities: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +245,11 @@ pub struct GroupConfig {
     pub time_zone: Option<String>,
     /// Regular expression on the device id; a matching device belongs to this group.
     pub device_pattern: Option<String>,
+    /// Overrides of the fleet's expected interval and grace.
+    pub expected_interval: Option<HumanDuration>,
+    pub grace: Option<HumanDuration>,
+    /// Daily local-time windows without expectations, e.g. `"00:30-05:30"`.
+    pub quiet_hours: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,6 +322,7 @@ impl Default for DevicesConfig {
     fn default() -> Self {
         Self {
             max_devices: 50_000,
+            overrides: BTreeMap::new(),
         }
     }
 }
@@ -283,6 +334,27 @@ impl Default for DetectorConfig {
             grace: dur("5m"),
             disconnect_grace: dur("10m"),
             tick: dur("15s"),
+            reopen_window: dur("30m"),
+            max_due_per_tick: 5000,
+            canary_interval: dur("5s"),
+            canary_timeout: dur("20s"),
+            canary_topic: "fleetwatch/canary/{instance}".into(),
+            // EMQX's 15 disconnects a minute catches reconnect loops; an LTE modem that drops
+            // ten times in half an hour is already broken for viewers while 2-3 drops an hour
+            // is ordinary churn, so the window is longer and the count lower.
+            flapping_disconnects: 10,
+            flapping_window: dur("30m"),
+            conflict_disconnects: 3,
+            conflict_window: dur("10m"),
+            throttled_disconnects: 3,
+            throttled_window: dur("10m"),
+            auth_failures: 5,
+            auth_window: dur("10m"),
+            group_outage_devices: 3,
+            group_outage_window: dur("10m"),
+            fleet_outage_fraction: 0.3,
+            fleet_outage_min_devices: 10,
+            severities: BTreeMap::new(),
         }
     }
 }
@@ -428,6 +500,15 @@ impl Config {
         if let Some(d) = duration(env, "FLEETWATCH_TICK")? {
             self.detector.tick = d;
         }
+        if let Some(d) = duration(env, "FLEETWATCH_REOPEN_WINDOW")? {
+            self.detector.reopen_window = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_CANARY_INTERVAL")? {
+            self.detector.canary_interval = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_CANARY_TIMEOUT")? {
+            self.detector.canary_timeout = d;
+        }
         if let Some(d) = duration(env, "FLEETWATCH_FLUSH_INTERVAL")? {
             self.telemetry.flush_interval = d;
         }
@@ -524,6 +605,51 @@ impl Config {
                 bail!("{k}: expected a positive duration");
             }
         }
+        for (k, v) in &self.detector.severities {
+            k.parse::<crate::domain::alert::Kind>()
+                .map_err(|e| anyhow::anyhow!("detector.severities: {e}"))?;
+            v.parse::<crate::domain::alert::Severity>()
+                .map_err(|e| anyhow::anyhow!("detector.severities.{k}: {e}"))?;
+        }
+        for (k, n) in [
+            (
+                "detector.flapping_disconnects",
+                self.detector.flapping_disconnects,
+            ),
+            (
+                "detector.conflict_disconnects",
+                self.detector.conflict_disconnects,
+            ),
+            (
+                "detector.throttled_disconnects",
+                self.detector.throttled_disconnects,
+            ),
+            ("detector.auth_failures", self.detector.auth_failures),
+            (
+                "detector.group_outage_devices",
+                self.detector.group_outage_devices,
+            ),
+            (
+                "detector.fleet_outage_min_devices",
+                self.detector.fleet_outage_min_devices,
+            ),
+            ("detector.max_due_per_tick", self.detector.max_due_per_tick),
+        ] {
+            if n < 1 {
+                bail!("{k}: expected a positive number, got {n}");
+            }
+        }
+        if !(self.detector.fleet_outage_fraction > 0.0
+            && self.detector.fleet_outage_fraction <= 1.0)
+        {
+            bail!(
+                "detector.fleet_outage_fraction: expected a fraction in (0, 1], got {}",
+                self.detector.fleet_outage_fraction
+            );
+        }
+        if self.detector.canary_timeout <= self.detector.canary_interval {
+            bail!("detector.canary_timeout: expected more than detector.canary_interval");
+        }
         if self.telemetry.flush_max_devices == 0 {
             bail!("telemetry.flush_max_devices: expected a positive number");
         }
@@ -537,12 +663,24 @@ impl Config {
             if let Some(tz) = &g.time_zone {
                 parse_tz(tz).map_err(|e| anyhow::anyhow!("groups.{id}.time_zone: {e}"))?;
             }
+            if let Some(q) = &g.quiet_hours {
+                q.parse::<crate::detect::schedule::QuietHours>()
+                    .map_err(|e| anyhow::anyhow!("groups.{id}.quiet_hours: {e}"))?;
+            }
+            if g.expected_interval.is_some_and(|d| d.0.is_zero()) {
+                bail!("groups.{id}.expected_interval: expected a positive duration");
+            }
             if let Some(p) = &g.device_pattern {
                 regex::Regex::new(p).map_err(|e| {
                     anyhow::anyhow!(
                         "groups.{id}.device_pattern: expected a regular expression ({e})"
                     )
                 })?;
+            }
+        }
+        for (id, o) in &self.devices.overrides {
+            if o.expected_interval.is_some_and(|d| d.0.is_zero()) {
+                bail!("devices.overrides.{id}.expected_interval: expected a positive duration");
             }
         }
         for (client, device) in &self.client_ids {

@@ -2,10 +2,12 @@
 //!
 //! See `ARCHITECTURE.md` for the map; each module's header says what it owns.
 
+pub mod alerts;
 pub mod app;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod detect;
 pub mod domain;
 pub mod http;
 pub mod ingest;

@@ -199,3 +199,97 @@ fn a_wrong_setting_stops_the_binary_with_the_key_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("FLEETWATCH_GRACE"), "{err}");
 }
+
+async fn beat(p: &mut Publisher, device: &str) {
+    let payload = format!(r#"{{"timestamp":{}}}"#, ms(Utc::now()));
+    p.publish(&format!("dt/{device}/impressions"), payload)
+        .await;
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn the_binary_alerts_a_silent_device_within_a_tick_and_resolves_it(pool: PgPool) {
+    let broker = Broker::start().await;
+    let http_port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
+        .env("DATABASE_URL", database_url(&pool))
+        .env("FLEETWATCH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .env("FLEETWATCH_MQTT_URL", broker.url())
+        .env("FLEETWATCH_API_TOKEN", TOKEN)
+        .env(
+            "FLEETWATCH_INSTANCE_ID",
+            format!("e2e-det-{}", std::process::id()),
+        )
+        .env("FLEETWATCH_FLUSH_INTERVAL", "200ms")
+        .env("FLEETWATCH_EXPECTED_INTERVAL", "2s")
+        .env("FLEETWATCH_GRACE", "1s")
+        .env("FLEETWATCH_DISCONNECT_GRACE", "3s")
+        .env("FLEETWATCH_TICK", "250ms")
+        .env("FLEETWATCH_CANARY_INTERVAL", "250ms")
+        .env("FLEETWATCH_CANARY_TIMEOUT", "2s")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Guard(Some(child));
+    let api = api(&format!("http://127.0.0.1:{http_port}"));
+    eventually(30, "serving", || async {
+        api.http
+            .get(format!("{}/readyz", api.base))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+
+    let mut p = Publisher::connect(broker.port, "e2e-det-sim").await;
+    // both beat for 3 s
+    for _ in 0..12 {
+        beat(&mut p, "steady").await;
+        beat(&mut p, "crashy").await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // crashy's player dies; steady keeps going
+    let stopped = std::time::Instant::now();
+    let mut alerted = None;
+    while stopped.elapsed() < Duration::from_secs(10) {
+        beat(&mut p, "steady").await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (_, alerts) = api.get("/api/v1/alerts?status=firing").await;
+        if alerts["items"].as_array().is_some_and(|a| !a.is_empty()) {
+            alerted = Some((stopped.elapsed(), alerts));
+            break;
+        }
+    }
+    let (after, alerts) = alerted.expect("crashy must be alerted");
+    // due at 2 s + 0.2 s flush allowance + 1 s grace after its last data; one 250 ms tick late at most
+    assert!(after >= Duration::from_millis(2900), "too early: {after:?}");
+    assert!(after <= Duration::from_millis(4500), "too late: {after:?}");
+    let items = alerts["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{alerts}");
+    assert_eq!(items[0]["kind"], "heartbeat_gap");
+    assert_eq!(items[0]["device_id"], "crashy");
+    assert_eq!(items[0]["details"]["classification"], "silent");
+    assert_eq!(items[0]["severity"], "error");
+    let id = items[0]["id"].as_i64().unwrap();
+
+    // it comes back
+    beat(&mut p, "crashy").await;
+    eventually(5, "resolved", || async {
+        api.get(&format!("/api/v1/alerts/{id}")).await.1["status"] == "resolved"
+    })
+    .await;
+    let (_, alert) = api.get(&format!("/api/v1/alerts/{id}")).await;
+    let trail: Vec<&str> = alert["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(trail, ["opened", "resolved"]);
+    let (_, summary) = api.get("/api/v1/fleet/summary").await;
+    assert_eq!(summary["devices"], 2);
+    assert_eq!(summary["firing_alerts"], 0, "{summary}");
+    // the canary kept ingest healthy all along: no ingest_down
+    let (_, all) = api.get("/api/v1/alerts?kind=ingest_down").await;
+    assert!(all["items"].as_array().unwrap().is_empty(), "{all}");
+}

@@ -285,11 +285,10 @@ async fn shared_subscription_spreads_telemetry_over_the_pool(pool: PgPool) {
         .iter()
         .map(|c| c.snapshot().messages)
         .collect();
-    assert_eq!(
-        per_conn.iter().sum::<u64>(),
-        300,
-        "each message delivered once: {per_conn:?}"
-    );
+    // each message delivered once (connection 0 also gets our canary every 5 s)
+    assert_eq!(received(&app, "telemetry"), 300);
+    let total: u64 = per_conn.iter().sum();
+    assert!((300..=303).contains(&total), "{per_conn:?}");
     assert!(
         per_conn.iter().all(|&n| n > 0),
         "every connection got a share: {per_conn:?}"

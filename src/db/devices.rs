@@ -102,6 +102,10 @@ pub async fn all_ids(pool: &PgPool) -> sqlx::Result<Vec<String>> {
         .await
 }
 
+fn ms(d: crate::config::HumanDuration) -> i64 {
+    i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Write the configured groups and client-ID mappings, and put devices matching a group's
 /// pattern into that group (rules may have changed since the devices were created).
 pub async fn sync_config(pool: &PgPool, cfg: &Config, identity: &Identity) -> sqlx::Result<()> {
@@ -109,14 +113,19 @@ pub async fn sync_config(pool: &PgPool, cfg: &Config, identity: &Identity) -> sq
     for (id, g) in &cfg.groups {
         sqlx::query(
             r#"
-            insert into groups (id, name, time_zone, source) values ($1, $2, $3, 'config')
+            insert into groups (id, name, time_zone, source, expected_interval_ms, grace_ms, quiet_hours)
+            values ($1, $2, $3, 'config', $4, $5, $6)
             on conflict (id) do update set name = excluded.name, time_zone = excluded.time_zone,
-                source = 'config', updated_at = now()
+                source = 'config', expected_interval_ms = excluded.expected_interval_ms,
+                grace_ms = excluded.grace_ms, quiet_hours = excluded.quiet_hours, updated_at = now()
             "#,
         )
         .bind(id)
         .bind(g.name.as_deref().unwrap_or(id))
         .bind(g.time_zone.as_deref().unwrap_or(&cfg.fleet.time_zone))
+        .bind(g.expected_interval.map(ms))
+        .bind(g.grace.map(ms))
+        .bind(g.quiet_hours.as_deref().unwrap_or(""))
         .execute(&mut *tx)
         .await?;
     }
@@ -135,6 +144,29 @@ pub async fn sync_config(pool: &PgPool, cfg: &Config, identity: &Identity) -> sq
                     .await?;
             }
         }
+    }
+    // Device overrides: configured devices exist even before they report (that is the point
+    // of configuring them); overrides removed from the file are cleared.
+    let overridden: Vec<&String> = cfg.devices.overrides.keys().collect();
+    sqlx::query(
+        r#"update devices set expected_interval_ms = null, grace_ms = null
+           where (expected_interval_ms is not null or grace_ms is not null) and id <> all($1)"#,
+    )
+    .bind(&overridden)
+    .execute(&mut *tx)
+    .await?;
+    for (id, o) in &cfg.devices.overrides {
+        sqlx::query(
+            r#"insert into devices (id, group_id, expected_interval_ms, grace_ms) values ($1, $2, $3, $4)
+               on conflict (id) do update set expected_interval_ms = excluded.expected_interval_ms,
+                   grace_ms = excluded.grace_ms"#,
+        )
+        .bind(id)
+        .bind(identity.group_for(id, None))
+        .bind(o.expected_interval.map(ms))
+        .bind(o.grace.map(ms))
+        .execute(&mut *tx)
+        .await?;
     }
     sqlx::query("delete from client_ids where source = 'config'")
         .execute(&mut *tx)

@@ -31,7 +31,7 @@ pub async fn store(
     // saves a row lock on the hot device row during redelivery storms.
     if inserted {
         if let Some(device_id) = device_id {
-            apply_to_device(&mut tx, ev, device_id, group_id).await?;
+            apply_to_device(&mut tx, ev, device_id, group_id, received_at).await?;
         }
     }
     tx.commit().await?;
@@ -82,6 +82,7 @@ async fn apply_to_device(
     ev: &PresenceEvent,
     device_id: &str,
     group_id: Option<&str>,
+    received_at: DateTime<Utc>,
 ) -> sqlx::Result<()> {
     let Some(ord) = ev.ordering() else {
         return Ok(());
@@ -115,7 +116,12 @@ async fn apply_to_device(
             last_ip        = case when excluded.last_connected_at >= coalesce(d.last_connected_at, '-infinity')
                                   then excluded.last_ip else d.last_ip end,
             last_principal = case when excluded.last_connected_at >= coalesce(d.last_connected_at, '-infinity')
-                                  then excluded.last_principal else d.last_principal end
+                                  then excluded.last_principal else d.last_principal end,
+            -- a device in a gap is looked at again when its connectivity changes (an open
+            -- alert is reclassified silent <-> offline); others wait for their deadline
+            deadline_at = case when d.state in ('late', 'silent', 'offline')
+                                    and presence_is_newer($4, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
+                               then least(coalesce(d.deadline_at, $12), $12) else d.deadline_at end
         "#,
     )
     .bind(device_id)
@@ -129,6 +135,7 @@ async fn apply_to_device(
     .bind(if is_connect { None } else { ev.disconnect_reason.as_deref() })
     .bind(if is_connect { ev.ip_address.as_deref() } else { None })
     .bind(if is_connect { ev.principal_identifier.as_deref() } else { None })
+    .bind(received_at)
     .execute(&mut **tx)
     .await?;
     Ok(())

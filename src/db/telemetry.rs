@@ -11,6 +11,7 @@ pub struct DeviceRow {
     pub group_id: Option<String>,
     pub last_arrival: DateTime<Utc>,
     pub max_device_ts: Option<DateTime<Utc>>,
+    pub min_device_ts: Option<DateTime<Utc>>,
 }
 
 /// One (device, hour) count of a batch.
@@ -38,6 +39,7 @@ pub async fn write_batch(
     let groups: Vec<Option<&str>> = devices.iter().map(|d| d.group_id.as_deref()).collect();
     let arrivals: Vec<DateTime<Utc>> = devices.iter().map(|d| d.last_arrival).collect();
     let dev_ts: Vec<Option<DateTime<Utc>>> = devices.iter().map(|d| d.max_device_ts).collect();
+    let min_ts: Vec<Option<DateTime<Utc>>> = devices.iter().map(|d| d.min_device_ts).collect();
     let h_ids: Vec<&str> = hours.iter().map(|h| h.device_id.as_str()).collect();
     let h_hours: Vec<DateTime<Utc>> = hours.iter().map(|h| h.hour).collect();
     let h_counts: Vec<i64> = hours.iter().map(|h| h.count).collect();
@@ -49,17 +51,29 @@ pub async fn write_batch(
             order by 1
             on conflict (id) do nothing
         ), upserted as (
-            insert into devices as d (id, group_id, last_impression_at, last_device_ts, state, state_since)
-            select id, grp, arrival, dev_ts, 'healthy', arrival
-            from unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
-                 as u(id, grp, arrival, dev_ts)
+            -- gap_min_device_ts carries this batch's earliest device time into `excluded`;
+            -- on a new device it means nothing (the detector clears it when a gap opens)
+            insert into devices as d (id, group_id, last_impression_at, last_device_ts, state,
+                                      state_since, deadline_at, gap_min_device_ts)
+            select id, grp, arrival, dev_ts, 'healthy', arrival, arrival, min_ts
+            from unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[],
+                        $9::timestamptz[]) as u(id, grp, arrival, dev_ts, min_ts)
             on conflict (id) do update set
                 last_impression_at = greatest(d.last_impression_at, excluded.last_impression_at),
                 last_device_ts     = greatest(d.last_device_ts, excluded.last_device_ts),
                 group_id           = coalesce(d.group_id, excluded.group_id),
-                -- until the detector owns health, first data makes a device healthy
+                -- until the detector has looked, first data makes a device healthy
                 state       = case when d.state = 'never_seen' then 'healthy' else d.state end,
-                state_since = case when d.state = 'never_seen' then excluded.state_since else d.state_since end
+                state_since = case when d.state = 'never_seen' then excluded.state_since else d.state_since end,
+                -- a healthy device keeps its deadline (the detector pushes it on when it
+                -- passes); any other state is looked at now, so a returning device resolves
+                -- within one tick
+                deadline_at = case when d.state = 'healthy'
+                                   then coalesce(d.deadline_at, excluded.deadline_at)
+                                   else least(coalesce(d.deadline_at, excluded.deadline_at), excluded.deadline_at) end,
+                gap_min_device_ts = case when d.state in ('silent', 'offline')
+                                         then least(d.gap_min_device_ts, excluded.gap_min_device_ts)
+                                         else d.gap_min_device_ts end
         )
         insert into impressions_hourly as h (device_id, hour, count)
         select * from unnest($5::text[], $6::timestamptz[], $7::bigint[])
@@ -74,6 +88,7 @@ pub async fn write_batch(
     .bind(&h_hours)
     .bind(&h_counts)
     .bind(fleet_time_zone)
+    .bind(&min_ts)
     .execute(pool)
     .await?;
     Ok(())

@@ -18,13 +18,16 @@ const PRESENCE_CONCURRENCY: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    Canary,
     Presence,
     Telemetry,
     Unmatched,
 }
 
 fn classify(ctx: &IngestContext, topic_name: &str) -> Kind {
-    if ctx
+    if topic_name == &*ctx.canary_topic {
+        Kind::Canary
+    } else if ctx
         .presence_filters
         .iter()
         .any(|f| topic::matches(f, topic_name))
@@ -99,6 +102,11 @@ pub async fn run(
             done?;
         }
         match classify(&ctx, &msg.publish.topic) {
+            Kind::Canary => {
+                // Measured here, after the channel, so a backed-up pipeline shows as lag.
+                ctx.health.returned(&msg.publish.payload, ctx.clock.now());
+                msg.ack();
+            }
             Kind::Presence => {
                 ctx.metrics.received("presence");
                 let permit = permits.clone().acquire_owned().await?;

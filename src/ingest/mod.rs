@@ -59,6 +59,9 @@ pub struct IngestContext {
     pub telemetry_filters: Arc<[String]>,
     pub fleet_time_zone: Arc<str>,
     pub warn: Arc<RateLimitedWarn>,
+    /// Our canary's topic and where its return is recorded.
+    pub canary_topic: Arc<str>,
+    pub health: Arc<crate::detect::health::IngestHealth>,
 }
 
 impl IngestContext {
@@ -75,6 +78,8 @@ impl IngestContext {
             device_ts_field: Some(cfg.telemetry.device_ts_field.clone()).filter(|f| !f.is_empty()),
             group_level: cfg.telemetry.group_level,
         };
+        let health =
+            crate::detect::health::IngestHealth::new(clock.now(), cfg.detector.canary_timeout.0);
         Self {
             pool,
             buffer: Arc::new(TelemetryBuffer::new(
@@ -90,6 +95,8 @@ impl IngestContext {
             telemetry_filters: cfg.mqtt.telemetry_topics.clone().into(),
             fleet_time_zone: cfg.fleet.time_zone.clone().into(),
             warn: Arc::new(RateLimitedWarn::new(std::time::Duration::from_secs(10))),
+            canary_topic: mqtt::canary_topic(cfg).into(),
+            health,
         }
     }
 }

@@ -44,12 +44,22 @@ pub struct ConnState {
 }
 
 /// One connection of the pool, as the rest of the service sees it.
-#[derive(Debug)]
 pub struct ConnectionStatus {
     pub index: usize,
     pub client_id: String,
     pub subscriptions: Vec<String>,
+    /// To publish on this connection (the canary); never blocks.
+    pub client: AsyncClient,
     state: Mutex<ConnState>,
+}
+
+impl std::fmt::Debug for ConnectionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionStatus")
+            .field("client_id", &self.client_id)
+            .field("state", &self.snapshot())
+            .finish()
+    }
 }
 
 impl ConnectionStatus {
@@ -94,6 +104,10 @@ pub fn plan(cfg: &Config) -> Vec<ConnectionPlan> {
                 subscriptions.extend(cfg.mqtt.presence_topics.iter().cloned());
             }
             subscriptions.extend(cfg.mqtt.telemetry_topics.iter().map(shared));
+            if i == 0 {
+                // Our canary comes back on the connection that sends it.
+                subscriptions.push(canary_topic(cfg));
+            }
             ConnectionPlan {
                 index: i,
                 client_id: format!("{}{}-{}", cfg.mqtt.client_id_prefix, instance, i),
@@ -101,6 +115,13 @@ pub fn plan(cfg: &Config) -> Vec<ConnectionPlan> {
             }
         })
         .collect()
+}
+
+/// This replica's canary topic.
+pub fn canary_topic(cfg: &Config) -> String {
+    cfg.detector
+        .canary_topic
+        .replace("{instance}", &cfg.instance_id())
 }
 
 fn read(path: &std::path::Path, key: &str) -> anyhow::Result<Vec<u8>> {
@@ -194,27 +215,29 @@ pub fn start(
     let mut statuses = Vec::new();
     for p in plan(cfg) {
         let opts = options(cfg, &p.client_id)?;
+        let (client, eventloop) = AsyncClient::new(opts, lc.request_capacity);
         let status = Arc::new(ConnectionStatus {
             index: p.index,
             client_id: p.client_id.clone(),
             subscriptions: p.subscriptions.clone(),
+            client,
             state: Mutex::new(ConnState::default()),
         });
         statuses.push(status.clone());
         let (lc, cancel) = (lc.clone(), cancel.clone());
-        tracker.spawn(async move { run_connection(opts, status, lc, cancel).await });
+        tracker.spawn(async move { run_connection(eventloop, status, lc, cancel).await });
     }
     Ok(statuses)
 }
 
 async fn run_connection(
-    opts: MqttOptions,
+    mut eventloop: rumqttc::EventLoop,
     status: Arc<ConnectionStatus>,
     lc: LoopCtx,
     cancel: CancellationToken,
 ) {
     let conn_label = vec![("connection", status.client_id.clone())];
-    let (client, mut eventloop) = AsyncClient::new(opts, lc.request_capacity);
+    let client = status.client.clone();
     let subscriptions: Vec<rumqttc::SubscribeFilter> = status
         .subscriptions
         .iter()
@@ -330,8 +353,11 @@ mod tests {
         assert!(p
             .iter()
             .all(|c| c.client_id.starts_with("fleetwatch-host-a-")));
-        // telemetry shared across the pool, presence once
-        assert_eq!(p[0].subscriptions.len(), 4);
+        // telemetry shared across the pool, presence once, our canary on the first
+        assert_eq!(p[0].subscriptions.len(), 5);
+        assert!(p[0]
+            .subscriptions
+            .contains(&"fleetwatch/canary/host-a".to_string()));
         assert_eq!(
             p[1].subscriptions,
             vec!["$share/fleetwatch/dt/+/impressions"]

@@ -23,6 +23,8 @@ pub struct Pending {
     pub group: Option<String>,
     pub last_arrival: DateTime<Utc>,
     pub max_device_ts: Option<DateTime<Utc>>,
+    /// Earliest device time in this batch: tells whether a backlog covered a gap.
+    pub min_device_ts: Option<DateTime<Utc>>,
     pub hours: BTreeMap<DateTime<Utc>, i64>,
 }
 
@@ -31,6 +33,10 @@ impl Pending {
         self.group = self.group.take().or(other.group);
         self.last_arrival = self.last_arrival.max(other.last_arrival);
         self.max_device_ts = self.max_device_ts.max(other.max_device_ts);
+        self.min_device_ts = match (self.min_device_ts, other.min_device_ts) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         for (h, c) in other.hours {
             *self.hours.entry(h).or_default() += c;
         }
@@ -68,6 +74,7 @@ impl TelemetryBuffer {
             group,
             last_arrival: arrival,
             max_device_ts: imp.device_ts,
+            min_device_ts: imp.device_ts,
             hours: BTreeMap::from([(hour, 1)]),
         };
         let len = {
@@ -126,6 +133,7 @@ pub fn rows(batch: &Batch) -> (Vec<DeviceRow>, Vec<HourRow>) {
             group_id: p.group.clone(),
             last_arrival: p.last_arrival,
             max_device_ts: p.max_device_ts,
+            min_device_ts: p.min_device_ts,
         })
         .collect();
     devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));

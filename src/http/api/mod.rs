@@ -1,8 +1,10 @@
 //! `/api/v1`: one file per resource, plus the shared pieces (pagination cursors, limits).
 
+pub mod alerts;
 pub mod devices;
+pub mod fleet;
 
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -16,6 +18,11 @@ pub fn router() -> Router<AppState> {
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::get))
         .route("/devices/{id}/events", get(devices::events))
+        .route("/alerts", get(alerts::list))
+        .route("/alerts/{id}", get(alerts::get))
+        .route("/alerts/{id}/ack", post(alerts::ack))
+        .route("/alerts/{id}/ticket", put(alerts::ticket))
+        .route("/fleet/summary", get(fleet::summary))
 }
 
 pub async fn not_found() -> ApiError {

@@ -1,0 +1,7 @@
+//! Alerts: the lifecycle (fire, reopen, reclassify, cover, resolve, acknowledge, ticket) with
+//! its append-only trail, and the read side for the API. One firing alert per (kind, subject);
+//! ids are stable and never reused.
+
+pub mod lifecycle;
+
+pub use lifecycle::{AlertFilter, AlertRow, AlertSpec, EventRow, Fired};

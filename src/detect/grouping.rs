@@ -1,0 +1,489 @@
+//! Incident grouping (DESIGN.md §2 item 5): per-device heartbeat gaps that belong to one cause
+//! become one `group_outage` (a building: power cut, the building's router) or one
+//! `fleet_outage` (the carrier, IoT Core). The per-device alerts stay recorded, but are marked
+//! `covered_by` the outage, so that notifications send one message per incident instead of one
+//! per screen; when the outage resolves, the devices still failing are uncovered and stand on
+//! their own.
+//!
+//! Runs after the heartbeat pass of each detector tick, in one transaction, with `now` injected.
+//!
+//! Rules:
+//! - A group outage fires when at least `group_outage_devices` firing gap alerts of one group
+//!   started within `group_outage_window` of each other. The window slides over the alerts'
+//!   start times rather than being pinned to `now`, so that a tick that ran late (leader
+//!   failover, a heartbeat pass capped by `max_due_per_tick`) still recognises devices that
+//!   went silent together. Once firing it covers every firing gap alert of the group, also
+//!   ones opened later, and lists them.
+//! - A fleet outage fires when the firing gap alerts of reporting devices (not `never_seen`,
+//!   not retired) reach `fleet_outage_fraction` of the reporting devices and at least
+//!   `fleet_outage_min_devices`. It covers every firing gap alert and every firing group outage.
+//! - Both resolve with hysteresis, at half their firing threshold, so that an outage whose
+//!   devices come back one by one does not resolve and re-fire around the threshold.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool};
+
+use super::{at, Settings};
+use crate::alerts::lifecycle::{self, AlertSpec, Fired};
+use crate::domain::alert::Kind;
+
+/// What one grouping tick did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    /// Outages opened or reopened, as (kind, subject).
+    pub fired: Vec<(Kind, String)>,
+    /// Outages resolved, as (kind, subject).
+    pub resolved: Vec<(Kind, String)>,
+    /// Alerts newly marked as covered by an outage.
+    pub covered: usize,
+    /// Alerts released by a resolved outage.
+    pub uncovered: usize,
+}
+
+/// The fleet outage's subject.
+const FLEET: &str = "fleet";
+/// Fleet outage details list at most this many devices; the rest is a count. Notification
+/// bodies and the dashboard must stay small when thousands of screens are dark.
+const MAX_LISTED: usize = 100;
+
+/// A firing heartbeat-gap alert.
+#[derive(Debug, sqlx::FromRow)]
+struct Gap {
+    id: i64,
+    device_id: Option<String>,
+    group_id: Option<String>,
+    /// When it last became firing: a reopened alert keeps its original `opened_at`, and a
+    /// device whose short gap was reopened in the power cut went silent with the others.
+    since: DateTime<Utc>,
+    /// Whether its device counts towards the fleet's reporting devices.
+    reporting: bool,
+}
+
+/// A firing group or fleet outage.
+#[derive(Debug, sqlx::FromRow)]
+struct Outage {
+    id: i64,
+    kind: String,
+    subject: String,
+    details: Value,
+}
+
+/// Group per-device heartbeat gaps into group and fleet outages. Runs after the heartbeat pass
+/// of each detector tick; `now` is injected. One transaction.
+pub async fn tick(pool: &PgPool, s: &Settings, now: DateTime<Utc>) -> anyhow::Result<Outcome> {
+    let mut tx = pool.begin().await?;
+    let out = tick_in(&mut tx, s, now).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+async fn tick_in(
+    conn: &mut PgConnection,
+    s: &Settings,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Outcome> {
+    let mut out = Outcome::default();
+
+    // The common case is a healthy fleet with a few broken screens: one aggregate over the
+    // partial index of firing alerts decides that nothing can fire or resolve.
+    let (gaps, outages): (i64, i64) = sqlx::query_as(
+        r#"select count(*) filter (where kind = 'heartbeat_gap'),
+                  count(*) filter (where kind <> 'heartbeat_gap')
+           from alerts
+           where status = 'firing' and kind in ('heartbeat_gap', 'group_outage', 'fleet_outage')"#,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if outages == 0
+        && gaps
+            < s.group_outage_devices
+                .min(s.fleet_outage_min_devices)
+                .max(1)
+    {
+        return Ok(out);
+    }
+
+    let gaps: Vec<Gap> = sqlx::query_as(
+        r#"select a.id, a.device_id, a.group_id,
+                  coalesce((select max(e.at) from alert_events e
+                            where e.alert_id = a.id and e.type = 'reopened'),
+                           a.opened_at) as since,
+                  coalesce(d.retired_at is null and d.state not in ('never_seen', 'retired'),
+                           false) as reporting
+           from alerts a left join devices d on d.id = a.device_id
+           where a.kind = 'heartbeat_gap' and a.status = 'firing'
+           order by a.id"#,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let firing: Vec<Outage> = sqlx::query_as(
+        r#"select id, kind, subject, details from alerts
+           where status = 'firing' and kind in ('group_outage', 'fleet_outage')
+           order by id"#,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut group_outages: BTreeMap<String, Outage> = BTreeMap::new();
+    let mut fleet_outage: Option<Outage> = None;
+    for o in firing {
+        if o.kind == Kind::FleetOutage.as_str() {
+            fleet_outage = Some(o);
+        } else {
+            group_outages.insert(o.subject.clone(), o);
+        }
+    }
+
+    let reporting: i64 = sqlx::query_scalar(
+        r#"select count(*) from devices
+           where retired_at is null and state not in ('never_seen', 'retired')"#,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let fleet = FleetCount::new(&gaps, reporting, s);
+
+    // A fleet outage that ends releases its alerts first, so that the group pass below can
+    // take over the devices of buildings that are still dark in this same tick (otherwise they
+    // would stand uncovered, and be notified one by one, until the next tick).
+    if let Some(o) = &fleet_outage {
+        if fleet.should_resolve() {
+            resolve_outage(
+                conn,
+                o,
+                Kind::FleetOutage,
+                fleet.summary_resolved(),
+                &fleet.still_failing,
+                now,
+                &mut out,
+            )
+            .await?;
+            fleet_outage = None;
+        }
+    }
+
+    group_pass(conn, s, now, &gaps, &group_outages, &mut out).await?;
+
+    if fleet_outage.is_some() || fleet.should_fire() {
+        let since = kept_since(fleet_outage.as_ref()).unwrap_or(fleet.since);
+        let spec = AlertSpec {
+            kind: Kind::FleetOutage,
+            subject: FLEET.to_string(),
+            device_id: None,
+            group_id: None,
+            severity: s.severity(Kind::FleetOutage),
+            summary: format!(
+                "Fleet: {} of {} reporting devices silent since {}",
+                fleet.count,
+                fleet.reporting,
+                since.format("%H:%MZ")
+            ),
+            details: fleet.details(since),
+        };
+        let id = fire(conn, &spec, s, now, &mut out).await?;
+        // Building outages are covered too: a gap already covered by its building keeps that
+        // cover (`cover` skips it) and the building is covered by the fleet, so one
+        // notification still speaks for all of them.
+        let mut ids: Vec<i64> = sqlx::query_scalar(
+            "select id from alerts where kind = 'group_outage' and status = 'firing' order by id",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        ids.extend(gaps.iter().map(|g| g.id));
+        out.covered += lifecycle::cover(conn, &ids, id, now).await?.len();
+    }
+    Ok(out)
+}
+
+/// Fire, resolve and cover the group outages.
+async fn group_pass(
+    conn: &mut PgConnection,
+    s: &Settings,
+    now: DateTime<Utc>,
+    gaps: &[Gap],
+    firing: &BTreeMap<String, Outage>,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let mut by_group: BTreeMap<&str, Vec<&Gap>> = BTreeMap::new();
+    for g in gaps {
+        if let Some(group) = g.group_id.as_deref() {
+            by_group.entry(group).or_default().push(g);
+        }
+    }
+    // Groups whose outage is firing while none of their devices is in a gap any more must be
+    // visited too, to resolve.
+    let groups: BTreeSet<&str> = by_group
+        .keys()
+        .copied()
+        .chain(firing.keys().map(String::as_str))
+        .collect();
+    let names = group_names(conn, &groups).await?;
+
+    for group in groups {
+        let members = by_group.get(group).map(Vec::as_slice).unwrap_or_default();
+        let existing = firing.get(group);
+        let count = members.len() as i64;
+        let since = match existing {
+            // Hysteresis: a building whose screens come back one by one stays one incident
+            // until fewer than half of the threshold are still dark.
+            Some(o) if count * 2 < s.group_outage_devices => {
+                let still: Vec<String> = device_list(members);
+                let name = display_name(&names, group);
+                let summary = format!(
+                    "Building {name}: outage over, {} still silent",
+                    plural(still.len(), "device")
+                );
+                resolve_outage(conn, o, Kind::GroupOutage, summary, &still, now, out).await?;
+                continue;
+            }
+            Some(o) => kept_since(Some(o)).unwrap_or_else(|| earliest(members)),
+            None => match cluster_start(members, s.group_outage_devices, s.group_outage_window) {
+                Some(t) => t,
+                None => continue,
+            },
+        };
+        let devices = device_list(members);
+        let name = display_name(&names, group);
+        let group_json = match names.get(group) {
+            Some((n, tz)) => json!({"id": group, "name": n, "time_zone": tz}),
+            None => json!({"id": group, "name": group, "time_zone": null}),
+        };
+        let spec = AlertSpec {
+            kind: Kind::GroupOutage,
+            subject: group.to_string(),
+            device_id: None,
+            group_id: Some(group.to_string()),
+            severity: s.severity(Kind::GroupOutage),
+            summary: format!(
+                "Building {name}: {} silent since {}",
+                plural(devices.len(), "device"),
+                since.format("%H:%MZ")
+            ),
+            details: json!({
+                "group": group_json,
+                "devices": devices,
+                "count": devices.len(),
+                "since": at(since),
+            }),
+        };
+        let id = fire(conn, &spec, s, now, out).await?;
+        let ids: Vec<i64> = members.iter().map(|g| g.id).collect();
+        out.covered += lifecycle::cover(conn, &ids, id, now).await?.len();
+    }
+    Ok(())
+}
+
+/// `fire`, recording opened and reopened outages in the outcome.
+async fn fire(
+    conn: &mut PgConnection,
+    spec: &AlertSpec,
+    s: &Settings,
+    now: DateTime<Utc>,
+    out: &mut Outcome,
+) -> anyhow::Result<i64> {
+    let fired = lifecycle::fire(conn, spec, now, s.reopen_window).await?;
+    if matches!(fired, Fired::Opened(_) | Fired::Reopened(_)) {
+        tracing::warn!(kind = %spec.kind, subject = %spec.subject, summary = %spec.summary, "outage");
+        out.fired.push((spec.kind, spec.subject.clone()));
+    }
+    Ok(fired.id())
+}
+
+/// Resolve an outage and release what it covered.
+async fn resolve_outage(
+    conn: &mut PgConnection,
+    o: &Outage,
+    kind: Kind,
+    summary: String,
+    still_failing: &[String],
+    now: DateTime<Utc>,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    // Under its own key: merged into the details, `devices`/`count` must keep saying what the
+    // outage was at its largest known state rather than be overwritten.
+    let outcome = json!({"resolution": {"still_failing": still_failing}});
+    if lifecycle::resolve(conn, o.id, now, Some(&summary), outcome).await? {
+        tracing::info!(kind = %kind, subject = %o.subject, "outage resolved");
+        out.resolved.push((kind, o.subject.clone()));
+    }
+    out.uncovered += lifecycle::uncover(conn, o.id, now).await?.len();
+    Ok(())
+}
+
+/// The fleet-wide numbers.
+struct FleetCount {
+    /// Firing gap alerts of reporting devices.
+    count: i64,
+    reporting: i64,
+    /// Gaps needed to fire: the fraction of the reporting devices, rounded up.
+    need: i64,
+    min_devices: i64,
+    fraction: f64,
+    per_group: BTreeMap<String, i64>,
+    still_failing: Vec<String>,
+    since: DateTime<Utc>,
+}
+
+impl FleetCount {
+    fn new(gaps: &[Gap], reporting: i64, s: &Settings) -> Self {
+        let counted: Vec<&Gap> = gaps.iter().filter(|g| g.reporting).collect();
+        let mut per_group = BTreeMap::new();
+        for g in &counted {
+            // Devices without a building are one bucket: ops read this map to see whether the
+            // outage is everywhere or a few big sites.
+            let key = g.group_id.clone().unwrap_or_else(|| "(none)".to_string());
+            *per_group.entry(key).or_insert(0) += 1;
+        }
+        // The epsilon keeps 0.3 × 10 = 3.0000000000000004 from demanding a fourth device.
+        let need = (s.fleet_outage_fraction * reporting as f64 - 1e-9)
+            .ceil()
+            .max(0.0) as i64;
+        FleetCount {
+            count: counted.len() as i64,
+            reporting,
+            need,
+            min_devices: s.fleet_outage_min_devices,
+            fraction: s.fleet_outage_fraction,
+            per_group,
+            still_failing: device_list(&counted),
+            since: earliest(&counted),
+        }
+    }
+
+    fn should_fire(&self) -> bool {
+        self.count > 0 && self.count >= self.need && self.count >= self.min_devices
+    }
+
+    /// Below half of the fraction threshold (and always with nothing left failing).
+    fn should_resolve(&self) -> bool {
+        self.count == 0 || self.count * 2 < self.need
+    }
+
+    fn summary_resolved(&self) -> String {
+        format!(
+            "Fleet: outage over, {} of {} reporting devices still silent",
+            self.count, self.reporting
+        )
+    }
+
+    fn details(&self, since: DateTime<Utc>) -> Value {
+        let listed: Vec<&String> = self.still_failing.iter().take(MAX_LISTED).collect();
+        let fraction = if self.reporting > 0 {
+            // Rounded so that the details only change when the counts do.
+            (self.count as f64 / self.reporting as f64 * 10_000.0).round() / 10_000.0
+        } else {
+            0.0
+        };
+        json!({
+            "count": self.count,
+            "reporting": self.reporting,
+            "fraction": fraction,
+            "threshold": self.fraction,
+            "groups": self.per_group,
+            "devices": listed,
+            "truncated": self.still_failing.len().saturating_sub(MAX_LISTED),
+            "since": at(since),
+        })
+    }
+}
+
+/// The start of the first run of at least `n` start times within `window` of each other, if
+/// any: where the incident began.
+fn cluster_start(members: &[&Gap], n: i64, window: TimeDelta) -> Option<DateTime<Utc>> {
+    let n = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
+    let mut times: Vec<DateTime<Utc>> = members.iter().map(|g| g.since).collect();
+    times.sort_unstable();
+    let mut first = 0;
+    for last in 0..times.len() {
+        while times[last] - times[first] > window {
+            first += 1;
+        }
+        if last + 1 - first >= n {
+            return Some(times[first]);
+        }
+    }
+    None
+}
+
+/// The `since` an outage already published: it must not move while the outage fires.
+fn kept_since(o: Option<&Outage>) -> Option<DateTime<Utc>> {
+    let s = o?.details.get("since")?.as_str()?;
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn earliest(members: &[&Gap]) -> DateTime<Utc> {
+    members.iter().map(|g| g.since).min().unwrap_or_default()
+}
+
+/// Sorted, distinct device ids: the details must not change when only the row order does.
+fn device_list(members: &[&Gap]) -> Vec<String> {
+    let set: BTreeSet<&str> = members
+        .iter()
+        .filter_map(|g| g.device_id.as_deref())
+        .collect();
+    set.into_iter().map(str::to_string).collect()
+}
+
+/// Name and time zone of each group that has one.
+async fn group_names(
+    conn: &mut PgConnection,
+    groups: &BTreeSet<&str>,
+) -> sqlx::Result<BTreeMap<String, (String, String)>> {
+    let ids: Vec<&str> = groups.iter().copied().collect();
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("select id, name, time_zone from groups where id = any($1)")
+            .bind(&ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, tz)| (id, (name, tz)))
+        .collect())
+}
+
+fn display_name<'a>(names: &'a BTreeMap<String, (String, String)>, group: &'a str) -> &'a str {
+    names.get(group).map_or(group, |(n, _)| n.as_str())
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gap(minute: i64) -> Gap {
+        Gap {
+            id: minute,
+            device_id: Some(format!("d{minute}")),
+            group_id: Some("g".into()),
+            since: DateTime::<Utc>::UNIX_EPOCH + TimeDelta::minutes(minute),
+            reporting: true,
+        }
+    }
+
+    #[test]
+    fn clusters_slide_over_start_times() {
+        let w = TimeDelta::minutes(10);
+        let spread: Vec<Gap> = [0, 30, 60, 90].map(gap).into();
+        let refs: Vec<&Gap> = spread.iter().collect();
+        assert_eq!(cluster_start(&refs, 2, w), None);
+
+        let burst: Vec<Gap> = [0, 45, 50, 55, 58].map(gap).into();
+        let refs: Vec<&Gap> = burst.iter().collect();
+        assert_eq!(cluster_start(&refs, 3, w), Some(burst[1].since));
+        assert_eq!(cluster_start(&refs, 5, w), None);
+        // exactly the window apart still counts
+        let edge: Vec<Gap> = [0, 10].map(gap).into();
+        let refs: Vec<&Gap> = edge.iter().collect();
+        assert_eq!(cluster_start(&refs, 2, w), Some(edge[0].since));
+    }
+}

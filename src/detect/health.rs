@@ -1,0 +1,143 @@
+//! Our own ingest health (DESIGN.md §2a "Our own health"): ingest is healthy when every MQTT
+//! connection is up and the canary message we publish to our own topic every few seconds came
+//! back through the whole pipeline (broker → poll loop → channel → dispatcher) within
+//! `canary_timeout`. While it is not, no device is evaluated: a broker outage or a stalled
+//! pipeline must never turn into device alerts.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::ingest::mqtt::ConnectionStatus;
+
+/// The verdict a detector tick works with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestStatus {
+    Healthy,
+    /// Why not, for the `ingest_down` alert.
+    Down(String),
+}
+
+#[derive(Debug, Default)]
+struct Canary {
+    seq: u64,
+    last_returned_at: Option<DateTime<Utc>>,
+    last_rtt: Option<TimeDelta>,
+}
+
+/// Canary bookkeeping, shared by the publisher task, the dispatcher and the detector.
+#[derive(Debug)]
+pub struct IngestHealth {
+    started_at: DateTime<Utc>,
+    timeout: TimeDelta,
+    canary: Mutex<Canary>,
+}
+
+impl IngestHealth {
+    pub fn new(started_at: DateTime<Utc>, timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            started_at,
+            timeout: TimeDelta::from_std(timeout).unwrap_or(TimeDelta::MAX),
+            canary: Mutex::new(Canary::default()),
+        })
+    }
+
+    /// The next canary payload: our send time, so the round trip needs no state.
+    pub fn next_payload(&self, now: DateTime<Utc>) -> Vec<u8> {
+        let mut c = self.canary.lock().unwrap_or_else(|e| e.into_inner());
+        c.seq += 1;
+        serde_json::json!({"seq": c.seq, "sent_at": now.timestamp_micros()})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// A canary came back through the pipeline at `now`.
+    pub fn returned(&self, payload: &[u8], now: DateTime<Utc>) {
+        let sent = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| v["sent_at"].as_i64())
+            .and_then(DateTime::from_timestamp_micros);
+        let mut c = self.canary.lock().unwrap_or_else(|e| e.into_inner());
+        c.last_returned_at = Some(now);
+        c.last_rtt = sent.map(|s| now - s);
+    }
+
+    /// Round trip of the last canary.
+    pub fn last_rtt(&self) -> Option<TimeDelta> {
+        self.canary
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_rtt
+    }
+
+    /// The verdict at `now` given the connections' states.
+    pub fn status(
+        &self,
+        connections: &[Arc<ConnectionStatus>],
+        now: DateTime<Utc>,
+    ) -> IngestStatus {
+        let down: Vec<String> = connections
+            .iter()
+            .filter_map(|c| {
+                let s = c.snapshot();
+                (!s.connected).then(|| {
+                    format!(
+                        "{} disconnected{}",
+                        c.client_id,
+                        s.last_error.map(|e| format!(": {e}")).unwrap_or_default()
+                    )
+                })
+            })
+            .collect();
+        if !down.is_empty() {
+            return IngestStatus::Down(down.join("; "));
+        }
+        let c = self.canary.lock().unwrap_or_else(|e| e.into_inner());
+        // The last canary must be recent; right after start, allow one timeout for the first.
+        let reference = c.last_returned_at.unwrap_or(self.started_at);
+        if now - reference > self.timeout {
+            return IngestStatus::Down(match c.last_returned_at {
+                Some(t) => format!(
+                    "canary not returned since {} (ingest stalled or lagging)",
+                    super::at(t)
+                ),
+                None => "no canary returned since start".to_string(),
+            });
+        }
+        IngestStatus::Healthy
+    }
+}
+
+/// Publish a canary on the first connection every `interval` until cancelled. QoS 0: a lost
+/// canary is what we want to notice, not something to redeliver.
+pub async fn run_canary(
+    health: Arc<IngestHealth>,
+    connection: Arc<ConnectionStatus>,
+    topic: String,
+    clock: SharedClock,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if !connection.snapshot().connected {
+            continue;
+        }
+        let payload = health.next_payload(clock.now());
+        if let Err(e) =
+            connection
+                .client
+                .try_publish(topic.clone(), rumqttc::QoS::AtMostOnce, false, payload)
+        {
+            tracing::debug!(error = %e, "canary not queued");
+        }
+    }
+}

@@ -1,0 +1,728 @@
+//! The heartbeat clock of DESIGN.md §2a: per device, when it is late, when a gap alerts, and
+//! whether it is `silent` (still connected) or `offline`.
+//!
+//! All deadlines run on our arrival clock. `base = max(last data, restart points)` where the
+//! restart points are the first reconnect after the last data (so a device reconnecting every
+//! few minutes without data still alerts), the end of quiet hours, and service start / ingest
+//! recovery. `late` at `base + interval (+ flush allowance)`, `due` at `late + grace`. At `due` a
+//! connected device is `silent`; a device disconnected since `d` is `offline` at
+//! `max(due, d + disconnect_grace)`. An open alert stays open until data returns (also through
+//! quiet hours); meanwhile presence changes reclassify it silent ⇄ offline in place.
+//!
+//! [`evaluate`] is pure; [`run_due`] selects the devices whose deadline passed, evaluates them
+//! and applies each decision with a conditional update in its own transaction.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::json;
+use sqlx::PgPool;
+
+use super::schedule::QuietHours;
+use super::{at, Settings};
+use crate::alerts::lifecycle::{self, AlertSpec};
+use crate::domain::alert::Kind;
+
+/// How a gap is classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gap {
+    /// Connected (or connectivity unknown) but no data: the app or camera died.
+    Silent,
+    /// Disconnected for longer than `disconnect_grace`.
+    Offline,
+}
+
+impl Gap {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gap::Silent => "silent",
+            Gap::Offline => "offline",
+        }
+    }
+    fn parse(s: &str) -> Gap {
+        if s == "offline" {
+            Gap::Offline
+        } else {
+            Gap::Silent
+        }
+    }
+}
+
+/// Device health states (the API's `state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    NeverSeen,
+    Healthy,
+    Late,
+    Silent,
+    Offline,
+    Quiet,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::NeverSeen => "never_seen",
+            State::Healthy => "healthy",
+            State::Late => "late",
+            State::Silent => "silent",
+            State::Offline => "offline",
+            State::Quiet => "quiet",
+        }
+    }
+}
+
+impl From<Gap> for State {
+    fn from(g: Gap) -> State {
+        match g {
+            Gap::Silent => State::Silent,
+            Gap::Offline => State::Offline,
+        }
+    }
+}
+
+/// The open heartbeat-gap alert of a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenGap {
+    pub id: i64,
+    pub class: Gap,
+    /// `last_data` when the alert opened: data newer than this means the device is back.
+    pub last_data_before: Option<DateTime<Utc>>,
+    /// The newest device timestamp when the alert opened.
+    pub last_device_ts_before: Option<DateTime<Utc>>,
+}
+
+/// Expected interval and grace after the fleet → group → device overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expectations {
+    pub interval: TimeDelta,
+    pub grace: TimeDelta,
+    pub disconnect_grace: TimeDelta,
+    pub flush_allowance: TimeDelta,
+}
+
+/// Everything the clock needs to know about one device at `now`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    /// Arrival time of the newest impression.
+    pub last_data: Option<DateTime<Utc>>,
+    pub connected: Option<bool>,
+    /// When `connected == Some(false)`: the time of the deciding disconnect.
+    pub disconnected_at: Option<DateTime<Utc>>,
+    /// Arrival time of the first connect after `last_data` (a restart point once per gap).
+    pub first_reconnect: Option<DateTime<Utc>>,
+    /// Service start or ingest recovery.
+    pub service_restart: Option<DateTime<Utc>>,
+    /// If quiet hours hold now: when they end.
+    pub quiet_until: Option<DateTime<Utc>>,
+    pub last_quiet_end: Option<DateTime<Utc>>,
+    pub next_quiet_start: Option<DateTime<Utc>>,
+    pub open: Option<OpenGap>,
+    /// Earliest device time of data that arrived during the gap.
+    pub gap_min_device_ts: Option<DateTime<Utc>>,
+}
+
+/// What to do with an alert.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    None,
+    Open(Gap),
+    Reclassify {
+        from: Gap,
+        to: Gap,
+    },
+    /// Data returned. `covered`: whether the backlog reached back to within one interval of the
+    /// data before the gap (`None` when the device sends no usable timestamps).
+    Resolve {
+        covered: Option<bool>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub state: State,
+    /// When to look again; `None` until ingest (data or presence) moves it.
+    pub deadline: Option<DateTime<Utc>>,
+    pub action: Action,
+}
+
+fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Decide a device's state, next deadline and alert action at `now`.
+pub fn evaluate(f: &Facts, e: &Expectations, now: DateTime<Utc>) -> Decision {
+    if let Some(open) = &f.open {
+        let returned = match (f.last_data, open.last_data_before) {
+            (Some(now_data), Some(before)) => now_data > before,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if returned {
+            let covered = open
+                .last_device_ts_before
+                .zip(f.gap_min_device_ts)
+                .map(|(before, first_after)| first_after <= before + e.interval);
+            // The device is back: what follows is ordinary evaluation from its fresh data.
+            let rest = evaluate(
+                &Facts {
+                    open: None,
+                    ..f.clone()
+                },
+                e,
+                now,
+            );
+            return Decision {
+                action: Action::Resolve { covered },
+                ..rest
+            };
+        }
+        // Quiet hours pause evaluation; the alert stays open through them.
+        if let Some(until) = f.quiet_until {
+            return Decision {
+                state: State::Quiet,
+                deadline: Some(until),
+                action: Action::None,
+            };
+        }
+        let (class, deadline) = match (f.connected, f.disconnected_at) {
+            (Some(false), Some(d)) if now < d + e.disconnect_grace => {
+                (open.class, Some(d + e.disconnect_grace))
+            }
+            (Some(false), _) => (Gap::Offline, None),
+            _ => (Gap::Silent, None),
+        };
+        let action = if class != open.class {
+            Action::Reclassify {
+                from: open.class,
+                to: class,
+            }
+        } else {
+            Action::None
+        };
+        return Decision {
+            state: class.into(),
+            deadline: earliest(deadline, f.next_quiet_start),
+            action,
+        };
+    }
+
+    if let Some(until) = f.quiet_until {
+        return Decision {
+            state: State::Quiet,
+            deadline: Some(until),
+            action: Action::None,
+        };
+    }
+    let Some(last_data) = f.last_data else {
+        // Nothing ever arrived: no evidence that this device is meant to send.
+        return Decision {
+            state: State::NeverSeen,
+            deadline: None,
+            action: Action::None,
+        };
+    };
+    let base = [f.first_reconnect, f.service_restart, f.last_quiet_end]
+        .into_iter()
+        .flatten()
+        .fold(last_data, DateTime::max);
+    let late_at = base + e.interval + e.flush_allowance;
+    let due_at = late_at + e.grace;
+    let (state, deadline, action) = if now < late_at {
+        (State::Healthy, Some(late_at), Action::None)
+    } else if now < due_at {
+        (State::Late, Some(due_at), Action::None)
+    } else {
+        match (f.connected, f.disconnected_at) {
+            (Some(false), Some(d)) => {
+                let offline_at = due_at.max(d + e.disconnect_grace);
+                if now >= offline_at {
+                    (State::Offline, None, Action::Open(Gap::Offline))
+                } else {
+                    // A disconnect younger than disconnect_grace never alerts.
+                    (State::Late, Some(offline_at), Action::None)
+                }
+            }
+            _ => (State::Silent, None, Action::Open(Gap::Silent)),
+        }
+    };
+    Decision {
+        state,
+        deadline: earliest(deadline, f.next_quiet_start),
+        action,
+    }
+}
+
+/// A due device as read from Postgres.
+#[derive(Debug, sqlx::FromRow)]
+struct DueRow {
+    id: String,
+    group_id: Option<String>,
+    state: String,
+    deadline_at: Option<DateTime<Utc>>,
+    connected: Option<bool>,
+    conn_event_ts: Option<DateTime<Utc>>,
+    last_impression_at: Option<DateTime<Utc>>,
+    last_device_ts: Option<DateTime<Utc>>,
+    gap_min_device_ts: Option<DateTime<Utc>>,
+    last_disconnect_reason: Option<String>,
+    last_ip: Option<String>,
+    interval_ms: Option<i64>,
+    grace_ms: Option<i64>,
+    time_zone: Option<String>,
+    quiet_hours: Option<String>,
+    first_reconnect: Option<DateTime<Utc>>,
+    alert_id: Option<i64>,
+    alert_class: Option<String>,
+    alert_last_data: Option<DateTime<Utc>>,
+    alert_last_device_ts: Option<DateTime<Utc>>,
+}
+
+/// What a heartbeat pass did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    pub evaluated: usize,
+    pub opened: Vec<String>,
+    pub reclassified: Vec<String>,
+    pub resolved: Vec<String>,
+    /// Decisions skipped because ingest changed the device meanwhile (looked at next tick).
+    pub raced: usize,
+}
+
+fn ms(v: Option<i64>, default: TimeDelta) -> TimeDelta {
+    v.map(TimeDelta::milliseconds).unwrap_or(default)
+}
+
+fn describe(row: &DueRow, class: Gap) -> String {
+    let last = row
+        .last_impression_at
+        .map(|t| format!("last impression {}", at(t)))
+        .unwrap_or_else(|| "no impression yet".into());
+    match class {
+        Gap::Silent => format!("{} silent: connected but no impressions ({last})", row.id),
+        Gap::Offline => format!(
+            "{} offline: disconnected since {} ({}), {last}",
+            row.id,
+            row.conn_event_ts.map(at).unwrap_or_else(|| "?".into()),
+            row.last_disconnect_reason
+                .as_deref()
+                .unwrap_or("unknown reason"),
+        ),
+    }
+}
+
+fn gap_details(row: &DueRow, class: Gap, e: &Expectations) -> serde_json::Value {
+    json!({
+        "classification": class.as_str(),
+        "since": row.last_impression_at,
+        "last_impression_at": row.last_impression_at,
+        "last_device_ts": row.last_device_ts,
+        "connected": row.connected,
+        "disconnected_at": if row.connected == Some(false) { row.conn_event_ts } else { None },
+        "last_disconnect_reason": row.last_disconnect_reason,
+        "last_ip": row.last_ip,
+        "expected_interval_seconds": e.interval.num_seconds(),
+        "grace_seconds": e.grace.num_seconds(),
+    })
+}
+
+/// Evaluate every device whose deadline is at or before `now` (at most `max_due_per_tick`).
+pub async fn run_due(
+    pool: &PgPool,
+    s: &Settings,
+    service_restart: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Outcome> {
+    let rows: Vec<DueRow> = sqlx::query_as(
+        r#"
+        select d.id, d.group_id, d.state, d.deadline_at, d.connected, d.conn_event_ts,
+               d.last_impression_at, d.last_device_ts, d.gap_min_device_ts,
+               d.last_disconnect_reason, d.last_ip,
+               coalesce(d.expected_interval_ms, g.expected_interval_ms) as interval_ms,
+               coalesce(d.grace_ms, g.grace_ms) as grace_ms,
+               g.time_zone, g.quiet_hours,
+               (select min(e.received_at) from presence_events e
+                 where e.device_id = d.id and e.event_type = 'connected'
+                   and e.received_at > coalesce(d.last_impression_at, '-infinity')) as first_reconnect,
+               a.id as alert_id,
+               a.details->>'classification' as alert_class,
+               (a.details->>'last_impression_at')::timestamptz as alert_last_data,
+               (a.details->>'last_device_ts')::timestamptz as alert_last_device_ts
+        from devices d
+        left join groups g on g.id = d.group_id
+        left join alerts a on a.kind = 'heartbeat_gap' and a.subject = d.id and a.status = 'firing'
+        where d.deadline_at <= $1 and d.retired_at is null
+        order by d.deadline_at
+        limit $2
+        "#,
+    )
+    .bind(now)
+    .bind(s.max_due_per_tick)
+    .fetch_all(pool)
+    .await?;
+    let mut quiet_cache: HashMap<(String, String), QuietHours> = HashMap::new();
+    let mut out = Outcome::default();
+    for row in rows {
+        out.evaluated += 1;
+        let e = Expectations {
+            interval: ms(row.interval_ms, s.expected_interval),
+            grace: ms(row.grace_ms, s.grace),
+            disconnect_grace: s.disconnect_grace,
+            flush_allowance: s.flush_allowance,
+        };
+        let tz = row
+            .time_zone
+            .as_deref()
+            .and_then(|t| t.parse::<chrono_tz::Tz>().ok())
+            .unwrap_or(s.fleet_time_zone);
+        let quiet_text = row.quiet_hours.clone().unwrap_or_default();
+        let quiet = quiet_cache
+            .entry((quiet_text.clone(), tz.name().to_string()))
+            .or_insert_with(|| quiet_text.parse().unwrap_or_default())
+            .clone();
+        let facts = Facts {
+            last_data: row.last_impression_at,
+            connected: row.connected,
+            disconnected_at: (row.connected == Some(false))
+                .then_some(row.conn_event_ts)
+                .flatten(),
+            first_reconnect: row.first_reconnect,
+            service_restart,
+            quiet_until: quiet.quiet_until(tz, now),
+            last_quiet_end: quiet.last_end(tz, now),
+            next_quiet_start: quiet.next_start(tz, now),
+            open: row.alert_id.map(|id| OpenGap {
+                id,
+                class: Gap::parse(row.alert_class.as_deref().unwrap_or("silent")),
+                last_data_before: row.alert_last_data,
+                last_device_ts_before: row.alert_last_device_ts,
+            }),
+            gap_min_device_ts: row.gap_min_device_ts,
+        };
+        let decision = evaluate(&facts, &e, now);
+        match apply(pool, s, &row, &facts, &e, &decision, now).await? {
+            true => match &decision.action {
+                Action::Open(_) => out.opened.push(row.id.clone()),
+                Action::Reclassify { .. } => out.reclassified.push(row.id.clone()),
+                Action::Resolve { .. } => out.resolved.push(row.id.clone()),
+                Action::None => {}
+            },
+            false => out.raced += 1,
+        }
+    }
+    Ok(out)
+}
+
+/// Apply one decision in its own transaction. The device update is conditional on what was
+/// read: if ingest moved the device meanwhile, nothing is written and the next tick decides.
+async fn apply(
+    pool: &PgPool,
+    s: &Settings,
+    row: &DueRow,
+    facts: &Facts,
+    e: &Expectations,
+    d: &Decision,
+    now: DateTime<Utc>,
+) -> anyhow::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let opening = matches!(d.action, Action::Open(_));
+    let updated = sqlx::query(
+        r#"
+        update devices set
+            state = $2,
+            state_since = case when state = $2 then state_since else $3 end,
+            deadline_at = $4,
+            gap_min_device_ts = case when $5 then null else gap_min_device_ts end
+        where id = $1
+          and deadline_at is not distinct from $6
+          and last_impression_at is not distinct from $7
+          and conn_event_ts is not distinct from $8
+          and state = $9
+        "#,
+    )
+    .bind(&row.id)
+    .bind(d.state.as_str())
+    .bind(now)
+    .bind(d.deadline)
+    .bind(opening)
+    .bind(row.deadline_at)
+    .bind(row.last_impression_at)
+    .bind(row.conn_event_ts)
+    .bind(&row.state)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Ok(false);
+    }
+    match &d.action {
+        Action::None => {}
+        Action::Open(class) => {
+            let spec = AlertSpec {
+                kind: Kind::HeartbeatGap,
+                subject: row.id.clone(),
+                device_id: Some(row.id.clone()),
+                group_id: row.group_id.clone(),
+                severity: s.severity(Kind::HeartbeatGap),
+                summary: describe(row, *class),
+                details: gap_details(row, *class, e),
+            };
+            lifecycle::fire(&mut tx, &spec, now, s.reopen_window).await?;
+        }
+        Action::Reclassify { from, to } => {
+            let open = facts
+                .open
+                .as_ref()
+                .expect("reclassify implies an open alert");
+            let mut details = gap_details(row, *to, e);
+            // Keep what the gap was measured from when it opened.
+            details["last_impression_at"] = json!(open.last_data_before);
+            details["last_device_ts"] = json!(open.last_device_ts_before);
+            details["since"] = json!(open.last_data_before);
+            lifecycle::reclassify(
+                &mut tx,
+                open.id,
+                &describe(row, *to),
+                &details,
+                now,
+                json!({"from": from.as_str(), "to": to.as_str()}),
+            )
+            .await?;
+        }
+        Action::Resolve { covered } => {
+            let open = facts.open.as_ref().expect("resolve implies an open alert");
+            let gap = open
+                .last_data_before
+                .zip(row.last_impression_at)
+                .map(|(a, b)| (b - a).num_seconds());
+            let backlog = match covered {
+                Some(true) => "the buffered backlog covered the gap",
+                Some(false) => "the backlog did not cover the gap: data was lost",
+                None => "backlog coverage unknown (no device timestamps)",
+            };
+            let summary = format!("{} is back: impressions returned; {backlog}", row.id);
+            lifecycle::resolve(
+                &mut tx,
+                open.id,
+                now,
+                Some(&summary),
+                json!({
+                    "backlog_covered": covered,
+                    "data_returned_at": row.last_impression_at,
+                    "gap_seconds": gap,
+                    "first_device_ts_after": row.gap_min_device_ts,
+                }),
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-27T10:00:00Z")
+            .unwrap()
+            .to_utc()
+    }
+    fn m(n: i64) -> DateTime<Utc> {
+        t0() + TimeDelta::minutes(n)
+    }
+    fn exp() -> Expectations {
+        Expectations {
+            interval: TimeDelta::minutes(5),
+            grace: TimeDelta::minutes(5),
+            disconnect_grace: TimeDelta::minutes(10),
+            flush_allowance: TimeDelta::zero(),
+        }
+    }
+    fn data_at(n: i64) -> Facts {
+        Facts {
+            last_data: Some(m(n)),
+            connected: Some(true),
+            ..Facts::default()
+        }
+    }
+
+    #[test]
+    fn healthy_late_silent_on_the_deadlines() {
+        let f = data_at(0);
+        let e = exp();
+        assert_eq!(evaluate(&f, &e, m(4)).state, State::Healthy);
+        assert_eq!(evaluate(&f, &e, m(4)).deadline, Some(m(5)));
+        assert_eq!(evaluate(&f, &e, m(5)).state, State::Late);
+        assert_eq!(evaluate(&f, &e, m(5)).deadline, Some(m(10)));
+        let d = evaluate(&f, &e, m(10));
+        assert_eq!(
+            (d.state, d.action),
+            (State::Silent, Action::Open(Gap::Silent))
+        );
+    }
+
+    #[test]
+    fn flush_allowance_delays_late() {
+        let e = Expectations {
+            flush_allowance: TimeDelta::seconds(1),
+            ..exp()
+        };
+        assert_eq!(evaluate(&data_at(0), &e, m(5)).state, State::Healthy);
+    }
+
+    #[test]
+    fn a_young_disconnect_never_alerts() {
+        let f = Facts {
+            connected: Some(false),
+            disconnected_at: Some(m(8)),
+            ..data_at(0)
+        };
+        let d = evaluate(&f, &exp(), m(10));
+        assert_eq!((d.state, d.deadline), (State::Late, Some(m(18))));
+        let d = evaluate(&f, &exp(), m(18));
+        assert_eq!(
+            (d.state, d.action),
+            (State::Offline, Action::Open(Gap::Offline))
+        );
+        // an old disconnect alerts at due
+        let f = Facts {
+            disconnected_at: Some(m(-30)),
+            ..f
+        };
+        assert_eq!(
+            evaluate(&f, &exp(), m(10)).action,
+            Action::Open(Gap::Offline)
+        );
+    }
+
+    #[test]
+    fn first_reconnect_restarts_the_clock_once() {
+        let f = Facts {
+            first_reconnect: Some(m(7)),
+            ..data_at(0)
+        };
+        assert_eq!(evaluate(&f, &exp(), m(10)).state, State::Healthy);
+        assert_eq!(
+            evaluate(&f, &exp(), m(17)).action,
+            Action::Open(Gap::Silent)
+        );
+    }
+
+    #[test]
+    fn service_restart_and_quiet_end_are_restart_points() {
+        let f = Facts {
+            service_restart: Some(m(9)),
+            ..data_at(0)
+        };
+        assert_eq!(evaluate(&f, &exp(), m(10)).state, State::Healthy);
+        let f = Facts {
+            last_quiet_end: Some(m(60)),
+            ..data_at(0)
+        };
+        assert_eq!(evaluate(&f, &exp(), m(61)).state, State::Healthy);
+        assert_eq!(evaluate(&f, &exp(), m(61)).deadline, Some(m(65)));
+    }
+
+    #[test]
+    fn quiet_pauses_and_keeps_an_open_alert() {
+        let open = OpenGap {
+            id: 1,
+            class: Gap::Silent,
+            last_data_before: Some(m(0)),
+            last_device_ts_before: None,
+        };
+        let f = Facts {
+            quiet_until: Some(m(300)),
+            open: Some(open),
+            ..data_at(0)
+        };
+        let d = evaluate(&f, &exp(), m(100));
+        assert_eq!(
+            (d.state, d.deadline, d.action),
+            (State::Quiet, Some(m(300)), Action::None)
+        );
+        let f = Facts { open: None, ..f };
+        assert_eq!(evaluate(&f, &exp(), m(100)).state, State::Quiet);
+    }
+
+    #[test]
+    fn open_alerts_reclassify_in_place_and_resolve_on_data() {
+        let open = OpenGap {
+            id: 1,
+            class: Gap::Silent,
+            last_data_before: Some(m(0)),
+            last_device_ts_before: Some(m(0)),
+        };
+        let silent = Facts {
+            open: Some(open.clone()),
+            ..data_at(0)
+        };
+        assert_eq!(evaluate(&silent, &exp(), m(20)).action, Action::None);
+        // disconnect seen later: offline only once it is older than disconnect_grace
+        let dropped = Facts {
+            connected: Some(false),
+            disconnected_at: Some(m(25)),
+            ..silent.clone()
+        };
+        let d = evaluate(&dropped, &exp(), m(26));
+        assert_eq!((d.action, d.deadline), (Action::None, Some(m(35))));
+        assert_eq!(
+            evaluate(&dropped, &exp(), m(35)).action,
+            Action::Reclassify {
+                from: Gap::Silent,
+                to: Gap::Offline
+            }
+        );
+        // data returns with a backlog reaching back to the gap: covered
+        let back = Facts {
+            last_data: Some(m(40)),
+            gap_min_device_ts: Some(m(3)),
+            connected: Some(true),
+            ..silent.clone()
+        };
+        let d = evaluate(&back, &exp(), m(40));
+        assert_eq!(
+            d.action,
+            Action::Resolve {
+                covered: Some(true)
+            }
+        );
+        assert_eq!(d.state, State::Healthy);
+        let lossy = Facts {
+            gap_min_device_ts: Some(m(30)),
+            ..back.clone()
+        };
+        assert_eq!(
+            evaluate(&lossy, &exp(), m(40)).action,
+            Action::Resolve {
+                covered: Some(false)
+            }
+        );
+        let no_ts = Facts {
+            gap_min_device_ts: None,
+            ..back
+        };
+        assert_eq!(
+            evaluate(&no_ts, &exp(), m(40)).action,
+            Action::Resolve { covered: None }
+        );
+    }
+
+    #[test]
+    fn never_seen_devices_do_not_alert() {
+        let f = Facts {
+            connected: Some(true),
+            ..Facts::default()
+        };
+        let d = evaluate(&f, &exp(), m(1000));
+        assert_eq!(
+            (d.state, d.action, d.deadline),
+            (State::NeverSeen, Action::None, None)
+        );
+    }
+}

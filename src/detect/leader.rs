@@ -1,0 +1,81 @@
+//! Leadership: the detector runs only where a Postgres advisory lock is held, on a dedicated
+//! connection (a pooled connection could be recycled and lose the lock silently). The lock is
+//! re-checked every tick; a second replica is a hot standby that takes over when the leader's
+//! session ends.
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+
+/// The advisory lock key: "fleetwatch" spelled in a number, arbitrary but fixed.
+pub const LOCK_KEY: i64 = 0x666c_6565_7477_6174;
+
+pub struct Leader {
+    options: PgConnectOptions,
+    conn: Option<PgConnection>,
+}
+
+impl Leader {
+    pub fn new(options: PgConnectOptions) -> Self {
+        Self {
+            options,
+            conn: None,
+        }
+    }
+
+    /// Whether we hold the lock now; tries to take it if not. Never errors: a lost database
+    /// simply means we are not the leader this tick.
+    pub async fn ensure(&mut self) -> bool {
+        if let Some(conn) = self.conn.as_mut() {
+            let held: Result<bool, _> = sqlx::query_scalar(
+                r#"select exists(select 1 from pg_locks where locktype = 'advisory'
+                   and pid = pg_backend_pid() and granted
+                   and ((classid::bigint << 32) | objid::bigint) = $1)"#,
+            )
+            .bind(LOCK_KEY)
+            .fetch_one(&mut *conn)
+            .await;
+            match held {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader connection lost");
+                    self.conn = None;
+                }
+            }
+        }
+        if self.conn.is_none() {
+            match PgConnection::connect_with(&self.options).await {
+                Ok(c) => self.conn = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the leader connection");
+                    return false;
+                }
+            }
+        }
+        let conn = self.conn.as_mut().expect("just set");
+        match sqlx::query_scalar::<_, bool>("select pg_try_advisory_lock($1)")
+            .bind(LOCK_KEY)
+            .fetch_one(&mut *conn)
+            .await
+        {
+            Ok(got) => {
+                if got {
+                    tracing::info!("became the detector leader");
+                }
+                got
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "advisory lock query failed");
+                self.conn = None;
+                false
+            }
+        }
+    }
+
+    /// Give the lock up (shutdown), so a standby takes over at once.
+    pub async fn release(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let _ = c.close().await;
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Detection: turns what ingest stored into device health states and alerts.
+//!
+//! One leader (a Postgres advisory lock on a dedicated connection) runs [`Detector::tick`] every
+//! `detector.tick`: first our own ingest health (`ingest_down`), then the heartbeat deadlines that
+//! are due, then connection patterns from new presence events, then grouping into group and
+//! fleet outages. Every decision takes `now` as an argument; tests drive `tick` with any clock.
+
+pub mod connection;
+pub mod grouping;
+pub mod health;
+pub mod heartbeat;
+pub mod leader;
+pub mod schedule;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::alerts::lifecycle::{self, AlertSpec};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::domain::alert::{Kind, Severity};
+use crate::ingest::mqtt::ConnectionStatus;
+use health::{IngestHealth, IngestStatus};
+
+/// Detection settings resolved from the configuration once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub expected_interval: TimeDelta,
+    pub grace: TimeDelta,
+    pub disconnect_grace: TimeDelta,
+    /// Data reaches Postgres up to one flush interval after it arrived: allowed for before a
+    /// device is called late.
+    pub flush_allowance: TimeDelta,
+    pub reopen_window: TimeDelta,
+    pub max_due_per_tick: i64,
+    pub fleet_time_zone: chrono_tz::Tz,
+    pub flapping_disconnects: i64,
+    pub flapping_window: TimeDelta,
+    pub conflict_disconnects: i64,
+    pub conflict_window: TimeDelta,
+    pub throttled_disconnects: i64,
+    pub throttled_window: TimeDelta,
+    pub auth_failures: i64,
+    pub auth_window: TimeDelta,
+    pub group_outage_devices: i64,
+    pub group_outage_window: TimeDelta,
+    pub fleet_outage_fraction: f64,
+    pub fleet_outage_min_devices: i64,
+    severities: BTreeMap<Kind, Severity>,
+}
+
+fn td(d: crate::config::HumanDuration) -> TimeDelta {
+    TimeDelta::from_std(d.0).unwrap_or(TimeDelta::MAX)
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config) -> Self {
+        let d = &cfg.detector;
+        Self {
+            expected_interval: td(d.expected_interval),
+            grace: td(d.grace),
+            disconnect_grace: td(d.disconnect_grace),
+            flush_allowance: td(cfg.telemetry.flush_interval),
+            reopen_window: td(d.reopen_window),
+            max_due_per_tick: d.max_due_per_tick,
+            fleet_time_zone: crate::config::parse_tz(&cfg.fleet.time_zone)
+                .unwrap_or(chrono_tz::Tz::UTC),
+            flapping_disconnects: d.flapping_disconnects,
+            flapping_window: td(d.flapping_window),
+            conflict_disconnects: d.conflict_disconnects,
+            conflict_window: td(d.conflict_window),
+            throttled_disconnects: d.throttled_disconnects,
+            throttled_window: td(d.throttled_window),
+            auth_failures: d.auth_failures,
+            auth_window: td(d.auth_window),
+            group_outage_devices: d.group_outage_devices,
+            group_outage_window: td(d.group_outage_window),
+            fleet_outage_fraction: d.fleet_outage_fraction,
+            fleet_outage_min_devices: d.fleet_outage_min_devices,
+            // validated in Config::validate
+            severities: d
+                .severities
+                .iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
+                .collect(),
+        }
+    }
+
+    /// The configured severity of a kind.
+    pub fn severity(&self, kind: Kind) -> Severity {
+        self.severities
+            .get(&kind)
+            .copied()
+            .unwrap_or_else(|| kind.default_severity())
+    }
+}
+
+/// Format an instant for summaries: RFC 3339 UTC to the second.
+pub fn at(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// What one tick did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TickOutcome {
+    /// Devices were not evaluated: our own ingest is unhealthy.
+    pub ingest_down: bool,
+    pub heartbeat: heartbeat::Outcome,
+    pub connection: connection::Outcome,
+    pub grouping: grouping::Outcome,
+}
+
+/// The detector's memory between ticks; everything else is in Postgres.
+#[derive(Debug, Default)]
+struct Memory {
+    /// False until the first tick of this leadership: that tick is a restart point.
+    started: bool,
+    /// Since when our ingest has been unhealthy.
+    down_since: Option<DateTime<Utc>>,
+}
+
+/// The decision-maker. Tests call [`Detector::tick`] with any `now` and ingest status.
+pub struct Detector {
+    pub pool: PgPool,
+    pub settings: Settings,
+    /// How long ingest must be unhealthy before `ingest_down` fires (devices are not evaluated
+    /// from the first unhealthy tick on).
+    pub ingest_down_after: TimeDelta,
+    memory: Mutex<Memory>,
+}
+
+impl Detector {
+    pub fn new(pool: PgPool, settings: Settings, ingest_down_after: TimeDelta) -> Self {
+        Self {
+            pool,
+            settings,
+            ingest_down_after,
+            memory: Mutex::new(Memory::default()),
+        }
+    }
+
+    /// Forget leadership state: the next tick counts as a service start.
+    pub fn reset(&self) {
+        *self.memory.lock().unwrap_or_else(|e| e.into_inner()) = Memory::default();
+    }
+
+    /// One pass: our own health, due heartbeats, connection patterns, grouping.
+    pub async fn tick(
+        &self,
+        ingest: &IngestStatus,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<TickOutcome> {
+        let mut out = TickOutcome::default();
+        let (recovered, fire_down) = {
+            let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+            match ingest {
+                IngestStatus::Down(_) => {
+                    let since = *m.down_since.get_or_insert(now);
+                    (false, now - since >= self.ingest_down_after)
+                }
+                IngestStatus::Healthy => {
+                    // Service start (first tick) and the end of an outage restart every clock.
+                    let recovered = !m.started || m.down_since.is_some();
+                    m.started = true;
+                    m.down_since = None;
+                    (recovered, false)
+                }
+            }
+        };
+        if let IngestStatus::Down(reason) = ingest {
+            out.ingest_down = true;
+            if fire_down {
+                let mut tx = self.pool.begin().await?;
+                let spec = AlertSpec {
+                    kind: Kind::IngestDown,
+                    subject: "ingest".into(),
+                    device_id: None,
+                    group_id: None,
+                    severity: self.settings.severity(Kind::IngestDown),
+                    summary: "fleetwatch ingest is down: device health is not being evaluated"
+                        .into(),
+                    details: json!({"reason": reason}),
+                };
+                lifecycle::fire(&mut tx, &spec, now, self.settings.reopen_window).await?;
+                tx.commit().await?;
+            }
+            return Ok(out);
+        }
+        if recovered {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("update detector_state set restart_at = $1")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(id) = lifecycle::firing_id(&mut tx, Kind::IngestDown, "ingest").await? {
+                lifecycle::resolve(
+                    &mut tx,
+                    id,
+                    now,
+                    Some("fleetwatch ingest recovered"),
+                    json!({}),
+                )
+                .await?;
+            }
+            tx.commit().await?;
+        }
+        let restart: Option<DateTime<Utc>> =
+            sqlx::query_scalar("select restart_at from detector_state")
+                .fetch_one(&self.pool)
+                .await?;
+        out.heartbeat = heartbeat::run_due(&self.pool, &self.settings, restart, now).await?;
+        out.connection = connection::tick(&self.pool, &self.settings, now).await?;
+        out.grouping = grouping::tick(&self.pool, &self.settings, now).await?;
+        Ok(out)
+    }
+}
+
+/// The detector task: every `tick`, if we lead, evaluate. Tick errors are logged and retried
+/// next tick (Postgres may blink); leadership is re-checked every time.
+pub async fn run(
+    detector: Arc<Detector>,
+    mut leader: leader::Leader,
+    health: Arc<IngestHealth>,
+    connections: Arc<[Arc<ConnectionStatus>]>,
+    clock: SharedClock,
+    every: std::time::Duration,
+    cancel: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leading = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let now_leading = leader.ensure().await;
+        if now_leading && !leading {
+            detector.reset();
+        }
+        leading = now_leading;
+        if !leading {
+            continue;
+        }
+        let now = clock.now();
+        let status = health.status(&connections, now);
+        match detector.tick(&status, now).await {
+            Ok(o) => {
+                if !o.heartbeat.opened.is_empty() || !o.heartbeat.resolved.is_empty() {
+                    tracing::info!(
+                        opened = o.heartbeat.opened.len(),
+                        resolved = o.heartbeat.resolved.len(),
+                        reclassified = o.heartbeat.reclassified.len(),
+                        "heartbeat gaps"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "detector tick failed; retrying next tick")
+            }
+        }
+    }
+    leader.release().await;
+}

@@ -1,0 +1,198 @@
+//! `GET /alerts`, `GET /alerts/{id}` (with its trail), `POST /alerts/{id}/ack`,
+//! `PUT /alerts/{id}/ticket`.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{clean, decode_cursor, encode_cursor, limit, Page};
+use crate::alerts::lifecycle::{self, AlertFilter, AlertRow, EventRow};
+use crate::domain::alert::Kind;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::AppState;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub kind: Option<String>,
+    pub device: Option<String>,
+    pub group: Option<String>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+fn alert_id(p: Result<Path<String>, PathRejection>) -> ApiResult<i64> {
+    let Path(raw) = p.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::NotFound(format!("no alert {raw:?}")))
+}
+
+fn parse_cursor(c: &str) -> ApiResult<(DateTime<Utc>, i64)> {
+    let raw = decode_cursor(c)?;
+    let bad = || ApiError::BadRequest("cursor: not a cursor this API returned".into());
+    let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
+    let ts = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?)
+        .filter(|t| (1970..=9999).contains(&chrono::Datelike::year(t)))
+        .ok_or_else(bad)?;
+    Ok((ts, id.parse().map_err(|_| bad())?))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<Page<AlertRow>>> {
+    let q = query(q)?;
+    if let Some(s) = &q.status {
+        if s != "firing" && s != "resolved" {
+            return Err(ApiError::BadRequest(format!(
+                "status: expected firing or resolved, got {s:?}"
+            )));
+        }
+    }
+    if let Some(k) = &q.kind {
+        k.parse::<Kind>()
+            .map_err(|e| ApiError::BadRequest(format!("kind: {e}")))?;
+    }
+    let limit = limit(q.limit)?;
+    let filter = AlertFilter {
+        status: q.status,
+        kind: q.kind,
+        device: clean("device", q.device)?,
+        group: clean("group", q.group)?,
+        before: q.cursor.as_deref().map(parse_cursor).transpose()?,
+        limit: limit + 1,
+    };
+    let mut items = lifecycle::list(&state.pool, &filter).await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items
+            .last()
+            .map(|a| encode_cursor(&format!("{}:{}", a.opened_at.timestamp_micros(), a.id)))
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// An alert with its audit trail.
+#[derive(Debug, Serialize)]
+pub struct AlertWithTrail {
+    #[serde(flatten)]
+    pub alert: AlertRow,
+    pub events: Vec<EventRow>,
+}
+
+async fn with_trail(state: &AppState, id: i64) -> ApiResult<AlertWithTrail> {
+    let alert = lifecycle::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no alert {id}")))?;
+    let events = lifecycle::events(&state.pool, id).await?;
+    Ok(AlertWithTrail { alert, events })
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<AlertWithTrail>> {
+    Ok(Json(with_trail(&state, alert_id(id)?).await?))
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::Unprocessable(e.body_text()))
+}
+
+/// Text from outside that goes into Postgres and onto pages: printable, bounded.
+fn text(name: &str, v: &str, max: usize) -> ApiResult<()> {
+    if v.trim().is_empty() {
+        return Err(ApiError::Unprocessable(format!(
+            "{name}: must not be empty"
+        )));
+    }
+    if v.chars().count() > max {
+        return Err(ApiError::Unprocessable(format!(
+            "{name}: at most {max} characters"
+        )));
+    }
+    if v.contains('\0') {
+        return Err(ApiError::Unprocessable(format!(
+            "{name}: NUL characters are not allowed"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckBody {
+    pub by: String,
+    pub note: Option<String>,
+}
+
+/// Acknowledge: 200 with the alert either way; re-acknowledging writes no new event.
+pub async fn ack(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Json<AckBody>, JsonRejection>,
+) -> ApiResult<Json<AlertWithTrail>> {
+    let id = alert_id(id)?;
+    let b = body(b)?;
+    text("by", &b.by, 200)?;
+    if let Some(n) = &b.note {
+        text("note", n, 4000)?;
+    }
+    lifecycle::acknowledge(&state.pool, id, &b.by, b.note.as_deref(), state.clock.now())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no alert {id}")))?;
+    Ok(Json(with_trail(&state, id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TicketBody {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub url: Option<String>,
+    /// Who linked it (defaults to `api`).
+    pub by: Option<String>,
+}
+
+pub async fn ticket(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Json<TicketBody>, JsonRejection>,
+) -> ApiResult<Json<AlertWithTrail>> {
+    let id = alert_id(id)?;
+    let b = body(b)?;
+    text("ref", &b.reference, 200)?;
+    if let Some(u) = &b.url {
+        text("url", u, 2000)?;
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            return Err(ApiError::Unprocessable(
+                "url: expected an http(s) URL".into(),
+            ));
+        }
+    }
+    let by = b.by.as_deref().unwrap_or("api");
+    text("by", by, 200)?;
+    lifecycle::link_ticket(
+        &state.pool,
+        id,
+        &b.reference,
+        b.url.as_deref(),
+        by,
+        state.clock.now(),
+    )
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("no alert {id}")))?;
+    Ok(Json(with_trail(&state, id).await?))
+}
