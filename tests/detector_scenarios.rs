@@ -679,3 +679,36 @@ async fn a_flapping_modem_is_one_alert(pool: PgPool) {
         "no gap alert: data kept flowing"
     );
 }
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_restart_in_the_middle_keeps_open_alerts_and_pending_clocks(pool: PgPool) {
+    let f = Fleet::new(pool.clone()).await;
+    healthy_start(&f, &["dead", "late", "fine", "blip"]).await;
+    // "dead" stops and is alerted; "late" stops 6 minutes before the restart; "blip" drops
+    f.run(min(12), min(1), &["late", "fine", "blip"]).await;
+    f.disconnect("blip", "s1", 1, "CONNECTION_LOST").await;
+    f.run(min(6), min(1), &["fine"]).await;
+    let before = f.alerts().await;
+    let subjects: Vec<&str> = before.iter().map(|a| a.2.as_str()).collect();
+    assert_eq!(subjects, ["dead"]);
+    assert_eq!(f.state("late").await, "late");
+
+    // the service restarts (5 minutes away); the blip device reconnects with its backlog
+    f.advance(min(5));
+    let g = Fleet {
+        clock: f.clock.clone(),
+        ..Fleet::new(pool).await
+    };
+    g.tick().await;
+    g.connect("blip", "s2", 2).await;
+    let backlog: Vec<_> = (0..12).map(|i| Some(g.now() - min(12 - i))).collect();
+    g.data("blip", &backlog).await;
+    g.run(min(20), min(1), &["fine", "blip"]).await;
+    let after = g.alerts().await;
+    // "dead" is the same alert, still firing and never re-sent; "late" alerts once, counted
+    // from the restart; "blip" raises nothing
+    assert_eq!(after[0], before[0]);
+    assert_eq!(g.trail(before[0].0).await, ["opened"]);
+    let subjects: Vec<&str> = after.iter().map(|a| a.2.as_str()).collect();
+    assert_eq!(subjects, ["dead", "late"]);
+}

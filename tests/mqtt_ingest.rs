@@ -457,3 +457,68 @@ async fn resubscribes_when_the_broker_lost_the_session(pool: PgPool) {
     p.flush().await;
     app.shutdown().await.unwrap();
 }
+
+/// Our own broker connection drops: one `ingest_down`, no device alert, resolved on recovery.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_broker_outage_is_one_ingest_down_and_no_device_alerts(pool: PgPool) {
+    use fleetwatch::config::HumanDuration;
+    let mut broker = Broker::start().await;
+    let mut cfg = config(&broker);
+    cfg.detector.tick = HumanDuration(Duration::from_millis(200));
+    cfg.detector.canary_interval = HumanDuration(Duration::from_millis(200));
+    cfg.detector.canary_timeout = HumanDuration(Duration::from_secs(1));
+    cfg.detector.expected_interval = HumanDuration(Duration::from_secs(1));
+    cfg.detector.grace = HumanDuration(Duration::from_millis(500));
+    cfg.mqtt.backoff_min = HumanDuration(Duration::from_millis(300));
+    let app = start(&pool, cfg).await;
+    let mut p = Publisher::connect(broker.port, "beats").await;
+    for _ in 0..5 {
+        p.publish("dt/screen-1/impressions", b"{}".to_vec()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    p.flush().await;
+    let kinds = |pool: PgPool| async move {
+        sqlx::query_as::<_, (String, String)>("select kind, status from alerts order by id")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    assert!(kinds(pool.clone()).await.is_empty());
+
+    // the broker is gone for 4 s: far longer than screen-1's interval + grace
+    broker.stop().await;
+    eventually(10, "ingest_down fires", || async {
+        kinds(pool.clone()).await == [("ingest_down".to_string(), "firing".to_string())]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.restart().await;
+    let mut p = Publisher::connect(broker.port, "beats-2").await;
+    eventually(15, "ingest_down resolves", || {
+        let client = p.client.clone();
+        let pool = pool.clone();
+        async move {
+            client
+                .publish(
+                    "dt/screen-1/impressions",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    b"{}".to_vec(),
+                )
+                .await
+                .unwrap();
+            kinds(pool).await == [("ingest_down".to_string(), "resolved".to_string())]
+        }
+    })
+    .await;
+    for _ in 0..10 {
+        p.publish("dt/screen-1/impressions", b"{}".to_vec()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        kinds(pool.clone()).await,
+        [("ingest_down".to_string(), "resolved".to_string())],
+        "no device alert"
+    );
+    app.shutdown().await.unwrap();
+}
