@@ -16,6 +16,9 @@ alter table devices
     -- when the detector must look at this device next; null: nothing can change until data or
     -- a presence event arrives (ingest then sets it to the arrival time)
     add column deadline_at timestamptz,
+    -- arrival time (our clock) of the presence event that decides connectivity: how old a
+    -- disconnect is, for disconnect_grace, is measured on our clock like every deadline
+    add column conn_received_at timestamptz,
     -- the earliest device timestamp among data that arrived while the device was in a gap:
     -- decides whether the buffered backlog covered the gap when the alert resolves
     add column gap_min_device_ts timestamptz;

@@ -712,3 +712,28 @@ async fn a_restart_in_the_middle_keeps_open_alerts_and_pending_clocks(pool: PgPo
     let subjects: Vec<&str> = after.iter().map(|a| a.2.as_str()).collect();
     assert_eq!(subjects, ["dead", "late"]);
 }
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn disconnect_grace_runs_on_our_clock_not_on_event_timestamps(pool: PgPool) {
+    let f = Fleet::new(pool).await;
+    healthy_start(&f, &["a"]).await;
+    let last = f.now();
+    // the disconnect reaches us a minute later, stamped 20 minutes in the past (a skewed or
+    // replayed feed); on its own timestamp it would already be older than disconnect_grace
+    f.advance(min(1));
+    f.presence(disconnected(
+        "a",
+        ms(f.now() - min(20)),
+        "s1",
+        1,
+        "CONNECTION_LOST",
+    ))
+    .await;
+    f.run(min(9) + sec(30), sec(15), &[]).await;
+    // back after 10.5 minutes, with its backlog: to us the disconnect was 9.5 minutes old
+    f.connect("a", "s2", 2).await;
+    let backlog: Vec<_> = (0..10).map(|i| Some(last + min(i))).collect();
+    f.data("a", &backlog).await;
+    f.run(min(15), min(1), &["a"]).await;
+    assert!(f.alerts().await.is_empty(), "{:?}", f.alerts().await);
+}

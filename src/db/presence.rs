@@ -97,8 +97,9 @@ async fn apply_to_device(
         r#"
         insert into devices as d (
             id, group_id, connected, conn_event_ts, conn_version, conn_session,
-            last_connected_at, last_disconnected_at, last_disconnect_reason, last_ip, last_principal)
-        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            last_connected_at, last_disconnected_at, last_disconnect_reason, last_ip, last_principal,
+            conn_received_at)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
         on conflict (id) do update set
             connected     = case when presence_is_newer($4, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
                                  then $3 else d.connected end,
@@ -108,6 +109,8 @@ async fn apply_to_device(
                                  then $6 else d.conn_session end,
             conn_event_ts = case when presence_is_newer($4, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
                                  then $4 else d.conn_event_ts end,
+            conn_received_at = case when presence_is_newer($4, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
+                                 then $12 else d.conn_received_at end,
             group_id               = coalesce(d.group_id, excluded.group_id),
             last_connected_at      = greatest(d.last_connected_at, excluded.last_connected_at),
             last_disconnected_at   = greatest(d.last_disconnected_at, excluded.last_disconnected_at),

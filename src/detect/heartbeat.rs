@@ -107,7 +107,7 @@ pub struct Facts {
     /// Arrival time of the newest impression.
     pub last_data: Option<DateTime<Utc>>,
     pub connected: Option<bool>,
-    /// When `connected == Some(false)`: the time of the deciding disconnect.
+    /// When `connected == Some(false)`: when the deciding disconnect reached us.
     pub disconnected_at: Option<DateTime<Utc>>,
     /// Arrival time of the first connect after `last_data` (a restart point once per gap).
     pub first_reconnect: Option<DateTime<Utc>>,
@@ -265,6 +265,7 @@ struct DueRow {
     deadline_at: Option<DateTime<Utc>>,
     connected: Option<bool>,
     conn_event_ts: Option<DateTime<Utc>>,
+    conn_received_at: Option<DateTime<Utc>>,
     last_impression_at: Option<DateTime<Utc>>,
     last_device_ts: Option<DateTime<Utc>>,
     gap_min_device_ts: Option<DateTime<Utc>>,
@@ -339,6 +340,7 @@ pub async fn run_due(
     let rows: Vec<DueRow> = sqlx::query_as(
         r#"
         select d.id, d.group_id, d.state, d.deadline_at, d.connected, d.conn_event_ts,
+               d.conn_received_at,
                d.last_impression_at, d.last_device_ts, d.gap_min_device_ts,
                d.last_disconnect_reason, d.last_ip,
                coalesce(d.expected_interval_ms, g.expected_interval_ms) as interval_ms,
@@ -386,8 +388,9 @@ pub async fn run_due(
         let facts = Facts {
             last_data: row.last_impression_at,
             connected: row.connected,
+            // on our clock: a disconnect that reaches us late is young to us
             disconnected_at: (row.connected == Some(false))
-                .then_some(row.conn_event_ts)
+                .then_some(row.conn_received_at.or(row.conn_event_ts))
                 .flatten(),
             first_reconnect: row.first_reconnect,
             service_restart,
