@@ -737,3 +737,43 @@ async fn disconnect_grace_runs_on_our_clock_not_on_event_timestamps(pool: PgPool
     f.run(min(15), min(1), &["a"]).await;
     assert!(f.alerts().await.is_empty(), "{:?}", f.alerts().await);
 }
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_screen_that_connects_but_never_sends_is_silent_and_a_configured_one_is_not(
+    pool: PgPool,
+) {
+    let mut cfg = Config::default();
+    // known from configuration only: never connected, never sent
+    cfg.devices
+        .overrides
+        .insert("spare-unit".into(), Default::default());
+    let f = Fleet::with_config(pool, cfg).await;
+    f.tick().await;
+    f.advance(min(1));
+    f.connect("new-screen", "s1", 1).await;
+    let connected_at = f.now();
+    f.run(min(9), sec(15), &[]).await;
+    assert_eq!(f.state("new-screen").await, "never_seen");
+    assert!(f.alerts().await.is_empty());
+    f.run(min(2), sec(15), &[]).await;
+    let alerts = f.alerts().await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        (alerts[0].2.as_str(), alerts[0].4.as_deref()),
+        ("new-screen", Some("silent"))
+    );
+    let opened: DateTime<Utc> = sqlx::query_scalar("select opened_at from alerts where id = $1")
+        .bind(alerts[0].0)
+        .fetch_one(&f.pool)
+        .await
+        .unwrap();
+    // due at first connect + interval + grace (+1 s flush allowance), seen at the next tick
+    assert!(
+        opened - connected_at <= min(10) + sec(16),
+        "{:?}",
+        opened - connected_at
+    );
+    f.run(TimeDelta::hours(3), min(5), &[]).await;
+    assert_eq!(f.state("spare-unit").await, "never_seen");
+    assert_eq!(f.alerts().await.len(), 1);
+}

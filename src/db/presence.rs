@@ -98,8 +98,8 @@ async fn apply_to_device(
         insert into devices as d (
             id, group_id, connected, conn_event_ts, conn_version, conn_session,
             last_connected_at, last_disconnected_at, last_disconnect_reason, last_ip, last_principal,
-            conn_received_at)
-        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            conn_received_at, deadline_at)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)
         on conflict (id) do update set
             connected     = case when presence_is_newer($4, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
                                  then $3 else d.connected end,
@@ -121,8 +121,9 @@ async fn apply_to_device(
             last_principal = case when excluded.last_connected_at >= coalesce(d.last_connected_at, '-infinity')
                                   then excluded.last_principal else d.last_principal end,
             -- a device in a gap is looked at again when its connectivity changes (an open
-            -- alert is reclassified silent <-> offline); others wait for their deadline
-            deadline_at = case when d.state in ('late', 'silent', 'offline')
+            -- alert is reclassified silent <-> offline), and one without data yet starts its
+            -- clock; healthy ones wait for their deadline
+            deadline_at = case when d.state in ('never_seen', 'late', 'silent', 'offline')
                                     and presence_is_newer($4, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
                                then least(coalesce(d.deadline_at, $12), $12) else d.deadline_at end
         "#,

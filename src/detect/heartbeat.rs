@@ -217,24 +217,45 @@ pub fn evaluate(f: &Facts, e: &Expectations, now: DateTime<Utc>) -> Decision {
             action: Action::None,
         };
     }
-    let Some(last_data) = f.last_data else {
-        // Nothing ever arrived: no evidence that this device is meant to send.
+    // A device that never sent data but has connected while we watched is expected to send
+    // (a screen connected for an hour with no impressions is broken); one we know only from
+    // configuration or inventory is not: no evidence it is meant to report yet.
+    if f.last_data.is_none() && f.connected.is_none() {
+        return Decision {
+            state: State::NeverSeen,
+            deadline: None,
+            action: Action::None,
+        };
+    }
+    let Some(base) = [
+        f.last_data,
+        f.first_reconnect,
+        f.service_restart,
+        f.last_quiet_end,
+    ]
+    .into_iter()
+    .flatten()
+    .max() else {
         return Decision {
             state: State::NeverSeen,
             deadline: None,
             action: Action::None,
         };
     };
-    let base = [f.first_reconnect, f.service_restart, f.last_quiet_end]
-        .into_iter()
-        .flatten()
-        .fold(last_data, DateTime::max);
     let late_at = base + e.interval + e.flush_allowance;
     let due_at = late_at + e.grace;
+    // Until its first data a device stays `never_seen`, even while its clock runs.
+    let waiting = |s: State| {
+        if f.last_data.is_none() {
+            State::NeverSeen
+        } else {
+            s
+        }
+    };
     let (state, deadline, action) = if now < late_at {
-        (State::Healthy, Some(late_at), Action::None)
+        (waiting(State::Healthy), Some(late_at), Action::None)
     } else if now < due_at {
-        (State::Late, Some(due_at), Action::None)
+        (waiting(State::Late), Some(due_at), Action::None)
     } else {
         match (f.connected, f.disconnected_at) {
             (Some(false), Some(d)) => {
@@ -243,7 +264,7 @@ pub fn evaluate(f: &Facts, e: &Expectations, now: DateTime<Utc>) -> Decision {
                     (State::Offline, None, Action::Open(Gap::Offline))
                 } else {
                     // A disconnect younger than disconnect_grace never alerts.
-                    (State::Late, Some(offline_at), Action::None)
+                    (waiting(State::Late), Some(offline_at), Action::None)
                 }
             }
             _ => (State::Silent, None, Action::Open(Gap::Silent)),
