@@ -4,10 +4,9 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{clean, decode_cursor, encode_cursor, limit, Page};
+use super::{clean, decode_time_cursor, encode_time_cursor, limit, query, Page};
 use crate::alerts::lifecycle::{self, AlertFilter, AlertRow, EventRow};
 use crate::domain::alert::Kind;
 use crate::http::error::{ApiError, ApiResult};
@@ -23,27 +22,12 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
-    q.map(|Query(v)| v)
-        .map_err(|e| ApiError::BadRequest(e.body_text()))
-}
-
 fn alert_id(p: Result<Path<String>, PathRejection>) -> ApiResult<i64> {
     let Path(raw) = p.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     raw.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
         .ok_or_else(|| ApiError::NotFound(format!("no alert {raw:?}")))
-}
-
-fn parse_cursor(c: &str) -> ApiResult<(DateTime<Utc>, i64)> {
-    let raw = decode_cursor(c)?;
-    let bad = || ApiError::BadRequest("cursor: not a cursor this API returned".into());
-    let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
-    let ts = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?)
-        .filter(|t| (1970..=9999).contains(&chrono::Datelike::year(t)))
-        .ok_or_else(bad)?;
-    Ok((ts, id.parse().map_err(|_| bad())?))
 }
 
 pub async fn list(
@@ -68,15 +52,13 @@ pub async fn list(
         kind: q.kind,
         device: clean("device", q.device)?,
         group: clean("group", q.group)?,
-        before: q.cursor.as_deref().map(parse_cursor).transpose()?,
+        before: q.cursor.as_deref().map(decode_time_cursor).transpose()?,
         limit: limit + 1,
     };
     let mut items = lifecycle::list(&state.pool, &filter).await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
-        items
-            .last()
-            .map(|a| encode_cursor(&format!("{}:{}", a.opened_at.timestamp_micros(), a.id)))
+        items.last().map(|a| encode_time_cursor(a.opened_at, a.id))
     } else {
         None
     };

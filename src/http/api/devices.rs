@@ -3,10 +3,12 @@
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::{clean, decode_cursor, encode_cursor, limit, path_param, Page};
+use super::{
+    clean, decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor, limit, path_param,
+    query, Page,
+};
 use crate::db::devices::{self as db, DeviceFilter, DeviceRow};
 use crate::db::presence::{self, EventRow};
 use crate::http::error::{ApiError, ApiResult};
@@ -29,11 +31,6 @@ pub struct ListQuery {
     pub q: Option<String>,
     pub limit: Option<i64>,
     pub cursor: Option<String>,
-}
-
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
-    q.map(|Query(v)| v)
-        .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
 pub async fn list(
@@ -84,16 +81,6 @@ pub struct EventsQuery {
     pub cursor: Option<String>,
 }
 
-fn parse_event_cursor(raw: &str) -> Result<(DateTime<Utc>, i64), ApiError> {
-    let bad = || ApiError::BadRequest("cursor: not a cursor this API returned".into());
-    let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
-    let ts = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?)
-        // Postgres' timestamptz range is narrower than chrono's; ours are never outside 1970-9999.
-        .filter(|t| (1970..=9999).contains(&chrono::Datelike::year(t)))
-        .ok_or_else(bad)?;
-    Ok((ts, id.parse().map_err(|_| bad())?))
-}
-
 pub async fn events(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -102,19 +89,14 @@ pub async fn events(
     let id = path_param(id)?;
     let q = query(q)?;
     let limit = limit(q.limit)?;
-    let before = match q.cursor.as_deref() {
-        Some(c) => Some(parse_event_cursor(&decode_cursor(c)?)?),
-        None => None,
-    };
+    let before = q.cursor.as_deref().map(decode_time_cursor).transpose()?;
     if !db::exists(&state.pool, &id).await? {
         return Err(ApiError::NotFound(format!("no device {id:?}")));
     }
     let mut items = presence::list_for_device(&state.pool, &id, before, limit + 1).await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
-        items
-            .last()
-            .map(|e| encode_cursor(&format!("{}:{}", e.timestamp.timestamp_micros(), e.id)))
+        items.last().map(|e| encode_time_cursor(e.timestamp, e.id))
     } else {
         None
     };

@@ -78,6 +78,30 @@ pub fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::BadRequest("cursor: not a cursor this API returned".into()))
 }
 
+/// Query parameters, with axum's plain-text rejection turned into a problem document.
+pub fn query<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|axum::extract::Query(v)| v)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+/// The cursor of a list ordered by (time, id), newest first.
+pub fn encode_time_cursor(t: chrono::DateTime<chrono::Utc>, id: i64) -> String {
+    encode_cursor(&format!("{}:{id}", t.timestamp_micros()))
+}
+
+pub fn decode_time_cursor(cursor: &str) -> Result<(chrono::DateTime<chrono::Utc>, i64), ApiError> {
+    let raw = decode_cursor(cursor)?;
+    let bad = || ApiError::BadRequest("cursor: not a cursor this API returned".into());
+    let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
+    let ts = chrono::DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?)
+        // Postgres' timestamptz range is narrower than chrono's; ours are never outside 1970-9999.
+        .filter(|t| (1970..=9999).contains(&chrono::Datelike::year(t)))
+        .ok_or_else(bad)?;
+    Ok((ts, id.parse().map_err(|_| bad())?))
+}
+
 /// Reject strings Postgres `text` cannot hold before they reach a query.
 pub fn clean(name: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
     match v {
