@@ -112,6 +112,20 @@ impl App {
             cfg.retention.clone(),
             cancel.clone(),
         ));
+        // Every replica runs the webhook worker: claims use SKIP LOCKED, reminders an advisory
+        // lock. The routing rules go to Postgres first: the lifecycle reads them there.
+        crate::alerts::outbox::sync_endpoints(&pool, &cfg.webhooks)
+            .await
+            .context("writing the webhook endpoints")?;
+        let webhooks = Arc::new(crate::alerts::webhook::Worker::new(
+            pool.clone(),
+            &cfg.webhooks,
+        )?);
+        tracker.spawn(crate::alerts::webhook::run(
+            webhooks,
+            clock.clone(),
+            cancel.clone(),
+        ));
 
         let state = AppState {
             pool,
@@ -123,6 +137,7 @@ impl App {
                 .token
                 .as_ref()
                 .map(|t| Arc::new(http::auth::digest(t.expose()))),
+            rate_limiter: Arc::new(http::rate_limit::RateLimiter::from_config(&cfg.api)),
         };
         let listener = TcpListener::bind(&cfg.http.addr)
             .await

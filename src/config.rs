@@ -220,11 +220,25 @@ pub struct FleetConfig {
     pub time_zone: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Bootstrap token with every scope (`FLEETWATCH_API_TOKEN`).
+    /// Bootstrap token with every scope (`FLEETWATCH_API_TOKEN`); not rate-limited.
     pub token: Option<Secret>,
+    /// Sustained requests per second allowed to each stored token.
+    pub rate_limit_per_second: f64,
+    /// Requests a stored token may make at once after a quiet spell.
+    pub rate_limit_burst: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            rate_limit_per_second: 20.0,
+            rate_limit_burst: 40,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,11 +266,116 @@ pub struct GroupConfig {
     pub quiet_hours: Option<String>,
 }
 
+/// One `[[webhooks]]` endpoint (README "Webhooks").
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// Stable name: notifications are queued per endpoint name, so renaming an endpoint (or,
+    /// without a name, reordering the list: the default is `webhook-<index>`) orphans its queue.
+    pub name: Option<String>,
+    /// Where to POST. For `format = "pagerduty"` it defaults to PagerDuty's Events API v2.
     pub url: String,
+    pub format: WebhookFormat,
+    /// The signing secret (`Fleetwatch-Signature`); `secret_file` reads it from a file instead.
     pub secret: Option<Secret>,
+    pub secret_file: Option<PathBuf>,
+    /// More secrets that also sign every request (one `v1=` each), for rotation.
+    pub secrets: Vec<Secret>,
+    /// PagerDuty integration key (required for `format = "pagerduty"`).
+    pub routing_key: Option<Secret>,
+    /// Only these alert kinds (empty: all).
+    pub kinds: Vec<String>,
+    /// Only alerts at least this severe.
+    pub min_severity: Option<String>,
+    /// Only alerts of these groups (empty: all, including alerts without a group).
+    pub groups: Vec<String>,
+    /// Per-request timeout.
+    pub timeout: HumanDuration,
+    pub send_resolved: bool,
+    pub send_reminders: bool,
+    /// `alert.reminder` this often while an alert stays firing and unacknowledged.
+    pub repeat_interval: HumanDuration,
+    /// Device alerts wait this long before their firing notification, so that a group or fleet
+    /// outage can form and speak for them.
+    pub group_wait: HumanDuration,
+    /// `alert.resolved` waits this long (default: `group_wait`); if the alert reopens meanwhile
+    /// neither the resolution nor the re-fire is sent.
+    pub resolve_wait: Option<HumanDuration>,
+    /// Retry schedule: give up (dead-letter) once a notification is this old...
+    pub max_attempt_age: HumanDuration,
+    /// ...retrying after a delay drawn between `backoff_min` and an exponentially growing cap
+    /// of at most `backoff_max`.
+    pub backoff_min: HumanDuration,
+    pub backoff_max: HumanDuration,
+}
+
+/// The body format of a webhook endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// DESIGN.md §4: `{"event", "alert", "delivery_id", "sent_at"}`.
+    #[default]
+    Native,
+    /// PagerDuty Events API v2.
+    Pagerduty,
+    /// Slack-compatible incoming webhook: `{"text": …}`.
+    Slack,
+}
+
+impl WebhookConfig {
+    /// The endpoint's name, `webhook-<index>` when not configured.
+    pub fn name_at(&self, index: usize) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("webhook-{index}"))
+    }
+
+    /// Every signing secret, current first: `secret`, `secret_file`, then `secrets`.
+    pub fn signing_secrets(&self) -> anyhow::Result<Vec<Secret>> {
+        let mut out: Vec<Secret> = self.secret.iter().cloned().collect();
+        if let Some(p) = &self.secret_file {
+            let s = std::fs::read_to_string(p)
+                .with_context(|| format!("reading secret_file {}", p.display()))?;
+            out.push(Secret::new(s.trim_end_matches(['\r', '\n'])));
+        }
+        out.extend(self.secrets.iter().cloned());
+        Ok(out)
+    }
+
+    /// The URL requests go to.
+    pub fn target_url(&self) -> &str {
+        if self.url.is_empty() && self.format == WebhookFormat::Pagerduty {
+            "https://events.pagerduty.com/v2/enqueue"
+        } else {
+            &self.url
+        }
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            url: String::new(),
+            format: WebhookFormat::Native,
+            secret: None,
+            secret_file: None,
+            secrets: Vec::new(),
+            routing_key: None,
+            kinds: Vec::new(),
+            min_severity: None,
+            groups: Vec::new(),
+            timeout: dur("10s"),
+            send_resolved: true,
+            send_reminders: true,
+            repeat_interval: dur("4h"),
+            group_wait: dur("30s"),
+            resolve_wait: None,
+            max_attempt_age: dur("24h"),
+            backoff_min: dur("10s"),
+            backoff_max: dur("1h"),
+        }
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -537,10 +656,13 @@ impl Config {
         }
         if let Some(url) = env.get("FLEETWATCH_WEBHOOK_URL") {
             self.webhooks.push(WebhookConfig {
+                name: Some("env".into()),
                 url: url.clone(),
                 secret: env
                     .get("FLEETWATCH_WEBHOOK_SECRET")
                     .map(|s| Secret::new(s.clone())),
+                secret_file: env.get("FLEETWATCH_WEBHOOK_SECRET_FILE").map(PathBuf::from),
+                ..WebhookConfig::default()
             });
         }
         Ok(())
@@ -650,6 +772,15 @@ impl Config {
         if self.detector.canary_timeout <= self.detector.canary_interval {
             bail!("detector.canary_timeout: expected more than detector.canary_interval");
         }
+        if !(self.api.rate_limit_per_second.is_finite() && self.api.rate_limit_per_second > 0.0) {
+            bail!(
+                "api.rate_limit_per_second: expected a positive number, got {}",
+                self.api.rate_limit_per_second
+            );
+        }
+        if self.api.rate_limit_burst == 0 {
+            bail!("api.rate_limit_burst: expected a positive number");
+        }
         if self.telemetry.flush_max_devices == 0 {
             bail!("telemetry.flush_max_devices: expected a positive number");
         }
@@ -687,12 +818,54 @@ impl Config {
             crate::domain::identity::validate_id(device)
                 .map_err(|e| anyhow::anyhow!("client_ids.{client}: {e}"))?;
         }
+        let mut names = std::collections::BTreeSet::new();
         for (i, w) in self.webhooks.iter().enumerate() {
-            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+            let target = w.target_url();
+            if !(target.starts_with("http://") || target.starts_with("https://")) {
                 bail!(
                     "webhooks[{i}].url: expected an http:// or https:// URL, got {:?}",
                     w.url
                 );
+            }
+            let name = w.name_at(i);
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                bail!("webhooks[{i}].name: expected 1 to 64 letters, digits, '-', '_' or '.', got {name:?}");
+            }
+            if !names.insert(name.clone()) {
+                bail!("webhooks[{i}].name: {name:?} is used by another endpoint");
+            }
+            w.signing_secrets()
+                .map_err(|e| anyhow::anyhow!("webhooks[{i}].secret_file: {e:#}"))?;
+            if w.format == WebhookFormat::Pagerduty
+                && w.routing_key.as_ref().is_none_or(|k| k.expose().is_empty())
+            {
+                bail!("webhooks[{i}].routing_key: expected a PagerDuty integration key for format = \"pagerduty\"");
+            }
+            for k in &w.kinds {
+                k.parse::<crate::domain::alert::Kind>()
+                    .map_err(|e| anyhow::anyhow!("webhooks[{i}].kinds: {e}"))?;
+            }
+            if let Some(s) = &w.min_severity {
+                s.parse::<crate::domain::alert::Severity>()
+                    .map_err(|e| anyhow::anyhow!("webhooks[{i}].min_severity: {e}"))?;
+            }
+            for (k, d) in [
+                ("timeout", w.timeout),
+                ("repeat_interval", w.repeat_interval),
+                ("max_attempt_age", w.max_attempt_age),
+                ("backoff_min", w.backoff_min),
+            ] {
+                if d.0.is_zero() {
+                    bail!("webhooks[{i}].{k}: expected a positive duration");
+                }
+            }
+            if w.backoff_min > w.backoff_max {
+                bail!("webhooks[{i}].backoff_min: expected no more than webhooks[{i}].backoff_max");
             }
         }
         Ok(())

@@ -14,3 +14,4 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod retention;
+pub mod tokens;

@@ -26,12 +26,21 @@ enum Command {
     Serve,
     /// Create the database if needed and apply migrations, then exit.
     Migrate,
+    /// Manage API tokens: create (printed once), list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: fleetwatch::tokens::TokenCommand,
+    },
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    logging::init();
     let cli = Cli::parse();
+    // The subscriber writes to stdout, which `token` commands keep for their result alone (a
+    // script captures the new token from it); their errors still reach stderr below.
+    if !matches!(cli.command, Some(Command::Token { .. })) {
+        logging::init();
+    }
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -54,6 +63,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db::migrate(&pool).await?;
             println!("migrations applied");
             Ok(())
+        }
+        Command::Token { command } => {
+            fleetwatch::tokens::run_cli(
+                &cfg,
+                command,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )
+            .await
         }
     }
 }

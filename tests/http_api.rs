@@ -40,6 +40,7 @@ fn state_with(pool: PgPool, token: Option<&str>) -> AppState {
         mqtt: Vec::new().into(),
         clock: clock(),
         api_token_digest: token.map(|t| Arc::new(fleetwatch::http::auth::digest(t))),
+        rate_limiter: Default::default(),
     }
 }
 

@@ -1,13 +1,14 @@
 //! The alert state machine in Postgres. Every change writes an `alert_events` row in the same
 //! transaction, so the trail can never disagree with the alert. The detector calls these inside
 //! its own transaction (with the device state change that caused them); later the notification
-//! outbox rows will be written in that same transaction too.
+//! outbox rows ([`super::outbox`]) are written in that same transaction too.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 
+use super::outbox::{self, Change};
 use crate::domain::alert::{Kind, Severity};
 
 /// What the detector wants to be firing.
@@ -140,6 +141,7 @@ pub async fn fire(
             json!({"summary": spec.summary}),
         )
         .await?;
+        outbox::notify(conn, id, Change::Fired, now).await?;
         return Ok(Fired::Reopened(id));
     }
 
@@ -168,6 +170,7 @@ pub async fn fire(
         json!({"summary": spec.summary}),
     )
     .await?;
+    outbox::notify(conn, id, Change::Fired, now).await?;
     Ok(Fired::Opened(id))
 }
 
@@ -214,6 +217,7 @@ pub async fn resolve(
     .rows_affected();
     if n == 1 {
         event(conn, id, now, "resolved", "fleetwatch", outcome).await?;
+        outbox::notify(conn, id, Change::Resolved, now).await?;
     }
     Ok(n == 1)
 }
@@ -274,6 +278,7 @@ pub async fn uncover(
     .await?;
     for id in &ids {
         event(conn, *id, now, "uncovered", "fleetwatch", json!({"by": by})).await?;
+        outbox::notify(conn, *id, Change::Uncovered, now).await?;
     }
     Ok(ids)
 }
@@ -310,6 +315,7 @@ pub async fn acknowledge(
     .execute(&mut *tx)
     .await?;
     event(&mut tx, id, now, "acknowledged", by, json!({"note": note})).await?;
+    outbox::notify(&mut tx, id, Change::Acknowledged, now).await?;
     tx.commit().await?;
     Ok(Some(true))
 }
@@ -358,7 +364,8 @@ pub async fn link_ticket(
 }
 
 /// An alert as the API shows it (DESIGN.md §4).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = Alert)]
 pub struct AlertRow {
     pub id: i64,
     pub kind: String,
@@ -370,6 +377,7 @@ pub struct AlertRow {
     pub opened_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub summary: String,
+    #[schema(value_type = Object)]
     pub details: Value,
     pub covered_by: Option<i64>,
     pub acknowledged_by: Option<String>,
@@ -380,14 +388,15 @@ pub struct AlertRow {
     pub updated_at: DateTime<Utc>,
 }
 
-const ALERT_COLUMNS: &str = r#"
+pub(crate) const ALERT_COLUMNS: &str = r#"
     id, kind, subject, device_id, group_id as "group", severity, status, opened_at, resolved_at,
     summary, details, covered_by, acknowledged_by, acknowledged_at, ack_note, ticket_ref,
     ticket_url, updated_at
 "#;
 
 /// One entry of an alert's trail.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = AlertEvent)]
 pub struct EventRow {
     pub id: i64,
     pub at: DateTime<Utc>,
@@ -395,6 +404,7 @@ pub struct EventRow {
     #[sqlx(rename = "type")]
     pub kind: String,
     pub actor: String,
+    #[schema(value_type = Object)]
     pub details: Value,
 }
 

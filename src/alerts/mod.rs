@@ -2,6 +2,9 @@
 //! its append-only trail, and the read side for the API. One firing alert per (kind, subject);
 //! ids are stable and never reused.
 
+pub mod formats;
 pub mod lifecycle;
+pub mod outbox;
+pub mod webhook;
 
 pub use lifecycle::{AlertFilter, AlertRow, AlertSpec, EventRow, Fired};

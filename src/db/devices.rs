@@ -9,10 +9,12 @@ use crate::config::Config;
 use crate::domain::identity::Identity;
 
 /// A device as the API shows it (DESIGN.md §4).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = Device)]
 pub struct DeviceRow {
     pub id: String,
     pub group: Option<String>,
+    /// `never_seen`, `healthy`, `late`, `silent`, `offline`, `quiet` or `retired`.
     pub state: String,
     pub state_since: DateTime<Utc>,
     pub connected: Option<bool>,

@@ -146,7 +146,8 @@ async fn apply_to_device(
 }
 
 /// One presence event as the API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = PresenceEvent)]
 pub struct EventRow {
     pub id: i64,
     pub client_id: String,

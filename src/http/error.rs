@@ -9,12 +9,20 @@ use serde::Serialize;
 pub enum ApiError {
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// A valid token whose scopes do not cover the request.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over the token's request rate; `Retry-After` says when to come back.
+    #[error("too many requests with this token; retry after {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
     Unprocessable(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("method not allowed on this route")]
     MethodNotAllowed,
     #[error("database error")]
@@ -23,21 +31,30 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem document, the body of every error.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
     #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: String,
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
 }
 
 impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too Many Requests",
+            ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not Found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad Request"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::Unprocessable(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unprocessable",
@@ -68,8 +85,8 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let body = Problem {
-            kind: &format!("https://fleetwatch.dev/problems/{slug}"),
-            title,
+            kind: format!("https://fleetwatch.dev/problems/{slug}"),
+            title: title.to_string(),
             status: status.as_u16(),
             detail: self.to_string(),
         };
@@ -81,6 +98,17 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::Forbidden(_) = self {
+            // RFC 6750 §3.1: the token is fine, its scope is not.
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+            );
+        }
+        if let ApiError::TooManyRequests { retry_after_secs } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         resp
     }

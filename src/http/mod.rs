@@ -1,10 +1,13 @@
-//! The HTTP server: REST API under `/api/v1` (bearer token), health and metrics endpoints.
+//! The HTTP server: REST API under `/api/v1` (bearer tokens with scopes), health and metrics
+//! endpoints.
 //! [`router`] is a pure function of the state, so tests drive it with `oneshot`.
 
 pub mod api;
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod openapi;
+pub mod rate_limit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +33,10 @@ pub struct AppState {
     pub mqtt: Arc<[Arc<ConnectionStatus>]>,
     /// Time, injected.
     pub clock: SharedClock,
-    /// SHA-256 of the bootstrap API token; `None` refuses every `/api` request.
+    /// SHA-256 of the bootstrap API token (every scope); `None`: only stored tokens are let in.
     pub api_token_digest: Option<Arc<[u8; 32]>>,
+    /// Per-token request budgets for `/api` (`[api] rate_limit_*`).
+    pub rate_limiter: Arc<rate_limit::RateLimiter>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -45,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/api/openapi.json", get(openapi::document))
         .method_not_allowed_fallback(api::method_not_allowed)
         .nest("/api/v1", api)
         .fallback(api::not_found)

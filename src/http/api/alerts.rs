@@ -12,13 +12,25 @@ use crate::domain::alert::Kind;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// `firing` or `resolved`.
+    #[param(pattern = "^(firing|resolved)$")]
     pub status: Option<String>,
+    /// An alert kind, e.g. `heartbeat_gap`.
+    #[param(
+        pattern = "^(heartbeat_gap|flapping|client_id_conflict|throttled|auth_failure|address_drift|group_outage|fleet_outage|ingest_down|metric_threshold)$"
+    )]
     pub kind: Option<String>,
+    /// Only alerts of this device.
     pub device: Option<String>,
+    /// Only alerts of this group.
     pub group: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -30,6 +42,9 @@ fn alert_id(p: Result<Path<String>, PathRejection>) -> ApiResult<i64> {
         .ok_or_else(|| ApiError::NotFound(format!("no alert {raw:?}")))
 }
 
+/// List alerts, newest first.
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", params(ListQuery),
+    responses((status = 200, body = Page<AlertRow>), super::ErrorsList))]
 pub async fn list(
     State(state): State<AppState>,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -66,7 +81,7 @@ pub async fn list(
 }
 
 /// An alert with its audit trail.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AlertWithTrail {
     #[serde(flatten)]
     pub alert: AlertRow,
@@ -81,6 +96,10 @@ async fn with_trail(state: &AppState, id: i64) -> ApiResult<AlertWithTrail> {
     Ok(AlertWithTrail { alert, events })
 }
 
+/// One alert with its trail.
+#[utoipa::path(get, path = "/api/v1/alerts/{id}", tag = "alerts",
+    params(("id" = String, Path, description = "alert id")),
+    responses((status = 200, body = AlertWithTrail), super::ErrorsOne))]
 pub async fn get(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -113,7 +132,7 @@ fn text(name: &str, v: &str, max: usize) -> ApiResult<()> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
     pub by: String,
@@ -121,6 +140,9 @@ pub struct AckBody {
 }
 
 /// Acknowledge: 200 with the alert either way; re-acknowledging writes no new event.
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts",
+    params(("id" = String, Path, description = "alert id")), request_body = AckBody,
+    responses((status = 200, body = AlertWithTrail), super::ErrorsWrite))]
 pub async fn ack(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -138,18 +160,23 @@ pub async fn ack(
     Ok(Json(with_trail(&state, id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TicketBody {
     #[serde(rename = "ref")]
     pub reference: String,
     pub url: Option<String>,
-    /// Who linked it (defaults to `api`).
+    /// Who linked it (defaults to `token:<token name>`).
     pub by: Option<String>,
 }
 
+/// Attach or replace a ticket reference.
+#[utoipa::path(put, path = "/api/v1/alerts/{id}/ticket", tag = "alerts",
+    params(("id" = String, Path, description = "alert id")), request_body = TicketBody,
+    responses((status = 200, body = AlertWithTrail), super::ErrorsWrite))]
 pub async fn ticket(
     State(state): State<AppState>,
+    principal: Option<axum::Extension<crate::http::auth::Principal>>,
     id: Result<Path<String>, PathRejection>,
     b: Result<Json<TicketBody>, JsonRejection>,
 ) -> ApiResult<Json<AlertWithTrail>> {
@@ -164,7 +191,12 @@ pub async fn ticket(
             ));
         }
     }
-    let by = b.by.as_deref().unwrap_or("api");
+    // Without an explicit `by`, the trail names the token that made the change.
+    let default_actor = principal.map(|axum::Extension(p)| format!("token:{}", p.name));
+    let by =
+        b.by.as_deref()
+            .or(default_actor.as_deref())
+            .unwrap_or("api");
     text("by", by, 200)?;
     lifecycle::link_ticket(
         &state.pool,

@@ -24,15 +24,26 @@ pub const STATES: [&str; 7] = [
     "retired",
 ];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only devices in this health state.
+    #[param(pattern = "^(never_seen|healthy|late|silent|offline|quiet|retired)$")]
     pub state: Option<String>,
+    /// Only devices of this group.
     pub group: Option<String>,
+    /// Case-insensitive substring of the device id.
     pub q: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
+/// List devices, by id.
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(ListQuery),
+    responses((status = 200, body = Page<DeviceRow>), super::ErrorsList))]
 pub async fn list(
     State(state): State<AppState>,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -64,6 +75,10 @@ pub async fn list(
     Ok(Json(Page { items, next_cursor }))
 }
 
+/// One device.
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = DeviceRow), super::ErrorsOne))]
 pub async fn get(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -75,11 +90,20 @@ pub async fn get(
         .ok_or_else(|| ApiError::NotFound(format!("no device {id:?}")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
+
+/// A device's presence events, newest first.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/events", tag = "devices",
+    params(("id" = String, Path, description = "device id"), EventsQuery),
+    responses((status = 200, body = Page<EventRow>), super::ErrorsOne))]
 
 pub async fn events(
     State(state): State<AppState>,

@@ -11,7 +11,7 @@ use crate::domain::alert::Kind;
 use crate::http::error::ApiResult;
 use crate::http::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Summary {
     pub devices: i64,
     /// Every state, zero included, so dashboards see zeros rather than gaps.
@@ -23,6 +23,9 @@ pub struct Summary {
     pub unacknowledged_alerts: i64,
 }
 
+/// Devices per state and firing alerts per kind.
+#[utoipa::path(get, path = "/api/v1/fleet/summary", tag = "fleet",
+    responses((status = 200, body = Summary), super::ErrorsList))]
 pub async fn summary(State(state): State<AppState>) -> ApiResult<Json<Summary>> {
     let by_state: Vec<(String, i64)> = sqlx::query_as(
         r#"select case when retired_at is not null then 'retired' else state end, count(*)

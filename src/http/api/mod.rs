@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod devices;
 pub mod fleet;
+pub mod webhooks;
 
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -10,8 +11,72 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Serialize;
 
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::AppState;
+
+/// The errors every list endpoint may answer (documented for the OpenAPI document).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum ErrorsList {
+    /// A query parameter is invalid.
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// Missing or invalid bearer token.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// The token lacks the scope.
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+    /// Too many requests for this token; see `Retry-After`.
+    #[response(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Problem),
+    /// Something failed on our side.
+    #[response(status = 500, content_type = "application/problem+json")]
+    Internal(Problem),
+}
+
+/// The errors of an endpoint about one resource.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum ErrorsOne {
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+    /// No such resource.
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    #[response(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Problem),
+    #[response(status = 500, content_type = "application/problem+json")]
+    Internal(Problem),
+}
+
+/// The errors of an endpoint that changes a resource.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum ErrorsWrite {
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    /// The body is not JSON or not the expected content type.
+    #[response(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Problem),
+    /// The body is JSON but invalid (missing fields, NUL characters, limits).
+    #[response(status = 422, content_type = "application/problem+json")]
+    Unprocessable(Problem),
+    #[response(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Problem),
+    #[response(status = 500, content_type = "application/problem+json")]
+    Internal(Problem),
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -23,6 +88,8 @@ pub fn router() -> Router<AppState> {
         .route("/alerts/{id}/ack", post(alerts::ack))
         .route("/alerts/{id}/ticket", put(alerts::ticket))
         .route("/fleet/summary", get(fleet::summary))
+        .route("/webhooks/deliveries", get(webhooks::list))
+        .route("/webhooks/deliveries/{id}/redrive", post(webhooks::redrive))
 }
 
 pub async fn not_found() -> ApiError {
@@ -43,7 +110,7 @@ pub fn path_param(
 }
 
 /// A page of a list endpoint.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `cursor` to get the next page; `null` on the last page.

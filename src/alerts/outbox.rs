@@ -1,0 +1,301 @@
+//! The notification outbox: which endpoints an alert change is for, written in the caller's
+//! transaction (the one that changed the alert), with the alert snapshotted as the API shows it.
+//! The worker ([`super::webhook`]) delivers the rows; this module only decides and records.
+//!
+//! Rules (README "Webhooks"):
+//! - `alert.firing` on open, reopen, and when a resolved outage releases a still-failing alert
+//!   (uncover). A *device* alert's firing (one with a `device_id`) is due only after the
+//!   endpoint's `group_wait`, so that a group or fleet outage can form and cover it.
+//! - `alert.resolved` on resolve (if `send_resolved`), due after `resolve_wait`.
+//! - `alert.acknowledged` on acknowledge, due at once.
+//! - `alert.reminder` rows are written by the worker, not here.
+//!
+//! Whether a due row is still worth sending (covered, reopened, never announced...) is decided
+//! by the worker when it claims the row, because only then is the outcome known.
+//!
+//! The endpoints' routing rules live in `webhook_endpoints`, written from the configuration at
+//! start-up by [`sync_endpoints`]: the lifecycle runs inside the detector's transaction and
+//! has nothing but a connection to decide with.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+use crate::alerts::lifecycle::{AlertRow, ALERT_COLUMNS};
+use crate::config::WebhookConfig;
+use crate::domain::alert::Severity;
+
+/// A notification's event, as receivers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Firing,
+    Resolved,
+    Reminder,
+    Acknowledged,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Firing => "alert.firing",
+            Event::Resolved => "alert.resolved",
+            Event::Reminder => "alert.reminder",
+            Event::Acknowledged => "alert.acknowledged",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Event> {
+        [
+            Event::Firing,
+            Event::Resolved,
+            Event::Reminder,
+            Event::Acknowledged,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == s)
+    }
+}
+
+/// The alert change that may call for notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Opened or reopened: `alert.firing`, after `group_wait` for device alerts.
+    Fired,
+    /// Released by a resolved outage while still firing: `alert.firing` at once (the outage's
+    /// notification spoke for it until now).
+    Uncovered,
+    /// `alert.resolved`, after `resolve_wait`.
+    Resolved,
+    /// `alert.acknowledged` at once.
+    Acknowledged,
+}
+
+/// Rank of a severity: 0 critical … 3 info. An alert goes to an endpoint when its rank is at
+/// most the endpoint's `max_severity_rank`.
+pub fn severity_rank(s: Severity) -> i32 {
+    match s {
+        Severity::Critical => 0,
+        Severity::Error => 1,
+        Severity::Warning => 2,
+        Severity::Info => 3,
+    }
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Write the configured endpoints' routing rules, forget endpoints no longer configured and
+/// dead-letter their pending rows. Secrets and URLs are not stored.
+pub async fn sync_endpoints(pool: &PgPool, hooks: &[WebhookConfig]) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    let mut names = Vec::with_capacity(hooks.len());
+    for (i, w) in hooks.iter().enumerate() {
+        let name = w.name_at(i);
+        let rank = w
+            .min_severity
+            .as_deref()
+            .and_then(|s| s.parse::<Severity>().ok())
+            .map_or(3, severity_rank);
+        let resolve_wait = w.resolve_wait.unwrap_or(w.group_wait);
+        sqlx::query(
+            r#"insert into webhook_endpoints (name, kinds, groups, max_severity_rank,
+                   send_resolved, send_reminders, group_wait_ms, resolve_wait_ms,
+                   repeat_interval_ms, updated_at)
+               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
+               on conflict (name) do update set kinds = excluded.kinds, groups = excluded.groups,
+                   max_severity_rank = excluded.max_severity_rank,
+                   send_resolved = excluded.send_resolved,
+                   send_reminders = excluded.send_reminders,
+                   group_wait_ms = excluded.group_wait_ms,
+                   resolve_wait_ms = excluded.resolve_wait_ms,
+                   repeat_interval_ms = excluded.repeat_interval_ms, updated_at = now()"#,
+        )
+        .bind(&name)
+        .bind(&w.kinds)
+        .bind(&w.groups)
+        .bind(rank)
+        .bind(w.send_resolved)
+        .bind(w.send_reminders)
+        .bind(ms(w.group_wait.0))
+        .bind(ms(resolve_wait.0))
+        .bind(ms(w.repeat_interval.0).max(1))
+        .execute(&mut *tx)
+        .await?;
+        names.push(name);
+    }
+    sqlx::query("delete from webhook_endpoints where not (name = any($1))")
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+    // A worker only claims rows of the endpoints it knows (a replica still on the previous
+    // configuration must not dead-letter a new endpoint's rows); removal is decided here.
+    sqlx::query(
+        r#"update notifications set status = 'dead', finished_at = now(),
+               last_error = 'endpoint no longer configured'
+           where status = 'pending' and not (endpoint = any($1))"#,
+    )
+    .bind(&names)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct Route {
+    name: String,
+    kinds: Vec<String>,
+    groups: Vec<String>,
+    max_severity_rank: i32,
+    send_resolved: bool,
+    group_wait_ms: i64,
+    resolve_wait_ms: i64,
+}
+
+/// The alert as the API shows it, read inside the caller's transaction.
+pub async fn snapshot(conn: &mut PgConnection, alert_id: i64) -> sqlx::Result<Option<AlertRow>> {
+    let sql = format!("select {ALERT_COLUMNS} from alerts where id = $1");
+    sqlx::query_as::<_, AlertRow>(&sql)
+        .bind(alert_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The JSON snapshot stored in `notifications.body`.
+pub fn body_of(alert: &AlertRow) -> sqlx::Result<Value> {
+    serde_json::to_value(alert).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
+/// Record the notifications `change` of `alert_id` calls for, one per matching endpoint, in the
+/// caller's transaction. Returns how many rows were written.
+pub async fn notify(
+    conn: &mut PgConnection,
+    alert_id: i64,
+    change: Change,
+    now: DateTime<Utc>,
+) -> sqlx::Result<usize> {
+    let routes: Vec<Route> = sqlx::query_as(
+        r#"select name, kinds, groups, max_severity_rank, send_resolved, group_wait_ms,
+                  resolve_wait_ms
+           from webhook_endpoints order by name"#,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if routes.is_empty() {
+        return Ok(0);
+    }
+    let Some(alert) = snapshot(&mut *conn, alert_id).await? else {
+        return Ok(0);
+    };
+    let rank = alert.severity.parse::<Severity>().map_or(0, severity_rank);
+    let event = match change {
+        Change::Fired | Change::Uncovered => Event::Firing,
+        Change::Resolved => Event::Resolved,
+        Change::Acknowledged => Event::Acknowledged,
+    };
+    let body = body_of(&alert)?;
+    let mut written = 0;
+    for r in routes {
+        if !r.kinds.is_empty() && !r.kinds.contains(&alert.kind) {
+            continue;
+        }
+        if rank > r.max_severity_rank {
+            continue;
+        }
+        if !r.groups.is_empty() && !alert.group.as_ref().is_some_and(|g| r.groups.contains(g)) {
+            continue;
+        }
+        if change == Change::Resolved && !r.send_resolved {
+            continue;
+        }
+        let wait_ms = match change {
+            Change::Fired if alert.device_id.is_some() => r.group_wait_ms,
+            Change::Resolved => r.resolve_wait_ms,
+            _ => 0,
+        };
+        let due = now + TimeDelta::milliseconds(wait_ms);
+        sqlx::query(
+            r#"insert into notifications (alert_id, endpoint, event, body, next_attempt_at,
+                                          created_at, retry_since)
+               values ($1, $2, $3, $4, $5, $6, $6)"#,
+        )
+        .bind(alert_id)
+        .bind(&r.name)
+        .bind(event.as_str())
+        .bind(&body)
+        .bind(due)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// A notification as the deliveries list shows it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = Delivery)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub alert_id: i64,
+    pub endpoint: String,
+    pub event: String,
+    pub delivery_id: String,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// Notifications newest first, optionally of one status, strictly before `before_id`.
+pub async fn list(
+    pool: &PgPool,
+    status: Option<&str>,
+    before_id: Option<i64>,
+    limit: i64,
+) -> sqlx::Result<Vec<DeliveryRow>> {
+    sqlx::query_as(
+        r#"select id, alert_id, endpoint, event, delivery_id, status, attempts, next_attempt_at,
+                  created_at, delivered_at, finished_at, last_error
+           from notifications
+           where ($1::text is null or status = $1) and ($2::bigint is null or id < $2)
+           order by id desc limit $3"#,
+    )
+    .bind(status)
+    .bind(before_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Re-drive a dead notification: pending again, due now, with a fresh retry schedule (its age
+/// counts from now). The delivery id stays, so receivers can still drop a duplicate. Returns
+/// false if it is not dead.
+/// One notification.
+pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeliveryRow>> {
+    sqlx::query_as(
+        r#"select id, alert_id, endpoint, event, delivery_id, status, attempts, next_attempt_at,
+                  created_at, delivered_at, finished_at, last_error
+           from notifications where id = $1"#,
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn redrive(pool: &PgPool, id: i64, now: DateTime<Utc>) -> sqlx::Result<bool> {
+    let n = sqlx::query(
+        r#"update notifications set status = 'pending', next_attempt_at = $2, retry_since = $2,
+               finished_at = null
+           where id = $1 and status = 'dead'"#,
+    )
+    .bind(id)
+    .bind(now)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}

@@ -1,0 +1,91 @@
+//! `GET /webhooks/deliveries` (the outbox, dead letters included) and
+//! `POST /webhooks/deliveries/{id}/redrive` (send a dead notification again, same delivery id).
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::Deserialize;
+
+use super::{decode_cursor, encode_cursor, limit, query, Page};
+use crate::alerts::outbox::{self, DeliveryRow};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::AppState;
+
+pub const STATUSES: [&str; 4] = ["pending", "delivered", "dead", "superseded"];
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// `pending`, `delivered`, `dead` or `superseded`.
+    #[param(pattern = "^(pending|delivered|dead|superseded)$")]
+    pub status: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Webhook notifications, newest first, with their delivery state.
+#[utoipa::path(get, path = "/api/v1/webhooks/deliveries", tag = "webhooks", params(ListQuery),
+    responses((status = 200, body = Page<DeliveryRow>), super::ErrorsList))]
+pub async fn list(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<Page<DeliveryRow>>> {
+    let q = query(q)?;
+    if let Some(s) = &q.status {
+        if !STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "status: expected one of {}, got {s:?}",
+                STATUSES.join(", ")
+            )));
+        }
+    }
+    let limit = limit(q.limit)?;
+    let bad = || ApiError::BadRequest("cursor: not a cursor this API returned".into());
+    let before = match q.cursor.as_deref() {
+        Some(c) => Some(decode_cursor(c)?.parse::<i64>().map_err(|_| bad())?),
+        None => None,
+    };
+    let mut items = outbox::list(&state.pool, q.status.as_deref(), before, limit + 1).await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|d| encode_cursor(&d.id.to_string()))
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Send a dead notification again (same delivery id, fresh retry schedule). `409` if it is not
+/// dead.
+#[utoipa::path(post, path = "/api/v1/webhooks/deliveries/{id}/redrive", tag = "webhooks",
+    params(("id" = String, Path, description = "notification id")),
+    responses((status = 200, body = DeliveryRow),
+              (status = 409, description = "not dead", body = crate::http::error::Problem,
+               content_type = "application/problem+json"),
+              super::ErrorsOne))]
+pub async fn redrive(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<DeliveryRow>> {
+    let Path(raw) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let id = raw
+        .parse::<i64>()
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| ApiError::NotFound(format!("no delivery {raw:?}")))?;
+    if !outbox::redrive(&state.pool, id, state.clock.now()).await? {
+        let exists = outbox::get(&state.pool, id).await?.is_some();
+        return Err(if exists {
+            ApiError::Conflict(format!("delivery {id} is not dead"))
+        } else {
+            ApiError::NotFound(format!("no delivery {id}"))
+        });
+    }
+    outbox::get(&state.pool, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no delivery {id}")))
+}
