@@ -246,6 +246,10 @@ impl Default for ApiConfig {
 pub struct RetentionConfig {
     /// Presence events older than this (by arrival) are deleted.
     pub presence_events: HumanDuration,
+    /// Webhook delivery attempts, and finished notifications, older than this are deleted.
+    pub deliveries: HumanDuration,
+    /// Alerts resolved longer ago than this are deleted with their trail.
+    pub alerts: HumanDuration,
     /// How often the retention job runs.
     pub interval: HumanDuration,
 }
@@ -490,6 +494,8 @@ impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             presence_events: dur("90d"),
+            deliveries: dur("30d"),
+            alerts: dur("365d"),
             interval: dur("1h"),
         }
     }
@@ -562,6 +568,12 @@ impl Config {
         };
         cfg.apply_env(env)?;
         cfg.validate()?;
+        // A resolution waits out the reopen window by default: an alert that re-fires within it
+        // reopens the same id, and the endpoint must not get a resolve/fire pair each time.
+        let reopen = cfg.detector.reopen_window;
+        for w in &mut cfg.webhooks {
+            w.resolve_wait.get_or_insert(reopen);
+        }
         Ok(cfg)
     }
 
@@ -963,6 +975,19 @@ mod tests {
         assert_eq!(c.detector.tick.0, Duration::from_secs(1));
         assert_eq!(c.api.token.as_ref().unwrap().expose(), "tok");
         assert_eq!(c.webhooks.len(), 1);
+    }
+
+    #[test]
+    fn resolutions_wait_out_the_reopen_window_by_default() {
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("FLEETWATCH_WEBHOOK_URL", "http://hook"),
+                ("FLEETWATCH_REOPEN_WINDOW", "20m"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.webhooks[0].resolve_wait, Some(dur("20m")));
     }
 
     #[test]

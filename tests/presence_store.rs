@@ -1326,6 +1326,7 @@ async fn retention_deletes_only_old_events_and_leaves_devices(pool: PgPool) {
     let cfg = RetentionConfig {
         presence_events: HumanDuration(Duration::from_secs(7 * 86_400)),
         interval: HumanDuration(Duration::from_secs(3600)),
+        ..RetentionConfig::default()
     };
     let keep = TimeDelta::days(7);
     let ctx = ingest(&pool, &Config::default(), 100);
@@ -1358,7 +1359,8 @@ async fn retention_deletes_only_old_events_and_leaves_devices(pool: PgPool) {
 
     let deleted = fleetwatch::retention::tick(&pool, &clock, &cfg)
         .await
-        .unwrap();
+        .unwrap()
+        .presence_events;
     assert_eq!(deleted, 2);
     let left: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
         "select client_id, event_type, received_at from presence_events order by received_at",
@@ -1384,7 +1386,8 @@ async fn retention_deletes_only_old_events_and_leaves_devices(pool: PgPool) {
     assert_eq!(
         fleetwatch::retention::tick(&pool, &clock, &cfg)
             .await
-            .unwrap(),
+            .unwrap()
+            .presence_events,
         0
     );
     manual.advance(TimeDelta::days(1) + TimeDelta::milliseconds(1));
@@ -1395,7 +1398,8 @@ async fn retention_deletes_only_old_events_and_leaves_devices(pool: PgPool) {
     assert_eq!(
         fleetwatch::retention::tick(&pool, &clock, &cfg)
             .await
-            .unwrap(),
+            .unwrap()
+            .presence_events,
         2
     );
     assert_eq!(count_events(&pool).await, 1);
@@ -1423,7 +1427,124 @@ async fn retention_deletes_in_batches_until_done(pool: PgPool) {
     .unwrap();
     let deleted = fleetwatch::retention::tick(&pool, &clock, &cfg)
         .await
-        .unwrap();
+        .unwrap()
+        .presence_events;
     assert_eq!(deleted, 10001);
     assert_eq!(count_events(&pool).await, 299);
+}
+
+/// Old resolved alerts go with their trail and notifications; firing ones and pending
+/// notifications stay; delivery attempts are trimmed on their own schedule.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn retention_trims_old_alerts_and_deliveries_but_never_firing_or_pending(pool: PgPool) {
+    use fleetwatch::alerts::{lifecycle, AlertSpec};
+    use fleetwatch::domain::alert::{Kind, Severity};
+    let t0 = chrono::Utc::now() - TimeDelta::days(400);
+    let spec = |subject: &str| AlertSpec {
+        kind: Kind::HeartbeatGap,
+        subject: subject.into(),
+        device_id: Some(subject.into()),
+        group_id: None,
+        severity: Severity::Error,
+        summary: format!("{subject} silent"),
+        details: serde_json::json!({}),
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let old = lifecycle::fire(&mut tx, &spec("old"), t0, TimeDelta::minutes(30))
+        .await
+        .unwrap()
+        .id();
+    let outage = lifecycle::fire(
+        &mut tx,
+        &AlertSpec {
+            kind: Kind::GroupOutage,
+            subject: "g".into(),
+            device_id: None,
+            ..spec("g")
+        },
+        t0,
+        TimeDelta::minutes(30),
+    )
+    .await
+    .unwrap()
+    .id();
+    let still = lifecycle::fire(&mut tx, &spec("still"), t0, TimeDelta::minutes(30))
+        .await
+        .unwrap()
+        .id();
+    lifecycle::cover(&mut tx, &[still], outage, t0)
+        .await
+        .unwrap();
+    lifecycle::resolve(
+        &mut tx,
+        old,
+        t0 + TimeDelta::hours(1),
+        None,
+        serde_json::json!({}),
+    )
+    .await
+    .unwrap();
+    lifecycle::resolve(
+        &mut tx,
+        outage,
+        t0 + TimeDelta::hours(1),
+        None,
+        serde_json::json!({}),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    for (alert, status, finished) in [(old, "delivered", Some(t0)), (still, "pending", None)] {
+        let n: i64 = sqlx::query_scalar(
+            r#"insert into notifications (alert_id, endpoint, event, body, status, next_attempt_at,
+                   created_at, retry_since, finished_at)
+               values ($1, 'e', 'alert.firing', '{}', $2, $3, $3, $3, $4) returning id"#,
+        )
+        .bind(alert)
+        .bind(status)
+        .bind(t0)
+        .bind(finished)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "insert into delivery_attempts (notification_id, at, latency_ms) values ($1, $2, 5)",
+        )
+        .bind(n)
+        .bind(t0)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let clock: fleetwatch::clock::SharedClock = std::sync::Arc::new(fleetwatch::clock::SystemClock);
+    let d = fleetwatch::retention::tick(&pool, &clock, &RetentionConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.alerts, d.delivery_attempts, d.notifications),
+        (2, 2, 1),
+        "{d:?}"
+    );
+    let left: Vec<(i64, String, Option<i64>)> =
+        sqlx::query_as("select id, status, covered_by from alerts order by id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        left,
+        [(still, "firing".to_string(), None)],
+        "the firing alert stays, uncovered"
+    );
+    let events: i64 = sqlx::query_scalar("select count(*) from alert_events where alert_id <> $1")
+        .bind(still)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0);
+    let pending: i64 =
+        sqlx::query_scalar("select count(*) from notifications where status = 'pending'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(pending, 1);
 }
