@@ -4,6 +4,18 @@
 use fleetwatch::detect::leader::Leader;
 use sqlx::PgPool;
 
+/// A session's locks go a moment after it ends (a close or pg_terminate_backend only starts
+/// that), so a standby may need a few tries.
+async fn becomes_leader(l: &mut Leader) -> bool {
+    for _ in 0..100 {
+        if l.ensure().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn one_leader_at_a_time_and_a_standby_takes_over(pool: PgPool) {
     let opts = (*pool.connect_options()).clone();
@@ -18,7 +30,7 @@ async fn one_leader_at_a_time_and_a_standby_takes_over(pool: PgPool) {
     }
     // the leader's session ends (shutdown, crash, network): the standby takes over
     a.release().await;
-    assert!(b.ensure().await);
+    assert!(becomes_leader(&mut b).await);
     assert!(!a.ensure().await, "the old leader is now the standby");
 
     // a leader whose lock was lost behind its back notices on the next check
@@ -34,8 +46,17 @@ async fn one_leader_at_a_time_and_a_standby_takes_over(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .unwrap();
+    // pg_terminate_backend only signals: the session (and its lock) ends a moment later
+    let mut took_over = false;
+    for _ in 0..100 {
+        if a.ensure().await {
+            took_over = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(
-        a.ensure().await,
+        took_over,
         "the standby takes the lock the killed leader held"
     );
     assert!(!b.ensure().await, "the killed leader reconnects as standby");

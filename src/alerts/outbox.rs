@@ -9,6 +9,8 @@
 //! - `alert.resolved` on resolve (if `send_resolved`), due after `resolve_wait`.
 //! - `alert.acknowledged` on acknowledge, due at once.
 //! - `alert.reminder` rows are written by the worker, not here.
+//! - While a silence matches the alert, rows are written already `superseded` with
+//!   `silenced_by` set: nothing is sent ([`super::silences`]).
 //!
 //! Whether a due row is still worth sending (covered, reopened, never announced...) is decided
 //! by the worker when it claims the row, because only then is the outcome known.
@@ -194,6 +196,10 @@ pub async fn notify(
         Change::Acknowledged => Event::Acknowledged,
     };
     let body = body_of(&alert)?;
+    // While a silence matches, the rows are still written (history: why nothing was sent)
+    // but finished at once, `superseded` and naming the silence; the worker's "silence ended"
+    // pass ([`super::silences::catch_up`]) brings the endpoint up to date afterwards.
+    let silenced_by = super::silences::is_silenced(&mut *conn, &alert, now).await?;
     let mut written = 0;
     for r in routes {
         if !r.kinds.is_empty() && !r.kinds.contains(&alert.kind) {
@@ -214,6 +220,25 @@ pub async fn notify(
             _ => 0,
         };
         let due = now + TimeDelta::milliseconds(wait_ms);
+        if let Some(silence) = silenced_by {
+            sqlx::query(
+                r#"insert into notifications (alert_id, endpoint, event, body, next_attempt_at,
+                                              created_at, retry_since, status, finished_at,
+                                              last_error, silenced_by)
+                   values ($1, $2, $3, $4, $5, $5, $5, 'superseded', $5, $6, $7)"#,
+            )
+            .bind(alert_id)
+            .bind(&r.name)
+            .bind(event.as_str())
+            .bind(&body)
+            .bind(now)
+            .bind(format!("silenced by silence {silence}"))
+            .bind(silence)
+            .execute(&mut *conn)
+            .await?;
+            written += 1;
+            continue;
+        }
         sqlx::query(
             r#"insert into notifications (alert_id, endpoint, event, body, next_attempt_at,
                                           created_at, retry_since)

@@ -8,12 +8,15 @@
 //!    (its last delivered or dead firing/resolved row is a firing), that has no pending row on
 //!    the endpoint, and whose last delivered firing or reminder is `repeat_interval` old, gets
 //!    an `alert.reminder`. The worker writes them (not the detector) because only the worker
-//!    knows what each endpoint was actually told and when.
+//!    knows what each endpoint was actually told and when. Silenced alerts get none.
+//!    **Silences ended.** Endpoints that a silence kept uninformed are brought up to date once
+//!    ([`super::silences::catch_up`]): a firing, or a resolution, due at once.
 //! 2. **Claim** with `for update skip locked` the due pending rows that are the oldest pending
 //!    row of their (alert, endpoint): a resolution can never overtake its firing, even while
 //!    the firing is being retried. Only rows of endpoints this worker is configured with are
 //!    claimed (during a rolling deploy an old replica leaves a new endpoint's rows alone). Each claimed row is first checked against what happened
-//!    since it was written (see [`decide`]); rows still worth sending get a lease (their
+//!    since it was written (see [`decide`]; a row never attempted whose alert a silence
+//!    now matches is superseded, naming the silence); rows still worth sending get a lease (their
 //!    `next_attempt_at` moves past the request timeout) and `attempts + 1`, and the claiming
 //!    transaction commits before any HTTP request, so no transaction stays open across the
 //!    network and a crashed worker's rows come back when their lease ends.
@@ -40,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::formats::{self, Notification};
 use super::outbox::{self, Event};
+use super::silences;
 use crate::clock::SharedClock;
 use crate::config::{Secret, WebhookConfig, WebhookFormat};
 
@@ -115,6 +119,8 @@ impl Endpoint {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub reminders: usize,
+    /// Rows written because a silence ended ([`super::silences::catch_up`]).
+    pub caught_up: usize,
     pub claimed: usize,
     pub delivered: usize,
     pub retried: usize,
@@ -151,6 +157,8 @@ struct Claimed {
     /// What this endpoint was last told about the alert: the event of its last delivered or
     /// dead firing/resolved row before this one.
     last_told: Option<String>,
+    /// An active silence matching the alert now, if any.
+    silenced_by: Option<i64>,
 }
 
 /// What to do with a claimed row before sending.
@@ -158,6 +166,8 @@ struct Claimed {
 enum Decision {
     Send,
     Supersede(String),
+    /// Not sent: a silence is active (superseded, naming it).
+    Silenced(i64),
     Dead(String),
 }
 
@@ -167,6 +177,9 @@ enum Decision {
 fn decide(c: &Claimed) -> Decision {
     let told_firing = c.last_told.as_deref() == Some(Event::Firing.as_str());
     let first = c.attempts == 0;
+    if let (true, Some(silence), Some(_)) = (first, c.silenced_by, Event::parse(&c.event)) {
+        return Decision::Silenced(silence);
+    }
     match Event::parse(&c.event) {
         Some(Event::Firing) => {
             if first {
@@ -278,6 +291,10 @@ impl Worker {
     pub async fn tick(&self, now: DateTime<Utc>) -> anyhow::Result<Outcome> {
         let mut out = Outcome {
             reminders: self.reminders(now).await.context("writing reminders")?,
+            caught_up: self
+                .silences_ended(now)
+                .await
+                .context("catching up after silences")?,
             ..Outcome::default()
         };
         let to_send = self.claim(now, &mut out).await.context("claiming")?;
@@ -327,10 +344,11 @@ impl Worker {
         }
         let mut written = 0;
         for e in due {
-            let ids: Vec<i64> = sqlx::query_scalar(
+            let ids: Vec<i64> = sqlx::query_scalar(&format!(
                 r#"select a.id from alerts a
                    where a.status = 'firing' and a.acknowledged_by is null
                      and a.covered_by is null
+                     and not exists (select 1 from silences s where {silenced})
                      and not exists (select 1 from notifications p
                                      where p.alert_id = a.id and p.endpoint = $1
                                        and p.status = 'pending')
@@ -344,9 +362,11 @@ impl Worker {
                             and o.status in ('delivered', 'dead')
                             and o.event in ('alert.firing', 'alert.reminder')) <= $2
                    order by a.id"#,
-            )
+                silenced = silences::active_match("$3")
+            ))
             .bind(&e.name)
             .bind(now - e.repeat_interval)
+            .bind(now)
             .fetch_all(&mut *tx)
             .await?;
             for id in ids {
@@ -371,13 +391,30 @@ impl Worker {
         Ok(written)
     }
 
+    /// The "silence ended" pass ([`silences::catch_up`]), by one replica at a time.
+    async fn silences_ended(&self, now: DateTime<Utc>) -> sqlx::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let locked: bool = sqlx::query_scalar(
+            "select pg_try_advisory_xact_lock(hashtext('fleetwatch.webhook.silences'))",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if !locked {
+            return Ok(0);
+        }
+        let names: Vec<String> = self.endpoints.keys().cloned().collect();
+        let n = silences::catch_up(&mut tx, &names, now).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
     async fn claim(
         &self,
         now: DateTime<Utc>,
         out: &mut Outcome,
     ) -> sqlx::Result<Vec<(Claimed, Arc<Endpoint>)>> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<Claimed> = sqlx::query_as(
+        let rows: Vec<Claimed> = sqlx::query_as(&format!(
             r#"with due as (
                    select n.id from notifications n
                    where n.status = 'pending' and n.next_attempt_at <= $1
@@ -396,11 +433,14 @@ impl Worker {
                        where o.alert_id = n.alert_id and o.endpoint = n.endpoint
                          and o.id < n.id and o.status in ('delivered', 'dead')
                          and o.event in ('alert.firing', 'alert.resolved')
-                       order by o.id desc limit 1) as last_told
+                       order by o.id desc limit 1) as last_told,
+                      (select s.id from silences s where {silenced}
+                       order by s.id limit 1) as silenced_by
                from due join notifications n on n.id = due.id
                         join alerts a on a.id = n.alert_id
                order by n.next_attempt_at, n.id"#,
-        )
+            silenced = silences::active_match("$1")
+        ))
         .bind(now)
         .bind(self.batch)
         .bind(self.endpoints.keys().collect::<Vec<_>>())
@@ -428,6 +468,23 @@ impl Worker {
                 Decision::Supersede(why) => {
                     tracing::debug!(id = c.id, alert = c.alert_id, endpoint = %c.endpoint, event = %c.event, %why, "notification superseded");
                     finish(&mut tx, c.id, "superseded", &why, now).await?;
+                    out.superseded += 1;
+                }
+                Decision::Silenced(silence) => {
+                    tracing::debug!(id = c.id, alert = c.alert_id, endpoint = %c.endpoint, event = %c.event, silence, "notification silenced");
+                    finish(
+                        &mut tx,
+                        c.id,
+                        "superseded",
+                        &format!("silenced by silence {silence}"),
+                        now,
+                    )
+                    .await?;
+                    sqlx::query("update notifications set silenced_by = $2 where id = $1")
+                        .bind(c.id)
+                        .bind(silence)
+                        .execute(&mut *tx)
+                        .await?;
                     out.superseded += 1;
                 }
                 Decision::Dead(why) => {
@@ -720,6 +777,7 @@ mod tests {
             covered_by: None,
             acknowledged: false,
             last_told: None,
+            silenced_by: None,
         }
     }
 
@@ -763,5 +821,22 @@ mod tests {
         assert_eq!(decide(&c), Decision::Send);
         c.acknowledged = true;
         assert!(matches!(decide(&c), Decision::Supersede(_)));
+
+        // silenced: nothing is sent before a first attempt; once tried, it runs to the end
+        for event in [
+            "alert.firing",
+            "alert.resolved",
+            "alert.acknowledged",
+            "alert.reminder",
+        ] {
+            let mut c = claimed(event);
+            c.last_told = Some("alert.firing".into());
+            c.silenced_by = Some(7);
+            assert_eq!(decide(&c), Decision::Silenced(7), "{event}");
+        }
+        let mut c = claimed("alert.firing");
+        c.silenced_by = Some(7);
+        c.attempts = 1;
+        assert_eq!(decide(&c), Decision::Send);
     }
 }

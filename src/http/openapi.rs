@@ -28,6 +28,9 @@ use super::api;
         api::fleet::summary,
         api::webhooks::list,
         api::webhooks::redrive,
+        api::silences::list,
+        api::silences::create,
+        api::silences::end,
     ),
     components(schemas(super::error::Problem)),
     modifiers(&BearerAuth),
@@ -37,6 +40,8 @@ use super::api;
         (name = "alerts", description = "Alerts, acknowledgement and ticket references"),
         (name = "fleet", description = "The fleet at a glance"),
         (name = "webhooks", description = "Notification deliveries and dead letters"),
+        (name = "silences", description = "Maintenance windows: matching alerts are recorded \
+                                           but not notified"),
     )
 )]
 pub struct ApiDoc;

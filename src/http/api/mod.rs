@@ -3,9 +3,10 @@
 pub mod alerts;
 pub mod devices;
 pub mod fleet;
+pub mod silences;
 pub mod webhooks;
 
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -90,6 +91,8 @@ pub fn router() -> Router<AppState> {
         .route("/fleet/summary", get(fleet::summary))
         .route("/webhooks/deliveries", get(webhooks::list))
         .route("/webhooks/deliveries/{id}/redrive", post(webhooks::redrive))
+        .route("/silences", get(silences::list).post(silences::create))
+        .route("/silences/{id}", delete(silences::end))
 }
 
 pub async fn not_found() -> ApiError {
