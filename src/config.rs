@@ -568,12 +568,6 @@ impl Config {
         };
         cfg.apply_env(env)?;
         cfg.validate()?;
-        // A resolution waits out the reopen window by default: an alert that re-fires within it
-        // reopens the same id, and the endpoint must not get a resolve/fire pair each time.
-        let reopen = cfg.detector.reopen_window;
-        for w in &mut cfg.webhooks {
-            w.resolve_wait.get_or_insert(reopen);
-        }
         Ok(cfg)
     }
 
@@ -975,19 +969,6 @@ mod tests {
         assert_eq!(c.detector.tick.0, Duration::from_secs(1));
         assert_eq!(c.api.token.as_ref().unwrap().expose(), "tok");
         assert_eq!(c.webhooks.len(), 1);
-    }
-
-    #[test]
-    fn resolutions_wait_out_the_reopen_window_by_default() {
-        let c = Config::load_with_env(
-            None,
-            &env(&[
-                ("FLEETWATCH_WEBHOOK_URL", "http://hook"),
-                ("FLEETWATCH_REOPEN_WINDOW", "20m"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.webhooks[0].resolve_wait, Some(dur("20m")));
     }
 
     #[test]
