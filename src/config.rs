@@ -661,7 +661,7 @@ impl Config {
                 .collect();
         }
         if let Some(url) = env.get("FLEETWATCH_WEBHOOK_URL") {
-            self.webhooks.push(WebhookConfig {
+            let mut hook = WebhookConfig {
                 name: Some("env".into()),
                 url: url.clone(),
                 secret: env
@@ -669,7 +669,21 @@ impl Config {
                     .map(|s| Secret::new(s.clone())),
                 secret_file: env.get("FLEETWATCH_WEBHOOK_SECRET_FILE").map(PathBuf::from),
                 ..WebhookConfig::default()
-            });
+            };
+            // Second-scale runs (tests, demos) need the env endpoint's timings too.
+            if let Some(d) = duration(env, "FLEETWATCH_WEBHOOK_GROUP_WAIT")? {
+                hook.group_wait = d;
+            }
+            if let Some(d) = duration(env, "FLEETWATCH_WEBHOOK_RESOLVE_WAIT")? {
+                hook.resolve_wait = Some(d);
+            }
+            if let Some(d) = duration(env, "FLEETWATCH_WEBHOOK_REPEAT_INTERVAL")? {
+                hook.repeat_interval = d;
+            }
+            if let Some(d) = duration(env, "FLEETWATCH_WEBHOOK_BACKOFF_MIN")? {
+                hook.backoff_min = d;
+            }
+            self.webhooks.push(hook);
         }
         Ok(())
     }
@@ -955,6 +969,10 @@ mod tests {
                 ("FLEETWATCH_API_TOKEN", "tok"),
                 ("FLEETWATCH_WEBHOOK_URL", "http://hook"),
                 ("FLEETWATCH_WEBHOOK_SECRET", "s3cret"),
+                ("FLEETWATCH_WEBHOOK_GROUP_WAIT", "1s"),
+                ("FLEETWATCH_WEBHOOK_RESOLVE_WAIT", "2s"),
+                ("FLEETWATCH_WEBHOOK_REPEAT_INTERVAL", "1m"),
+                ("FLEETWATCH_WEBHOOK_BACKOFF_MIN", "200ms"),
             ]),
         )
         .unwrap();
@@ -969,6 +987,11 @@ mod tests {
         assert_eq!(c.detector.tick.0, Duration::from_secs(1));
         assert_eq!(c.api.token.as_ref().unwrap().expose(), "tok");
         assert_eq!(c.webhooks.len(), 1);
+        let w = &c.webhooks[0];
+        assert_eq!(w.group_wait, dur("1s"));
+        assert_eq!(w.resolve_wait, Some(dur("2s")));
+        assert_eq!(w.repeat_interval, dur("1m"));
+        assert_eq!(w.backoff_min, dur("200ms"));
     }
 
     #[test]

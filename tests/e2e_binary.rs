@@ -293,3 +293,133 @@ async fn the_binary_alerts_a_silent_device_within_a_tick_and_resolves_it(pool: P
     let (_, all) = api.get("/api/v1/alerts?kind=ingest_down").await;
     assert!(all["items"].as_array().unwrap().is_empty(), "{all}");
 }
+
+/// What the receiver got: (headers of interest, body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, serde_json::Value)>>>;
+
+async fn receiver(port: u16, got: Received) -> tokio::task::JoinHandle<()> {
+    use axum::http::HeaderMap;
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let got = got.clone();
+            async move {
+                let h = |k: &str| {
+                    headers
+                        .get(k)
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default()
+                };
+                let sig = h("fleetwatch-signature");
+                let delivery = h("fleetwatch-delivery");
+                // verify as a receiver would: HMAC-SHA256 of "<t>.<body>"
+                use hmac::Mac;
+                let t = sig
+                    .split(',')
+                    .find_map(|p| p.strip_prefix("t="))
+                    .unwrap_or("")
+                    .to_string();
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"e2e-secret").unwrap();
+                mac.update(format!("{t}.{body}").as_bytes());
+                let expected = hex::encode(mac.finalize().into_bytes());
+                let ok = sig.split(',').any(|p| p == format!("v1={expected}"));
+                let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                got.lock()
+                    .unwrap()
+                    .push((delivery, if ok { "valid".into() } else { sig }, json));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() })
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn the_binary_notifies_a_receiver_that_was_down_signed_and_in_order(pool: PgPool) {
+    let broker = Broker::start().await;
+    let http_port = free_port();
+    let hook_port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
+        .env("DATABASE_URL", database_url(&pool))
+        .env("FLEETWATCH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .env("FLEETWATCH_MQTT_URL", broker.url())
+        .env("FLEETWATCH_API_TOKEN", TOKEN)
+        .env(
+            "FLEETWATCH_INSTANCE_ID",
+            format!("e2e-hook-{}", std::process::id()),
+        )
+        .env("FLEETWATCH_FLUSH_INTERVAL", "200ms")
+        .env("FLEETWATCH_EXPECTED_INTERVAL", "1s")
+        .env("FLEETWATCH_GRACE", "1s")
+        .env("FLEETWATCH_TICK", "250ms")
+        .env("FLEETWATCH_CANARY_INTERVAL", "250ms")
+        .env("FLEETWATCH_CANARY_TIMEOUT", "2s")
+        .env(
+            "FLEETWATCH_WEBHOOK_URL",
+            format!("http://127.0.0.1:{hook_port}/hook"),
+        )
+        .env("FLEETWATCH_WEBHOOK_SECRET", "e2e-secret")
+        .env("FLEETWATCH_WEBHOOK_GROUP_WAIT", "500ms")
+        .env("FLEETWATCH_WEBHOOK_BACKOFF_MIN", "300ms")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Guard(Some(child));
+    let api = api(&format!("http://127.0.0.1:{http_port}"));
+    eventually(30, "serving", || async {
+        api.http
+            .get(format!("{}/readyz", api.base))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    let mut p = Publisher::connect(broker.port, "e2e-hook-sim").await;
+    for _ in 0..6 {
+        beat(&mut p, "lobby-1").await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // lobby-1 goes silent while the receiver is down
+    eventually(10, "alert fires", || async {
+        let (_, a) = api.get("/api/v1/alerts?status=firing").await;
+        a["items"].as_array().is_some_and(|i| !i.is_empty())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, deliveries) = api.get("/api/v1/webhooks/deliveries").await;
+    let attempts = deliveries["items"][0]["attempts"].as_i64().unwrap_or(0);
+    assert!(
+        attempts >= 1,
+        "tried while the receiver was down: {deliveries}"
+    );
+    // the receiver comes back
+    let got: Received = Default::default();
+    let server = receiver(hook_port, got.clone()).await;
+    eventually(15, "firing delivered", || async {
+        !got.lock().unwrap().is_empty()
+    })
+    .await;
+    // lobby-1 comes back
+    beat(&mut p, "lobby-1").await;
+    eventually(15, "resolution delivered", || async {
+        got.lock().unwrap().len() >= 2
+    })
+    .await;
+    let got = got.lock().unwrap().clone();
+    server.abort();
+    let events: Vec<&str> = got
+        .iter()
+        .map(|(_, _, b)| b["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(&events[..2], ["alert.firing", "alert.resolved"], "in order");
+    for (delivery, sig, body) in &got {
+        assert_eq!(sig, "valid", "signature verifies");
+        assert_eq!(delivery, body["delivery_id"].as_str().unwrap());
+        assert_eq!(body["alert"]["device_id"], "lobby-1");
+    }
+    assert_ne!(got[0].0, got[1].0, "one delivery id per notification");
+}
