@@ -30,32 +30,64 @@ impl Drop for Guard {
     }
 }
 
-#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
-async fn the_binary_ingests_serves_and_stops_cleanly(pool: PgPool) {
-    let broker = Broker::start().await;
-    let http_port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
-        .arg("serve")
-        .env("DATABASE_URL", database_url(&pool))
+/// Start the real binary on `http_port` against `broker` and this test's database, with the
+/// settings every run shares plus `settings`; killed when the guard drops.
+fn service(
+    pool: &PgPool,
+    broker: &Broker,
+    http_port: u16,
+    name: &str,
+    settings: &[(&str, String)],
+) -> Guard {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetwatch"));
+    cmd.arg("serve")
+        .env("DATABASE_URL", database_url(pool))
         .env("FLEETWATCH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
         .env("FLEETWATCH_MQTT_URL", broker.url())
         .env("FLEETWATCH_API_TOKEN", TOKEN)
         .env(
             "FLEETWATCH_INSTANCE_ID",
-            format!("e2e-{}", std::process::id()),
+            format!("{name}-{}", std::process::id()),
         )
-        .env(
-            "FLEETWATCH_TELEMETRY_TOPICS",
-            "dt/+/impressions,dt/+/heartbeat",
-        )
-        .env("FLEETWATCH_FLUSH_INTERVAL", "200ms")
-        .env("FLEETWATCH_EXPECTED_INTERVAL", "2s")
-        .env("FLEETWATCH_GRACE", "1s")
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut guard = Guard(Some(child));
+        .stdout(Stdio::null());
+    for (k, v) in settings {
+        cmd.env(k, v);
+    }
+    Guard(Some(cmd.spawn().unwrap()))
+}
+
+/// Settings for second-scale detection.
+fn fast(interval: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("FLEETWATCH_FLUSH_INTERVAL", "200ms".into()),
+        ("FLEETWATCH_EXPECTED_INTERVAL", interval.into()),
+        ("FLEETWATCH_GRACE", "1s".into()),
+        ("FLEETWATCH_TICK", "250ms".into()),
+        ("FLEETWATCH_CANARY_INTERVAL", "250ms".into()),
+        ("FLEETWATCH_CANARY_TIMEOUT", "2s".into()),
+    ]
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn the_binary_ingests_serves_and_stops_cleanly(pool: PgPool) {
+    let broker = Broker::start().await;
+    let http_port = free_port();
+    let mut guard = service(
+        &pool,
+        &broker,
+        http_port,
+        "e2e",
+        &[
+            (
+                "FLEETWATCH_TELEMETRY_TOPICS",
+                "dt/+/impressions,dt/+/heartbeat".into(),
+            ),
+            ("FLEETWATCH_FLUSH_INTERVAL", "200ms".into()),
+            ("FLEETWATCH_EXPECTED_INTERVAL", "2s".into()),
+            ("FLEETWATCH_GRACE", "1s".into()),
+        ],
+    );
     let api = api(&format!("http://127.0.0.1:{http_port}"));
     eventually(
         30,
@@ -210,27 +242,9 @@ async fn beat(p: &mut Publisher, device: &str) {
 async fn the_binary_alerts_a_silent_device_within_a_tick_and_resolves_it(pool: PgPool) {
     let broker = Broker::start().await;
     let http_port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
-        .env("DATABASE_URL", database_url(&pool))
-        .env("FLEETWATCH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-        .env("FLEETWATCH_MQTT_URL", broker.url())
-        .env("FLEETWATCH_API_TOKEN", TOKEN)
-        .env(
-            "FLEETWATCH_INSTANCE_ID",
-            format!("e2e-det-{}", std::process::id()),
-        )
-        .env("FLEETWATCH_FLUSH_INTERVAL", "200ms")
-        .env("FLEETWATCH_EXPECTED_INTERVAL", "2s")
-        .env("FLEETWATCH_GRACE", "1s")
-        .env("FLEETWATCH_DISCONNECT_GRACE", "3s")
-        .env("FLEETWATCH_TICK", "250ms")
-        .env("FLEETWATCH_CANARY_INTERVAL", "250ms")
-        .env("FLEETWATCH_CANARY_TIMEOUT", "2s")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = Guard(Some(child));
+    let mut settings = fast("2s");
+    settings.push(("FLEETWATCH_DISCONNECT_GRACE", "3s".into()));
+    let _guard = service(&pool, &broker, http_port, "e2e-det", &settings);
     let api = api(&format!("http://127.0.0.1:{http_port}"));
     eventually(30, "serving", || async {
         api.http
@@ -342,33 +356,17 @@ async fn the_binary_notifies_a_receiver_that_was_down_signed_and_in_order(pool: 
     let broker = Broker::start().await;
     let http_port = free_port();
     let hook_port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
-        .env("DATABASE_URL", database_url(&pool))
-        .env("FLEETWATCH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-        .env("FLEETWATCH_MQTT_URL", broker.url())
-        .env("FLEETWATCH_API_TOKEN", TOKEN)
-        .env(
-            "FLEETWATCH_INSTANCE_ID",
-            format!("e2e-hook-{}", std::process::id()),
-        )
-        .env("FLEETWATCH_FLUSH_INTERVAL", "200ms")
-        .env("FLEETWATCH_EXPECTED_INTERVAL", "1s")
-        .env("FLEETWATCH_GRACE", "1s")
-        .env("FLEETWATCH_TICK", "250ms")
-        .env("FLEETWATCH_CANARY_INTERVAL", "250ms")
-        .env("FLEETWATCH_CANARY_TIMEOUT", "2s")
-        .env(
+    let mut settings = fast("1s");
+    settings.extend([
+        (
             "FLEETWATCH_WEBHOOK_URL",
             format!("http://127.0.0.1:{hook_port}/hook"),
-        )
-        .env("FLEETWATCH_WEBHOOK_SECRET", "e2e-secret")
-        .env("FLEETWATCH_WEBHOOK_GROUP_WAIT", "500ms")
-        .env("FLEETWATCH_WEBHOOK_BACKOFF_MIN", "300ms")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = Guard(Some(child));
+        ),
+        ("FLEETWATCH_WEBHOOK_SECRET", "e2e-secret".into()),
+        ("FLEETWATCH_WEBHOOK_GROUP_WAIT", "500ms".into()),
+        ("FLEETWATCH_WEBHOOK_BACKOFF_MIN", "300ms".into()),
+    ]);
+    let _guard = service(&pool, &broker, http_port, "e2e-hook", &settings);
     let api = api(&format!("http://127.0.0.1:{http_port}"));
     eventually(30, "serving", || async {
         api.http
