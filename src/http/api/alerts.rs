@@ -6,7 +6,10 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{clean, decode_time_cursor, encode_time_cursor, limit, query, Page};
+use super::{
+    body_text, clean, decode_time_cursor, encode_time_cursor, json_body, limit, numeric_id, query,
+    Page,
+};
 use crate::alerts::lifecycle::{self, AlertFilter, AlertRow, EventRow};
 use crate::domain::alert::Kind;
 use crate::http::error::{ApiError, ApiResult};
@@ -32,14 +35,6 @@ pub struct ListQuery {
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
-}
-
-fn alert_id(p: Result<Path<String>, PathRejection>) -> ApiResult<i64> {
-    let Path(raw) = p.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::NotFound(format!("no alert {raw:?}")))
 }
 
 /// List alerts, newest first.
@@ -104,32 +99,7 @@ pub async fn get(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<AlertWithTrail>> {
-    Ok(Json(with_trail(&state, alert_id(id)?).await?))
-}
-
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
-    b.map(|Json(v)| v)
-        .map_err(|e| ApiError::Unprocessable(e.body_text()))
-}
-
-/// Text from outside that goes into Postgres and onto pages: printable, bounded.
-fn text(name: &str, v: &str, max: usize) -> ApiResult<()> {
-    if v.trim().is_empty() {
-        return Err(ApiError::Unprocessable(format!(
-            "{name}: must not be empty"
-        )));
-    }
-    if v.chars().count() > max {
-        return Err(ApiError::Unprocessable(format!(
-            "{name}: at most {max} characters"
-        )));
-    }
-    if v.contains('\0') {
-        return Err(ApiError::Unprocessable(format!(
-            "{name}: NUL characters are not allowed"
-        )));
-    }
-    Ok(())
+    Ok(Json(with_trail(&state, numeric_id(id, "alert")?).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -148,11 +118,11 @@ pub async fn ack(
     id: Result<Path<String>, PathRejection>,
     b: Result<Json<AckBody>, JsonRejection>,
 ) -> ApiResult<Json<AlertWithTrail>> {
-    let id = alert_id(id)?;
-    let b = body(b)?;
-    text("by", &b.by, 200)?;
+    let id = numeric_id(id, "alert")?;
+    let b = json_body(b)?;
+    body_text("by", &b.by, 200)?;
     if let Some(n) = &b.note {
-        text("note", n, 4000)?;
+        body_text("note", n, 4000)?;
     }
     lifecycle::acknowledge(&state.pool, id, &b.by, b.note.as_deref(), state.clock.now())
         .await?
@@ -180,11 +150,11 @@ pub async fn ticket(
     id: Result<Path<String>, PathRejection>,
     b: Result<Json<TicketBody>, JsonRejection>,
 ) -> ApiResult<Json<AlertWithTrail>> {
-    let id = alert_id(id)?;
-    let b = body(b)?;
-    text("ref", &b.reference, 200)?;
+    let id = numeric_id(id, "alert")?;
+    let b = json_body(b)?;
+    body_text("ref", &b.reference, 200)?;
     if let Some(u) = &b.url {
-        text("url", u, 2000)?;
+        body_text("url", u, 2000)?;
         if !(u.starts_with("https://") || u.starts_with("http://")) {
             return Err(ApiError::Unprocessable(
                 "url: expected an http(s) URL".into(),
@@ -197,7 +167,7 @@ pub async fn ticket(
         b.by.as_deref()
             .or(default_actor.as_deref())
             .unwrap_or("api");
-    text("by", by, 200)?;
+    body_text("by", by, 200)?;
     lifecycle::link_ticket(
         &state.pool,
         id,

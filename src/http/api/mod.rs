@@ -172,6 +172,58 @@ pub fn decode_time_cursor(cursor: &str) -> Result<(chrono::DateTime<chrono::Utc>
     Ok((ts, id.parse().map_err(|_| bad())?))
 }
 
+/// The cursor of a list ordered by id, newest first.
+pub fn encode_id_cursor(id: i64) -> String {
+    encode_cursor(&id.to_string())
+}
+
+pub fn decode_id_cursor(cursor: &str) -> Result<i64, ApiError> {
+    decode_cursor(cursor)?
+        .parse()
+        .map_err(|_| ApiError::BadRequest("cursor: not a cursor this API returned".into()))
+}
+
+/// A numeric id from the path. Anything that is not a positive integer names nothing: 404.
+pub fn numeric_id(
+    p: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+    what: &str,
+) -> Result<i64, ApiError> {
+    let axum::extract::Path(raw) = p.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::NotFound(format!("no {what} {raw:?}")))
+}
+
+/// A JSON body, with axum's plain-text rejection turned into a 422 problem document.
+pub fn json_body<T>(
+    b: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    b.map(|axum::Json(v)| v)
+        .map_err(|e| ApiError::Unprocessable(e.body_text()))
+}
+
+/// Text from a request body that goes into Postgres and onto pages: no NUL (Postgres `text`
+/// refuses it), not blank, at most `max` characters. 422 otherwise.
+pub fn body_text(name: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.contains('\0') {
+        return Err(ApiError::Unprocessable(format!(
+            "{name}: NUL characters are not allowed"
+        )));
+    }
+    if v.trim().is_empty() {
+        return Err(ApiError::Unprocessable(format!(
+            "{name}: must not be empty"
+        )));
+    }
+    if v.chars().count() > max {
+        return Err(ApiError::Unprocessable(format!(
+            "{name}: at most {max} characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Reject strings Postgres `text` cannot hold before they reach a query.
 pub fn clean(name: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
     match v {

@@ -8,7 +8,9 @@ use axum::Json;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 
-use super::{decode_cursor, encode_cursor, limit, query, Page};
+use super::{
+    body_text, decode_id_cursor, encode_id_cursor, json_body, limit, numeric_id, query, Page,
+};
 use crate::alerts::silences::{self, Ended, NewSilence, SilenceRow};
 use crate::domain::alert::Kind;
 use crate::http::auth::Principal;
@@ -42,16 +44,12 @@ pub async fn list(
 ) -> ApiResult<Json<Page<SilenceRow>>> {
     let q = query(q)?;
     let limit = limit(q.limit)?;
-    let bad = || ApiError::BadRequest("cursor: not a cursor this API returned".into());
-    let before = match q.cursor.as_deref() {
-        Some(c) => Some(decode_cursor(c)?.parse::<i64>().map_err(|_| bad())?),
-        None => None,
-    };
+    let before = q.cursor.as_deref().map(decode_id_cursor).transpose()?;
     let now = state.clock.now();
     let mut items = silences::list(&state.pool, q.active, now, before, limit + 1).await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
-        items.last().map(|s| encode_cursor(&s.id.to_string()))
+        items.last().map(|s| encode_id_cursor(s.id))
     } else {
         None
     };
@@ -84,26 +82,6 @@ pub struct CreateBody {
     pub created_by: Option<String>,
 }
 
-/// Text from outside that goes into Postgres and onto pages: non-empty, bounded, no NUL.
-fn text(name: &str, v: &str, max: usize) -> ApiResult<()> {
-    if v.contains('\0') {
-        return Err(ApiError::Unprocessable(format!(
-            "{name}: NUL characters are not allowed"
-        )));
-    }
-    if v.trim().is_empty() {
-        return Err(ApiError::Unprocessable(format!(
-            "{name}: must not be empty"
-        )));
-    }
-    if v.chars().count() > max {
-        return Err(ApiError::Unprocessable(format!(
-            "{name}: at most {max} characters"
-        )));
-    }
-    Ok(())
-}
-
 /// Create a silence: `201` with it.
 #[utoipa::path(post, path = "/api/v1/silences", tag = "silences", request_body = CreateBody,
     responses((status = 201, body = SilenceRow), super::ErrorsWrite))]
@@ -112,7 +90,7 @@ pub async fn create(
     principal: Option<axum::Extension<Principal>>,
     b: Result<Json<CreateBody>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<SilenceRow>)> {
-    let Json(b) = b.map_err(|e| ApiError::Unprocessable(e.body_text()))?;
+    let b = json_body(b)?;
     let now = state.clock.now();
     if b.device_id.is_none() && b.group_id.is_none() && b.kind.is_none() {
         return Err(ApiError::Unprocessable(
@@ -120,17 +98,17 @@ pub async fn create(
         ));
     }
     if let Some(d) = &b.device_id {
-        text("device_id", d, 200)?;
+        body_text("device_id", d, 200)?;
     }
     if let Some(g) = &b.group_id {
-        text("group_id", g, 200)?;
+        body_text("group_id", g, 200)?;
     }
     if let Some(k) = &b.kind {
-        text("kind", k, 200)?;
+        body_text("kind", k, 200)?;
         k.parse::<Kind>()
             .map_err(|e| ApiError::Unprocessable(format!("kind: {e}")))?;
     }
-    text("comment", &b.comment, 4000)?;
+    body_text("comment", &b.comment, 4000)?;
     let starts_at = b.starts_at.unwrap_or(now);
     if starts_at - now > MAX_LEAD {
         return Err(ApiError::Unprocessable(
@@ -157,7 +135,7 @@ pub async fn create(
         .created_by
         .or(default_creator)
         .unwrap_or_else(|| "api".into());
-    text("created_by", &created_by, 200)?;
+    body_text("created_by", &created_by, 200)?;
     let new = NewSilence {
         device_id: b.device_id,
         group_id: b.group_id,
@@ -185,12 +163,7 @@ pub async fn end(
     principal: Option<axum::Extension<Principal>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<SilenceRow>> {
-    let Path(raw) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let id = raw
-        .parse::<i64>()
-        .ok()
-        .filter(|i| *i > 0)
-        .ok_or_else(|| ApiError::NotFound(format!("no silence {raw:?}")))?;
+    let id = numeric_id(id, "silence")?;
     let by = principal
         .map(|axum::Extension(p)| p.name)
         .unwrap_or_else(|| "api".into());

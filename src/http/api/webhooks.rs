@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 
-use super::{decode_cursor, encode_cursor, limit, query, Page};
+use super::{decode_id_cursor, encode_id_cursor, limit, numeric_id, query, Page};
 use crate::alerts::outbox::{self, DeliveryRow};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::AppState;
@@ -43,15 +43,11 @@ pub async fn list(
         }
     }
     let limit = limit(q.limit)?;
-    let bad = || ApiError::BadRequest("cursor: not a cursor this API returned".into());
-    let before = match q.cursor.as_deref() {
-        Some(c) => Some(decode_cursor(c)?.parse::<i64>().map_err(|_| bad())?),
-        None => None,
-    };
+    let before = q.cursor.as_deref().map(decode_id_cursor).transpose()?;
     let mut items = outbox::list(&state.pool, q.status.as_deref(), before, limit + 1).await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
-        items.last().map(|d| encode_cursor(&d.id.to_string()))
+        items.last().map(|d| encode_id_cursor(d.id))
     } else {
         None
     };
@@ -70,12 +66,7 @@ pub async fn redrive(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<DeliveryRow>> {
-    let Path(raw) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let id = raw
-        .parse::<i64>()
-        .ok()
-        .filter(|i| *i > 0)
-        .ok_or_else(|| ApiError::NotFound(format!("no delivery {raw:?}")))?;
+    let id = numeric_id(id, "delivery")?;
     if !outbox::redrive(&state.pool, id, state.clock.now()).await? {
         let exists = outbox::get(&state.pool, id).await?.is_some();
         return Err(if exists {
