@@ -65,6 +65,40 @@ async fn event(
     Ok(())
 }
 
+/// Write `spec` over an existing alert and make it firing: an update of a firing alert, or the
+/// reopening of a resolved one (which also drops the outage cover it had when it resolved).
+/// `trail` names the event.
+async fn refire(
+    conn: &mut PgConnection,
+    id: i64,
+    spec: &AlertSpec,
+    now: DateTime<Utc>,
+    trail: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"update alerts set status = 'firing', resolved_at = null, summary = $2, details = $3,
+               severity = $4, updated_at = $5,
+               covered_by = case when status = 'resolved' then null else covered_by end
+           where id = $1"#,
+    )
+    .bind(id)
+    .bind(&spec.summary)
+    .bind(&spec.details)
+    .bind(spec.severity.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    event(
+        conn,
+        id,
+        now,
+        trail,
+        "fleetwatch",
+        json!({"summary": spec.summary}),
+    )
+    .await
+}
+
 /// Make `spec` firing: keep the firing alert of its (kind, subject), or reopen the last one if it
 /// resolved within `reopen_window`, or open a new one.
 pub async fn fire(
@@ -86,26 +120,7 @@ pub async fn fire(
         {
             return Ok(Fired::Unchanged(id));
         }
-        sqlx::query(
-            r#"update alerts set summary = $2, details = $3, severity = $4, updated_at = $5
-               where id = $1"#,
-        )
-        .bind(id)
-        .bind(&spec.summary)
-        .bind(&spec.details)
-        .bind(spec.severity.as_str())
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        event(
-            conn,
-            id,
-            now,
-            "updated",
-            "fleetwatch",
-            json!({"summary": spec.summary}),
-        )
-        .await?;
+        refire(conn, id, spec, now, "updated").await?;
         return Ok(Fired::Updated(id));
     }
 
@@ -120,27 +135,7 @@ pub async fn fire(
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(id) = recent {
-        sqlx::query(
-            r#"update alerts set status = 'firing', resolved_at = null, summary = $2,
-                   details = $3, severity = $4, covered_by = null, updated_at = $5
-               where id = $1"#,
-        )
-        .bind(id)
-        .bind(&spec.summary)
-        .bind(&spec.details)
-        .bind(spec.severity.as_str())
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        event(
-            conn,
-            id,
-            now,
-            "reopened",
-            "fleetwatch",
-            json!({"summary": spec.summary}),
-        )
-        .await?;
+        refire(conn, id, spec, now, "reopened").await?;
         outbox::notify(conn, id, Change::Fired, now).await?;
         return Ok(Fired::Reopened(id));
     }
