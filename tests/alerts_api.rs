@@ -844,12 +844,17 @@ async fn the_trail_in_order(pool: PgPool) {
             min(41),
             json!({"summary": "scr-1 silent again"}),
         ),
-        ("acknowledged", "alice", min(45), json!({"note": "on it"})),
+        (
+            "acknowledged",
+            "token:0:bootstrap",
+            min(45),
+            json!({"note": "on it", "on_behalf_of": "alice"}),
+        ),
         (
             "ticket_linked",
-            "bob",
+            "token:0:bootstrap",
             min(46),
-            json!({"ref": "OPS-7", "url": null}),
+            json!({"ref": "OPS-7", "url": null, "on_behalf_of": "bob"}),
         ),
     ];
     let events = a["events"].as_array().unwrap();
@@ -967,14 +972,18 @@ async fn ack_is_recorded_once(pool: PgPool) {
     assert_alert_shape(&a);
     assert_eq!(a["id"], id);
     assert_eq!(a["status"], "firing");
-    assert_eq!(a["acknowledged_by"], "alice");
+    assert_eq!(a["acknowledged_by"], "token:0:bootstrap");
+    assert_eq!(a["acknowledged_on_behalf_of"], "alice");
     assert_eq!(a["acknowledged_at"], NOW);
     assert_eq!(a["ack_note"], "on it");
     assert_eq!(event_types(&a), ["opened", "acknowledged"]);
     let e = &a["events"][1];
-    assert_eq!(e["actor"], "alice");
+    assert_eq!(e["actor"], "token:0:bootstrap");
     assert_eq!(e["at"], NOW);
-    assert_eq!(e["details"], json!({"note": "on it"}));
+    assert_eq!(
+        e["details"],
+        json!({"note": "on it", "on_behalf_of": "alice"})
+    );
     // the response is what GET shows
     assert_eq!(get_ok(&app, &format!("/api/v1/alerts/{id}")).await, a);
 
@@ -989,17 +998,112 @@ async fn ack_is_recorded_once(pool: PgPool) {
     // The list shows it; the other alert is untouched.
     let page = get_ok(&app, "/api/v1/alerts").await;
     assert_eq!(ids(&page), [other, id]);
-    assert_eq!(page["items"][1]["acknowledged_by"], "alice");
+    assert_eq!(page["items"][1]["acknowledged_on_behalf_of"], "alice");
     assert!(page["items"][0]["acknowledged_by"].is_null());
     assert_eq!(event_count(&pool, other).await, 1);
 
     // Without a note.
     let b = ack_ok(&app, other, &json!({"by": "Zoë 🚀"})).await;
-    assert_eq!(b["acknowledged_by"], "Zoë 🚀");
+    assert_eq!(b["acknowledged_on_behalf_of"], "Zoë 🚀");
     assert_eq!(b["acknowledged_at"], "2026-11-27T12:05:00Z");
     assert!(b["ack_note"].is_null(), "{b}");
+    assert_eq!(
+        b["events"][1]["details"],
+        json!({"note": null, "on_behalf_of": "Zoë 🚀"})
+    );
+    assert_eq!(b["events"][1]["actor"], "token:0:bootstrap");
+}
+
+/// Any write token could once act as "alice (CEO)": the trail and the alert took the body's
+/// name. Now they record the authenticated token, and keep the body's name only beside it.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn the_trail_records_the_token_not_the_name_in_the_body(pool: PgPool) {
+    let id = open(&pool, &device_alert(Kind::HeartbeatGap, "d1", None), min(0)).await;
+    let other = open(&pool, &device_alert(Kind::HeartbeatGap, "d2", None), min(1)).await;
+    let Api { app, .. } = api(&pool);
+    let script = fleetwatch::tokens::create(
+        &pool,
+        "ticketing",
+        &[fleetwatch::tokens::Scope::Write],
+        t(NOW),
+    )
+    .await
+    .unwrap();
+    let as_script = |method: Method, uri: String, body: Value| {
+        let app = app.clone();
+        let token = script.token.expose().to_string();
+        async move {
+            send(
+                &app,
+                method,
+                &uri,
+                bearer(&token),
+                Some("application/json"),
+                body.to_string().into_bytes(),
+            )
+            .await
+        }
+    };
+    let me = format!("token:{}:ticketing", script.id);
+
+    let r = as_script(
+        Method::POST,
+        format!("/api/v1/alerts/{id}/ack"),
+        json!({"by": "alice (CEO)", "note": "on it"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let a = r.json();
+    assert_eq!(a["acknowledged_by"], me.as_str());
+    assert_eq!(a["acknowledged_on_behalf_of"], "alice (CEO)");
+    assert_eq!(a["events"][1]["actor"], me.as_str());
+    assert_eq!(a["events"][1]["details"]["on_behalf_of"], "alice (CEO)");
+
+    // `by` may be left out: the token alone is the actor.
+    let r = as_script(
+        Method::POST,
+        format!("/api/v1/alerts/{other}/ack"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let b = r.json();
+    assert_eq!(b["acknowledged_by"], me.as_str());
+    assert!(b["acknowledged_on_behalf_of"].is_null(), "{b}");
     assert_eq!(b["events"][1]["details"], json!({"note": null}));
-    assert_eq!(b["events"][1]["actor"], "Zoë 🚀");
+
+    let r = as_script(
+        Method::PUT,
+        format!("/api/v1/alerts/{id}/ticket"),
+        json!({"ref": "OPS-9", "by": "alice (CEO)"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let e = &r.json()["events"][2];
+    assert_eq!(e["type"], "ticket_linked");
+    assert_eq!(e["actor"], me.as_str());
+    assert_eq!(e["details"]["on_behalf_of"], "alice (CEO)");
+
+    let ends = (t(NOW) + TimeDelta::hours(1)).to_rfc3339();
+    let r = as_script(
+        Method::POST,
+        "/api/v1/silences".into(),
+        json!({"device_id": "d1", "ends_at": ends, "comment": "panel swap",
+               "created_by": "alice (CEO)"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let s = r.json();
+    assert_eq!(s["created_by"], me.as_str());
+    assert_eq!(s["on_behalf_of"], "alice (CEO)");
+    let r = as_script(
+        Method::DELETE,
+        format!("/api/v1/silences/{}", s["id"]),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["deleted_by"], me.as_str());
 }
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
@@ -1010,12 +1114,13 @@ async fn acking_a_resolved_alert_is_allowed_and_recorded(pool: PgPool) {
     let a = ack_ok(&app, id, &json!({"by": "carol", "note": "post-mortem"})).await;
     assert_eq!(a["status"], "resolved");
     assert_eq!(a["resolved_at"], "2026-11-27T10:20:00Z");
-    assert_eq!(a["acknowledged_by"], "carol");
+    assert_eq!(a["acknowledged_by"], "token:0:bootstrap");
+    assert_eq!(a["acknowledged_on_behalf_of"], "carol");
     assert_eq!(a["ack_note"], "post-mortem");
     assert_eq!(event_types(&a), ["opened", "resolved", "acknowledged"]);
-    assert_eq!(a["events"][2]["actor"], "carol");
+    assert_eq!(a["events"][2]["actor"], "token:0:bootstrap");
     let page = get_ok(&app, "/api/v1/alerts?status=resolved").await;
-    assert_eq!(page["items"][0]["acknowledged_by"], "carol");
+    assert_eq!(page["items"][0]["acknowledged_on_behalf_of"], "carol");
 }
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
@@ -1028,7 +1133,10 @@ async fn concurrent_acks_record_one_event(pool: PgPool) {
         tasks.spawn(async move {
             let r = ack(&app, id, &json!({"by": format!("op-{i}")})).await;
             assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-            r.json()["acknowledged_by"].as_str().unwrap().to_string()
+            r.json()["acknowledged_on_behalf_of"]
+                .as_str()
+                .unwrap()
+                .to_string()
         });
     }
     let mut winners = BTreeSet::new();
@@ -1042,8 +1150,15 @@ async fn concurrent_acks_record_one_event(pool: PgPool) {
     );
     let a = get_ok(&app, &format!("/api/v1/alerts/{id}")).await;
     assert_eq!(event_types(&a), ["opened", "acknowledged"]);
-    assert_eq!(a["acknowledged_by"], winners.first().unwrap().as_str());
+    assert_eq!(
+        a["acknowledged_on_behalf_of"],
+        winners.first().unwrap().as_str()
+    );
     assert_eq!(a["events"][1]["actor"], a["acknowledged_by"]);
+    assert_eq!(
+        a["events"][1]["details"]["on_behalf_of"],
+        a["acknowledged_on_behalf_of"]
+    );
 }
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
@@ -1055,11 +1170,8 @@ async fn bad_ack_bodies_are_client_errors(pool: PgPool) {
     let long_note = format!(r#"{{"by": "alice", "note": "{}"}}"#, "n".repeat(4001));
     // well-formed JSON that the endpoint refuses: 422
     let refused = [
-        "{}",
-        r#"{"note": "on it"}"#,
         r#"{"by": ""}"#,
         r#"{"by": "   "}"#,
-        r#"{"by": null}"#,
         r#"{"by": 5}"#,
         r#"{"by": ["alice"]}"#,
         r#"{"by": "al\u0000ice"}"#,
@@ -1113,7 +1225,7 @@ async fn bad_ack_bodies_are_client_errors(pool: PgPool) {
     let by = "b".repeat(200);
     let note = "n".repeat(4000);
     let ok = ack_ok(&app, id, &json!({"by": by, "note": note})).await;
-    assert_eq!(ok["acknowledged_by"], by.as_str());
+    assert_eq!(ok["acknowledged_on_behalf_of"], by.as_str());
     assert_eq!(ok["ack_note"], note.as_str());
 }
 
@@ -1137,8 +1249,8 @@ async fn ticket_link_and_relink(pool: PgPool) {
     );
     assert_eq!(event_types(&a), ["opened", "ticket_linked"]);
     let e = &a["events"][1];
-    // without `by`, the trail names the token that linked it
-    assert_eq!(e["actor"], "token:bootstrap");
+    // the trail names the token that linked it
+    assert_eq!(e["actor"], "token:0:bootstrap");
     assert_eq!(e["at"], NOW);
     assert_eq!(
         e["details"],
@@ -1165,7 +1277,8 @@ async fn ticket_link_and_relink(pool: PgPool) {
         event_types(&b),
         ["opened", "ticket_linked", "ticket_linked"]
     );
-    assert_eq!(b["events"][2]["actor"], "dave");
+    assert_eq!(b["events"][2]["actor"], "token:0:bootstrap");
+    assert_eq!(b["events"][2]["details"]["on_behalf_of"], "dave");
     assert_eq!(b["events"][2]["at"], "2026-11-27T12:02:00Z");
 
     // Only the url changes: also a new event. Without a url: the url goes.
@@ -1298,7 +1411,8 @@ async fn ticketing_flow_end_to_end(pool: PgPool) {
     assert_alert_shape(a);
     assert_eq!(a["status"], "resolved");
     assert_eq!(a["resolved_at"], "2026-11-27T10:20:00Z");
-    assert_eq!(a["acknowledged_by"], "alice");
+    assert_eq!(a["acknowledged_by"], "token:0:bootstrap");
+    assert_eq!(a["acknowledged_on_behalf_of"], "alice");
     assert_eq!(a["acknowledged_at"], "2026-11-27T10:05:00Z");
     assert_eq!(a["ack_note"], "on it");
     assert_eq!(a["ticket_ref"], "OPS-123");
@@ -1599,15 +1713,15 @@ async fn hostile_strings_round_trip(pool: PgPool) {
         // acknowledgement and ticket texts round-trip too
         let by = format!("{dev} (on call)");
         let acked = ack_ok(&app, *id, &json!({"by": by, "note": dev})).await;
-        assert_eq!(acked["acknowledged_by"], by.as_str());
+        assert_eq!(acked["acknowledged_on_behalf_of"], by.as_str());
         assert_eq!(acked["ack_note"], dev);
-        assert_eq!(acked["events"][1]["actor"], by.as_str());
+        assert_eq!(acked["events"][1]["details"]["on_behalf_of"], by.as_str());
         assert_eq!(acked["events"][1]["details"]["note"], dev);
         let url = format!("https://tickets/?q={}", enc(dev));
         let linked = ticket_ok(&app, *id, &json!({"ref": dev, "url": url, "by": dev})).await;
         assert_eq!(linked["ticket_ref"], dev);
         assert_eq!(linked["ticket_url"], url.as_str());
-        assert_eq!(linked["events"][2]["actor"], dev);
+        assert_eq!(linked["events"][2]["details"]["on_behalf_of"], dev);
     }
     let page = get_ok(&app, &format!("/api/v1/alerts?group={}", enc(group))).await;
     let mut want: Vec<i64> = made.iter().map(|(id, _)| *id).collect();

@@ -700,7 +700,7 @@ async fn handlers_see_the_principal(pool: PgPool) {
     let r = get_with(&app, "/whoami", BOOTSTRAP).await;
     assert_eq!(
         r.json(),
-        json!({"id": null, "name": "bootstrap", "actor": "bootstrap",
+        json!({"id": null, "name": "bootstrap", "actor": "token:0:bootstrap",
                "scopes": ["read", "write", "admin"]})
     );
     let r = call(

@@ -16,6 +16,7 @@ use fleetwatch::alerts::outbox;
 use fleetwatch::alerts::webhook::{Outcome, Worker};
 use fleetwatch::clock::{Clock, ManualClock};
 use fleetwatch::config::{HumanDuration, Secret, WebhookConfig};
+use fleetwatch::domain::actor::Actor;
 use fleetwatch::domain::alert::Kind;
 use fleetwatch::http::{router, AppState};
 use fleetwatch::metrics::Metrics;
@@ -256,7 +257,7 @@ async fn create_list_page_and_end(pool: PgPool) {
     let env = Env::new(pool).await;
     let now = env.clock.now();
 
-    // starts_at defaults to now, created_by to the token's name
+    // starts_at defaults to now; created_by is the token
     let r = env
         .call(
             "POST",
@@ -276,7 +277,8 @@ async fn create_list_page_and_end(pool: PgPool) {
     assert_eq!(s["kind"], Value::Null);
     assert_eq!(s["starts_at"], "2026-11-27T10:00:00Z");
     assert_eq!(s["ends_at"], "2026-11-27T12:00:00Z");
-    assert_eq!(s["created_by"], "bootstrap");
+    assert_eq!(s["created_by"], "token:0:bootstrap");
+    assert_eq!(s["on_behalf_of"], Value::Null);
     assert_eq!(s["comment"], "replacing the panel");
     assert_eq!(s["active"], true);
     assert_eq!(s["deleted_at"], Value::Null);
@@ -288,7 +290,7 @@ async fn create_list_page_and_end(pool: PgPool) {
                         "ends_at": rfc(now + TimeDelta::days(2)),
                         "comment": "office move", "created_by": "alice"}))
         .await;
-    // a stored token's name is the default creator
+    // a stored token is named by id and name
     let bot = tokens::create(&env.pool, "ci-bot", &[Scope::Write], now)
         .await
         .unwrap();
@@ -305,7 +307,7 @@ async fn create_list_page_and_end(pool: PgPool) {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
-    assert_eq!(r.json["created_by"], "ci-bot");
+    assert_eq!(r.json["created_by"], format!("token:{}:ci-bot", bot.id));
     let third = r.json["id"].as_i64().unwrap();
 
     let ids = |v: &Value| -> Vec<i64> {
@@ -355,7 +357,7 @@ async fn create_list_page_and_end(pool: PgPool) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
     assert_eq!(r.json["active"], false);
     assert_eq!(r.json["deleted_at"], "2026-11-27T10:10:00Z");
-    assert_eq!(r.json["deleted_by"], "bootstrap");
+    assert_eq!(r.json["deleted_by"], "token:0:bootstrap");
     assert_eq!(r.json["ends_at"], "2026-11-27T12:00:00Z", "history kept");
     // again: 409
     let r = env
@@ -704,12 +706,19 @@ async fn an_alert_that_fires_and_resolves_inside_a_silence_sends_nothing(pool: P
     env.clock.advance(TimeDelta::minutes(1));
     let id = env.fire(Kind::HeartbeatGap, "d1", Some("d1"), None).await;
     env.run_for(10).await;
-    assert!(
-        lifecycle::acknowledge(&env.pool, id, "bob", None, env.clock.now())
-            .await
-            .unwrap()
-            .unwrap()
-    );
+    assert!(lifecycle::acknowledge(
+        &env.pool,
+        id,
+        &Actor {
+            principal: "token:1:bob".into(),
+            on_behalf_of: None
+        },
+        None,
+        env.clock.now()
+    )
+    .await
+    .unwrap()
+    .unwrap());
     env.run_for(10).await;
     env.resolve(id).await;
     env.run_for(120).await;
@@ -745,12 +754,19 @@ async fn a_resolution_during_a_silence_is_sent_after_it_and_an_ack_is_not_replay
     .await;
     // during the silence: no reminder (repeat_interval 1h), no ack, no resolution
     env.run_for(30).await;
-    assert!(
-        lifecycle::acknowledge(&env.pool, still, "carol", None, env.clock.now())
-            .await
-            .unwrap()
-            .unwrap()
-    );
+    assert!(lifecycle::acknowledge(
+        &env.pool,
+        still,
+        &Actor {
+            principal: "token:1:carol".into(),
+            on_behalf_of: None
+        },
+        None,
+        env.clock.now()
+    )
+    .await
+    .unwrap()
+    .unwrap());
     env.run_for(30).await;
     env.resolve(id).await;
     env.run_for(100).await;

@@ -18,6 +18,7 @@ use fleetwatch::alerts::outbox;
 use fleetwatch::alerts::webhook::{Outcome, Worker};
 use fleetwatch::clock::{Clock, ManualClock};
 use fleetwatch::config::{Config, HumanDuration, Secret, WebhookConfig, WebhookFormat};
+use fleetwatch::domain::actor::Actor;
 use fleetwatch::domain::alert::Kind;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -812,9 +813,18 @@ async fn reminders_until_acknowledged(pool: PgPool) {
     assert_eq!(tick(&w, &clock).await.reminders, 1);
     clock.advance(TimeDelta::minutes(10));
     assert_eq!(
-        lifecycle::acknowledge(&pool, id, "alice", Some("on it"), clock.now())
-            .await
-            .unwrap(),
+        lifecycle::acknowledge(
+            &pool,
+            id,
+            &Actor {
+                principal: "token:1:alice".into(),
+                on_behalf_of: None
+            },
+            Some("on it"),
+            clock.now()
+        )
+        .await
+        .unwrap(),
         Some(true)
     );
     assert_eq!(tick(&w, &clock).await.delivered, 1);
@@ -835,7 +845,7 @@ async fn reminders_until_acknowledged(pool: PgPool) {
         ]
     );
     let ack = rx.accepted()[3].json();
-    assert_eq!(ack["alert"]["acknowledged_by"], "alice");
+    assert_eq!(ack["alert"]["acknowledged_by"], "token:1:alice");
 }
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]

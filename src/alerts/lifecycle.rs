@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 
 use super::outbox::{self, Change};
+use crate::domain::actor::Actor;
 use crate::domain::alert::{Kind, Severity};
 
 /// What the detector wants to be firing.
@@ -283,7 +284,7 @@ pub async fn uncover(
 pub async fn acknowledge(
     pool: &PgPool,
     id: i64,
-    by: &str,
+    by: &Actor,
     note: Option<&str>,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Option<bool>> {
@@ -301,15 +302,26 @@ pub async fn acknowledge(
     }
     sqlx::query(
         r#"update alerts set acknowledged_by = $2, acknowledged_at = $3, ack_note = $4,
-               updated_at = $3 where id = $1"#,
+               ack_on_behalf_of = $5, updated_at = $3 where id = $1"#,
     )
     .bind(id)
-    .bind(by)
+    .bind(&by.principal)
     .bind(now)
     .bind(note)
+    .bind(&by.on_behalf_of)
     .execute(&mut *tx)
     .await?;
-    event(&mut tx, id, now, "acknowledged", by, json!({"note": note})).await?;
+    let mut details = serde_json::Map::new();
+    details.insert("note".into(), json!(note));
+    event(
+        &mut tx,
+        id,
+        now,
+        "acknowledged",
+        &by.principal,
+        by.details(details),
+    )
+    .await?;
     outbox::notify(&mut tx, id, Change::Acknowledged, now).await?;
     tx.commit().await?;
     Ok(Some(true))
@@ -321,7 +333,7 @@ pub async fn link_ticket(
     id: i64,
     reference: &str,
     url: Option<&str>,
-    actor: &str,
+    actor: &Actor,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Option<bool>> {
     let mut tx = pool.begin().await?;
@@ -345,13 +357,16 @@ pub async fn link_ticket(
     .bind(now)
     .execute(&mut *tx)
     .await?;
+    let mut details = serde_json::Map::new();
+    details.insert("ref".into(), json!(reference));
+    details.insert("url".into(), json!(url));
     event(
         &mut tx,
         id,
         now,
         "ticket_linked",
-        actor,
-        json!({"ref": reference, "url": url}),
+        &actor.principal,
+        actor.details(details),
     )
     .await?;
     tx.commit().await?;
@@ -375,7 +390,10 @@ pub struct AlertRow {
     #[schema(value_type = Object)]
     pub details: Value,
     pub covered_by: Option<i64>,
+    /// The principal that acknowledged: `token:<id>:<name>` (or `user:<name>`).
     pub acknowledged_by: Option<String>,
+    /// The name the acknowledging request gave (`by`), if any: shown, not authenticated.
+    pub acknowledged_on_behalf_of: Option<String>,
     pub acknowledged_at: Option<DateTime<Utc>>,
     pub ack_note: Option<String>,
     pub ticket_ref: Option<String>,
@@ -385,8 +403,8 @@ pub struct AlertRow {
 
 pub(crate) const ALERT_COLUMNS: &str = r#"
     id, kind, subject, device_id, group_id as "group", severity, status, opened_at, resolved_at,
-    summary, details, covered_by, acknowledged_by, acknowledged_at, ack_note, ticket_ref,
-    ticket_url, updated_at
+    summary, details, covered_by, acknowledged_by, ack_on_behalf_of as acknowledged_on_behalf_of,
+    acknowledged_at, ack_note, ticket_ref, ticket_url, updated_at
 "#;
 
 /// One entry of an alert's trail.

@@ -20,6 +20,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::lifecycle::AlertRow;
 use super::outbox;
+use crate::domain::actor::Actor;
 
 /// SQL: whether silence `s` is active at `now_param` and matches the alert aliased `a`
 /// (columns `device_id`, `group_id`, `kind`).
@@ -67,18 +68,23 @@ pub struct SilenceRow {
     pub kind: Option<String>,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
+    /// The principal that created it: `token:<id>:<name>` (or `user:<name>`).
     pub created_by: String,
+    /// The name the creating request gave (`created_by` in the body), if any: shown, not
+    /// authenticated.
+    pub on_behalf_of: Option<String>,
     pub comment: String,
     pub created_at: DateTime<Utc>,
     /// When it was ended early with DELETE.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// The principal that ended it.
     pub deleted_by: Option<String>,
     /// Whether it mutes notifications now.
     pub active: bool,
 }
 
-const COLUMNS: &str = r#"id, device_id, group_id, kind, starts_at, ends_at, created_by, comment,
-    created_at, deleted_at, deleted_by,
+const COLUMNS: &str = r#"id, device_id, group_id, kind, starts_at, ends_at, created_by,
+    on_behalf_of, comment, created_at, deleted_at, deleted_by,
     (deleted_at is null and starts_at <= $1 and ends_at > $1) as active"#;
 
 /// A new silence, validated by the caller.
@@ -89,15 +95,15 @@ pub struct NewSilence {
     pub kind: Option<String>,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
-    pub created_by: String,
+    pub created_by: Actor,
     pub comment: String,
 }
 
 pub async fn create(pool: &PgPool, s: &NewSilence, now: DateTime<Utc>) -> sqlx::Result<SilenceRow> {
     let sql = format!(
         r#"insert into silences (device_id, group_id, kind, starts_at, ends_at, created_by,
-                                 comment, created_at)
-           values ($2, $3, $4, $5, $6, $7, $8, $1)
+                                 on_behalf_of, comment, created_at)
+           values ($2, $3, $4, $5, $6, $7, $8, $9, $1)
            returning {COLUMNS}"#
     );
     sqlx::query_as(&sql)
@@ -107,7 +113,8 @@ pub async fn create(pool: &PgPool, s: &NewSilence, now: DateTime<Utc>) -> sqlx::
         .bind(&s.kind)
         .bind(s.starts_at)
         .bind(s.ends_at)
-        .bind(&s.created_by)
+        .bind(&s.created_by.principal)
+        .bind(&s.created_by.on_behalf_of)
         .bind(&s.comment)
         .fetch_one(pool)
         .await

@@ -2,6 +2,7 @@
 //! MQTT topic matching and the reasons an input is dropped. Everything here takes `now` as an
 //! argument so that tests can drive it with any clock.
 
+pub mod actor;
 pub mod alert;
 pub mod drop_reason;
 pub mod identity;

@@ -56,13 +56,11 @@ impl Principal {
         tokens::grants(&self.scopes, needed)
     }
 
-    /// How audit trails name this principal when the request names no one:
-    /// `token:<id>:<name>`, or `bootstrap`.
+    /// How audit trails name this principal: `token:<id>:<name>`, and `token:0:bootstrap` for
+    /// the bootstrap token (stored ids start at 1). Every actor column and trail event holds this;
+    /// a name given in a request body is only kept beside it, as "on behalf of".
     pub fn actor(&self) -> String {
-        match self.token_id {
-            Some(id) => format!("token:{id}:{}", self.name),
-            None => self.name.clone(),
-        }
+        format!("token:{}:{}", self.token_id.unwrap_or(0), self.name)
     }
 }
 

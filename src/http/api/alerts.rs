@@ -11,7 +11,9 @@ use super::{
     Page,
 };
 use crate::alerts::lifecycle::{self, AlertFilter, AlertRow, EventRow};
+use crate::domain::actor::Actor;
 use crate::domain::alert::Kind;
+use crate::http::auth::Principal;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::AppState;
 
@@ -105,28 +107,46 @@ pub async fn get(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
-    pub by: String,
+    /// On whose behalf the token acts (e.g. the person in the ticketing tool). Recorded beside
+    /// the authenticated token, never instead of it.
+    #[schema(min_length = 1, max_length = 200)]
+    pub by: Option<String>,
     pub note: Option<String>,
 }
 
 /// Acknowledge: 200 with the alert either way; re-acknowledging writes no new event.
+/// `acknowledged_by` is the token that acknowledged (`token:<id>:<name>`); the body's `by` is
+/// kept as `acknowledged_on_behalf_of`.
 #[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts",
     params(("id" = String, Path, description = "alert id")), request_body = AckBody,
     responses((status = 200, body = AlertWithTrail), super::ErrorsWrite))]
 pub async fn ack(
     State(state): State<AppState>,
+    principal: Principal,
     id: Result<Path<String>, PathRejection>,
     b: Result<Json<AckBody>, JsonRejection>,
 ) -> ApiResult<Json<AlertWithTrail>> {
     let id = numeric_id(id, "alert")?;
     let b = json_body(b)?;
-    body_text("by", &b.by, 200)?;
+    if let Some(by) = &b.by {
+        body_text("by", by, 200)?;
+    }
     if let Some(n) = &b.note {
         body_text("note", n, 4000)?;
     }
-    lifecycle::acknowledge(&state.pool, id, &b.by, b.note.as_deref(), state.clock.now())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no alert {id}")))?;
+    let actor = Actor {
+        principal: principal.actor(),
+        on_behalf_of: b.by,
+    };
+    lifecycle::acknowledge(
+        &state.pool,
+        id,
+        &actor,
+        b.note.as_deref(),
+        state.clock.now(),
+    )
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("no alert {id}")))?;
     Ok(Json(with_trail(&state, id).await?))
 }
 
@@ -136,7 +156,8 @@ pub struct TicketBody {
     #[serde(rename = "ref")]
     pub reference: String,
     pub url: Option<String>,
-    /// Who linked it (defaults to `token:<token name>`).
+    /// On whose behalf the token links it; recorded beside the token in the trail.
+    #[schema(min_length = 1, max_length = 200)]
     pub by: Option<String>,
 }
 
@@ -146,7 +167,7 @@ pub struct TicketBody {
     responses((status = 200, body = AlertWithTrail), super::ErrorsWrite))]
 pub async fn ticket(
     State(state): State<AppState>,
-    principal: Option<axum::Extension<crate::http::auth::Principal>>,
+    principal: Principal,
     id: Result<Path<String>, PathRejection>,
     b: Result<Json<TicketBody>, JsonRejection>,
 ) -> ApiResult<Json<AlertWithTrail>> {
@@ -161,19 +182,19 @@ pub async fn ticket(
             ));
         }
     }
-    // Without an explicit `by`, the trail names the token that made the change.
-    let default_actor = principal.map(|axum::Extension(p)| format!("token:{}", p.name));
-    let by =
-        b.by.as_deref()
-            .or(default_actor.as_deref())
-            .unwrap_or("api");
-    body_text("by", by, 200)?;
+    if let Some(by) = &b.by {
+        body_text("by", by, 200)?;
+    }
+    let actor = Actor {
+        principal: principal.actor(),
+        on_behalf_of: b.by,
+    };
     lifecycle::link_ticket(
         &state.pool,
         id,
         &b.reference,
         b.url.as_deref(),
-        by,
+        &actor,
         state.clock.now(),
     )
     .await?

@@ -12,6 +12,7 @@ use super::{
     body_text, decode_id_cursor, encode_id_cursor, json_body, limit, numeric_id, query, Page,
 };
 use crate::alerts::silences::{self, Ended, NewSilence, SilenceRow};
+use crate::domain::actor::Actor;
 use crate::domain::alert::Kind;
 use crate::http::auth::Principal;
 use crate::http::error::{ApiError, ApiResult, Problem};
@@ -77,7 +78,8 @@ pub struct CreateBody {
     /// Why (e.g. the maintenance ticket).
     #[schema(min_length = 1, max_length = 4000)]
     pub comment: String,
-    /// Defaults to the name of the token that made the request.
+    /// On whose behalf the token creates it; kept as `on_behalf_of`. The silence's
+    /// `created_by` is always the authenticated token.
     #[schema(min_length = 1, max_length = 200)]
     pub created_by: Option<String>,
 }
@@ -87,7 +89,7 @@ pub struct CreateBody {
     responses((status = 201, body = SilenceRow), super::ErrorsWrite))]
 pub async fn create(
     State(state): State<AppState>,
-    principal: Option<axum::Extension<Principal>>,
+    principal: Principal,
     b: Result<Json<CreateBody>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<SilenceRow>)> {
     let b = json_body(b)?;
@@ -130,12 +132,13 @@ pub async fn create(
             "ends_at: a silence lasts at most 90 days".into(),
         ));
     }
-    let default_creator = principal.map(|axum::Extension(p)| p.name);
-    let created_by = b
-        .created_by
-        .or(default_creator)
-        .unwrap_or_else(|| "api".into());
-    body_text("created_by", &created_by, 200)?;
+    if let Some(name) = &b.created_by {
+        body_text("created_by", name, 200)?;
+    }
+    let created_by = Actor {
+        principal: principal.actor(),
+        on_behalf_of: b.created_by,
+    };
     let new = NewSilence {
         device_id: b.device_id,
         group_id: b.group_id,
@@ -160,13 +163,11 @@ pub async fn create(
               super::ErrorsOne))]
 pub async fn end(
     State(state): State<AppState>,
-    principal: Option<axum::Extension<Principal>>,
+    principal: Principal,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<SilenceRow>> {
     let id = numeric_id(id, "silence")?;
-    let by = principal
-        .map(|axum::Extension(p)| p.name)
-        .unwrap_or_else(|| "api".into());
+    let by = principal.actor();
     match silences::end(&state.pool, id, &by, state.clock.now()).await? {
         Ended::Ended(s) => {
             tracing::info!(id, %by, "silence ended");
