@@ -42,6 +42,13 @@ impl<'de> Deserialize<'de> for Secret {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
+impl HumanDuration {
+    /// As a `chrono` span (saturating: a duration too long for it is "forever").
+    pub fn delta(self) -> chrono::TimeDelta {
+        chrono::TimeDelta::from_std(self.0).unwrap_or(chrono::TimeDelta::MAX)
+    }
+}
+
 impl fmt::Debug for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", humantime::format_duration(self.0))
@@ -86,6 +93,7 @@ pub struct Config {
     /// Client ID → device id, for bridges whose MQTT client ID is not the device id.
     pub client_ids: BTreeMap<String, String>,
     pub webhooks: Vec<WebhookConfig>,
+    pub presence: PresenceConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -450,6 +458,32 @@ impl Default for DevicesConfig {
     }
 }
 
+/// Presence ingest: how far an event's own timestamp is trusted, and how many unknown clients'
+/// failed connection attempts are stored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// An event's timestamp counts for ordering as at most its arrival time plus this. AWS stamps
+    /// lifecycle events itself, so one far ahead is forged or broken and must not pin a device's
+    /// connectivity (with the "more than 30 minutes apart" rule it would, for up to a day).
+    pub max_clock_skew: HumanDuration,
+    /// `connect_failed` of clients that are not devices: at most this many *new* client IDs per
+    /// window are stored (a client already stored keeps being stored while it keeps failing);
+    /// the rest are counted (`fleetwatch_ingest_dropped_total{reason="unknown_client_cap"}`).
+    pub unknown_failed_clients: usize,
+    pub unknown_failed_window: HumanDuration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            max_clock_skew: dur("5m"),
+            unknown_failed_clients: 100,
+            unknown_failed_window: dur("10m"),
+        }
+    }
+}
+
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
@@ -618,6 +652,9 @@ impl Config {
         }
         if let Some(d) = duration(env, "FLEETWATCH_GRACE")? {
             self.detector.grace = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_PRESENCE_MAX_SKEW")? {
+            self.presence.max_clock_skew = d;
         }
         if let Some(d) = duration(env, "FLEETWATCH_DISCONNECT_GRACE")? {
             self.detector.disconnect_grace = d;
@@ -806,6 +843,9 @@ impl Config {
         }
         if self.devices.max_devices < 0 {
             bail!("devices.max_devices: expected a non-negative number");
+        }
+        if self.presence.unknown_failed_window.0.is_zero() {
+            bail!("presence.unknown_failed_window: expected a positive duration");
         }
         parse_tz(&self.fleet.time_zone).map_err(|e| anyhow::anyhow!("fleet.time_zone: {e}"))?;
         for (id, g) in &self.groups {

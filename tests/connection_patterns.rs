@@ -111,9 +111,16 @@ impl Sim {
                     .unwrap();
             let device = (ev.event_type != EventType::ConnectFailed || known)
                 .then_some(ev.client_id.as_str());
-            fleetwatch::db::presence::store(&self.pool, &ev, device, group, arrival)
-                .await
-                .unwrap();
+            fleetwatch::db::presence::store(
+                &self.pool,
+                &ev,
+                device,
+                group,
+                arrival,
+                TimeDelta::minutes(5),
+            )
+            .await
+            .unwrap();
         }
         tick(&self.pool, &self.s, now).await.unwrap()
     }

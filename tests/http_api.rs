@@ -225,6 +225,7 @@ async fn store(pool: &PgPool, ev: &PresenceEvent, device: &str) -> Stored {
         Some(device),
         None,
         ev.timestamp + TimeDelta::seconds(1),
+        TimeDelta::minutes(5),
     )
     .await
     .unwrap()

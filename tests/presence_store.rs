@@ -894,6 +894,183 @@ async fn sql_presence_is_newer_tie_break_does_not_depend_on_the_collation(pool: 
     }
 }
 
+/// A presence event dated far ahead (forged, or a broken clock: AWS stamps these itself) used to
+/// win over every genuine event for up to a day ("more than 30 minutes apart: the later wins").
+/// Its timestamp now counts as at most its arrival plus `presence.max_clock_skew`.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_presence_event_from_the_future_cannot_pin_connectivity(pool: PgPool) {
+    let ctx = ingest(&pool, &Config::default(), 100);
+    let sec = TimeDelta::seconds;
+    let t = now_ms() - min(60);
+    let c1 = conn("scr", t, "s1", 1, "198.51.100.1");
+    assert_eq!(
+        send_at(&ctx, &c1, t + sec(1)).await,
+        Outcome::Stored(Stored::New)
+    );
+    // A disconnect of an old session, dated 23 hours ahead, arrives 5 minutes later.
+    let forged = disc("scr", t + TimeDelta::hours(23), "old", 0, "FORGED");
+    assert_eq!(
+        send_at(&ctx, &forged, t + min(5)).await,
+        Outcome::Stored(Stored::New)
+    );
+    // Bounded to t + 10 min, within 30 minutes of the connect: the higher version still wins.
+    assert_eq!(device(&pool, "scr").await.unwrap().connected, Some(true));
+    // The genuine history goes on: an LTE drop at t + 40 min and a new session a minute later.
+    let d1 = disc("scr", t + min(40), "s1", 1, "MQTT_KEEP_ALIVE_TIMEOUT");
+    let c2 = conn("scr", t + min(41), "s2", 2, "198.51.100.2");
+    for ev in [&d1, &c2] {
+        assert_eq!(
+            send_at(&ctx, ev, ev.ts + sec(1)).await,
+            Outcome::Stored(Stored::New)
+        );
+    }
+    let d = device(&pool, "scr").await.unwrap();
+    assert_eq!(
+        d,
+        DeviceState {
+            connected: Some(true),
+            conn_event_ts: Some(c2.ts),
+            conn_version: Some(2),
+            conn_session: Some("s2".into()),
+            last_connected_at: Some(c2.ts),
+            last_disconnected_at: Some(d1.ts),
+            last_disconnect_reason: Some("MQTT_KEEP_ALIVE_TIMEOUT".into()),
+            last_ip: Some("198.51.100.2".into()),
+            last_principal: Some(principal_of(Some("198.51.100.2"))),
+        },
+        "the forged event pins nothing"
+    );
+    // The event itself is kept as AWS sent it (the timeline shows what arrived).
+    let rows = stored_events(&pool, &["scr".to_string()]).await;
+    let kept = rows.iter().find(|r| r.session_key == "old").unwrap();
+    assert_eq!(kept.event_ts, forged.ts);
+
+    // Within the skew nothing is bounded: AWS's clock 2 minutes ahead of ours is normal.
+    let d2 = disc("scr", t + min(52), "s2", 2, "CONNECTION_LOST");
+    assert_eq!(
+        send_at(&ctx, &d2, t + min(50)).await,
+        Outcome::Stored(Stored::New)
+    );
+    let d = device(&pool, "scr").await.unwrap();
+    assert_eq!(d.connected, Some(false));
+    assert_eq!(d.conn_event_ts, Some(d2.ts));
+    assert_eq!(d.last_disconnected_at, Some(d2.ts));
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn sql_presence_order_ts_agrees_with_the_rust_rule(pool: PgPool) {
+    let base = fixed_base();
+    let skews = [0i64, 1, 300_000, 3_600_000];
+    let triples = draw(
+        (
+            -7_200_000i64..7_200_000,
+            -7_200_000i64..7_200_000,
+            0usize..skews.len(),
+        ),
+        400,
+    );
+    let (mut bounded, mut kept) = (0, 0);
+    for (ts, rx, k) in triples {
+        let (ts, rx) = (
+            base + TimeDelta::milliseconds(ts),
+            base + TimeDelta::milliseconds(rx),
+        );
+        let skew = TimeDelta::milliseconds(skews[k]);
+        let rust = presence::order_timestamp(ts, rx, skew);
+        let sql: DateTime<Utc> = sqlx::query_scalar("select presence_order_ts($1, $2, $3)")
+            .bind(ts)
+            .bind(rx)
+            .bind(sqlx::postgres::types::PgInterval::try_from(skew).unwrap())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(sql, rust, "order_ts({ts}, {rx}, {skew})");
+        if rust == ts {
+            kept += 1;
+        } else {
+            bounded += 1;
+        }
+    }
+    assert!(bounded > 50 && kept > 50, "both outcomes: {bounded}/{kept}");
+    // Strict: a connect has no disconnect time, and that stays missing.
+    let none: Option<DateTime<Utc>> =
+        sqlx::query_scalar("select presence_order_ts(null, now(), interval '5 minutes')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(none, None);
+}
+
+/// A scanner cycling through random client IDs once stored one row per attempt (10,000 IDs,
+/// 10,000 rows). Now only `presence.unknown_failed_clients` new unknown clients per window are
+/// stored; the rest are counted. A unit that keeps failing is still stored and still alerts.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn connect_failed_of_unknown_clients_is_capped_globally(pool: PgPool) {
+    let cfg = Config::default();
+    assert_eq!(cfg.presence.unknown_failed_clients, 100);
+    assert_eq!(cfg.presence.unknown_failed_window.delta(), min(10));
+    let ctx = ingest(&pool, &cfg, 1000);
+    let t = now_ms() - min(30);
+    // A known device, and a misconfigured unit (not a device) failing every 20 s.
+    let c = conn("screen-1", t, "s1", 1, "198.51.100.1");
+    assert_eq!(send(&ctx, &c).await, Outcome::Stored(Stored::New));
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut bad_cert_stored = 0;
+    for i in 0..10_000i64 {
+        let at = t + TimeDelta::milliseconds(i * 60);
+        if i % 333 == 0 {
+            let ev = failed("bad-cert", at, "AUTH_ERROR");
+            assert_eq!(
+                send_at(&ctx, &ev, at).await,
+                Outcome::Stored(Stored::New),
+                "bad-cert at {i}"
+            );
+            bad_cert_stored += 1;
+        }
+        let ev = failed(&format!("scan-{i:05}"), at, "AUTH_ERROR");
+        *outcomes
+            .entry(format!("{:?}", send_at(&ctx, &ev, at).await))
+            .or_default() += 1;
+    }
+    let stored = format!("{:?}", Outcome::Stored(Stored::New));
+    let capped = format!("{:?}", Outcome::Dropped(DropReason::UnknownClientCap));
+    // 100 new clients per 10-minute window: bad-cert took one slot of the first window.
+    assert_eq!(outcomes.get(&stored), Some(&99), "{outcomes:?}");
+    assert_eq!(outcomes.get(&capped), Some(&9_901), "{outcomes:?}");
+    let rows: i64 =
+        sqlx::query_scalar("select count(*) from presence_events where client_id like 'scan-%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 99);
+    // A known device's failures are never capped.
+    let f = failed("screen-1", t + min(9), "THROTTLED");
+    assert_eq!(
+        send_at(&ctx, &f, t + min(9)).await,
+        Outcome::Stored(Stored::New)
+    );
+    // The failing unit reaches the per-client auth_failure threshold (5 in 10 min).
+    assert_eq!(bad_cert_stored, 31);
+    let settings = fleetwatch::detect::Settings::from_config(&cfg);
+    let end = t + min(12);
+    fleetwatch::detect::connection::tick(&pool, &settings, end)
+        .await
+        .unwrap();
+    let firing: Vec<(String, String)> =
+        sqlx::query_as("select kind, subject from alerts where status = 'firing'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        firing.contains(&("auth_failure".to_string(), "bad-cert".to_string())),
+        "{firing:?}"
+    );
+    assert!(
+        firing.iter().all(|(_, s)| !s.starts_with("scan-")),
+        "no scanner ID reaches a threshold: {firing:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Identity rules at the storage boundary
 // ---------------------------------------------------------------------------------------------

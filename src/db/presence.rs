@@ -1,7 +1,8 @@
 //! Presence events and the connectivity they decide.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
+use sqlx::postgres::types::PgInterval;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::domain::presence::{EventType, PresenceEvent};
@@ -18,12 +19,14 @@ pub enum Stored {
 /// Store `ev` once and, if it is a connect or disconnect of `device_id`, apply it to the
 /// device's connectivity with the ordering rule. `create_device` says whether an unknown device
 /// may be created (the caller enforces the device cap; connect_failed never creates).
+/// Timestamps count for ordering as at most `received_at + max_skew` (`presence_order_ts()`).
 pub async fn store(
     pool: &PgPool,
     ev: &PresenceEvent,
     device_id: Option<&str>,
     group_id: Option<&str>,
     received_at: DateTime<Utc>,
+    max_skew: TimeDelta,
 ) -> sqlx::Result<Stored> {
     let mut tx = pool.begin().await?;
     let inserted = insert_event(&mut tx, ev, device_id, received_at).await?;
@@ -31,7 +34,7 @@ pub async fn store(
     // saves a row lock on the hot device row during redelivery storms.
     if inserted {
         if let Some(device_id) = device_id {
-            apply_to_device(&mut tx, ev, device_id, group_id, received_at).await?;
+            apply_to_device(&mut tx, ev, device_id, group_id, received_at, max_skew).await?;
         }
     }
     tx.commit().await?;
@@ -83,8 +86,11 @@ async fn apply_to_device(
     device_id: &str,
     group_id: Option<&str>,
     received_at: DateTime<Utc>,
+    max_skew: TimeDelta,
 ) -> sqlx::Result<()> {
-    let Some(ord) = ev.ordering() else {
+    // The SQL below bounds the timestamps itself (presence_order_ts), so the rule is whole in
+    // one statement; the Rust ordering only supplies the other fields.
+    let Some(ord) = ev.ordering(received_at, max_skew) else {
         return Ok(());
     };
     let is_connect = ev.event_type == EventType::Connected;
@@ -99,17 +105,19 @@ async fn apply_to_device(
             id, group_id, connected, conn_event_ts, conn_version, conn_session,
             last_connected_at, last_disconnected_at, last_disconnect_reason, last_ip, last_principal,
             conn_received_at, deadline_at)
-        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)
+        values ($1, $2, $3, presence_order_ts($4, $12, $13), $5, $6,
+                presence_order_ts($7, $12, $13), presence_order_ts($8, $12, $13),
+                $9, $10, $11, $12, $12)
         on conflict (id) do update set
-            connected     = case when presence_is_newer($4, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
+            connected     = case when presence_is_newer(excluded.conn_event_ts, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
                                  then $3 else d.connected end,
-            conn_version  = case when presence_is_newer($4, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
+            conn_version  = case when presence_is_newer(excluded.conn_event_ts, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
                                  then $5 else d.conn_version end,
-            conn_session  = case when presence_is_newer($4, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
+            conn_session  = case when presence_is_newer(excluded.conn_event_ts, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
                                  then $6 else d.conn_session end,
-            conn_event_ts = case when presence_is_newer($4, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
-                                 then $4 else d.conn_event_ts end,
-            conn_received_at = case when presence_is_newer($4, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
+            conn_event_ts = case when presence_is_newer(excluded.conn_event_ts, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
+                                 then excluded.conn_event_ts else d.conn_event_ts end,
+            conn_received_at = case when presence_is_newer(excluded.conn_event_ts, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
                                  then $12 else d.conn_received_at end,
             group_id               = coalesce(d.group_id, excluded.group_id),
             last_connected_at      = greatest(d.last_connected_at, excluded.last_connected_at),
@@ -124,14 +132,14 @@ async fn apply_to_device(
             -- alert is reclassified silent <-> offline), and one without data yet starts its
             -- clock; healthy ones wait for their deadline
             deadline_at = case when d.state in ('never_seen', 'late', 'silent', 'offline')
-                                    and presence_is_newer($4, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
+                                    and presence_is_newer(excluded.conn_event_ts, $5, $3, $6, d.conn_event_ts, d.conn_version, d.connected, d.conn_session)
                                then least(coalesce(d.deadline_at, $12), $12) else d.deadline_at end
         "#,
     )
     .bind(device_id)
     .bind(group_id)
     .bind(ord.connected)
-    .bind(ord.timestamp)
+    .bind(ev.timestamp)
     .bind(ord.version)
     .bind(&ord.session)
     .bind(connected_at)
@@ -140,6 +148,7 @@ async fn apply_to_device(
     .bind(if is_connect { ev.ip_address.as_deref() } else { None })
     .bind(if is_connect { ev.principal_identifier.as_deref() } else { None })
     .bind(received_at)
+    .bind(PgInterval::try_from(max_skew).unwrap_or_default())
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -3,15 +3,24 @@
 //! re-checked every tick; a second replica is a hot standby that takes over when the leader's
 //! session ends.
 
+use std::time::Duration;
+
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
+
+use crate::logging::RateLimitedWarn;
 
 /// The advisory lock key: "fleetwatch" spelled in a number, arbitrary but fixed.
 pub const LOCK_KEY: i64 = 0x666c_6565_7477_6174;
 
+/// How often each leadership warning may be logged: a replica whose database is away tries
+/// every tick, and one line a minute says as much as one a tick.
+const WARN_PERIOD: Duration = Duration::from_secs(60);
+
 pub struct Leader {
     options: PgConnectOptions,
     conn: Option<PgConnection>,
+    warn: RateLimitedWarn,
 }
 
 impl Leader {
@@ -19,6 +28,7 @@ impl Leader {
         Self {
             options,
             conn: None,
+            warn: RateLimitedWarn::new(WARN_PERIOD),
         }
     }
 
@@ -38,7 +48,10 @@ impl Leader {
                 Ok(true) => return true,
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "leader connection lost");
+                    self.warn.warn(
+                        "leader_connection_lost",
+                        &format_args!("leader connection lost: {e}"),
+                    );
                     self.conn = None;
                 }
             }
@@ -47,7 +60,10 @@ impl Leader {
             match PgConnection::connect_with(&self.options).await {
                 Ok(c) => self.conn = Some(c),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot open the leader connection");
+                    self.warn.warn(
+                        "leader_connect_failed",
+                        &format_args!("cannot open the leader connection: {e}"),
+                    );
                     return false;
                 }
             }
@@ -65,7 +81,10 @@ impl Leader {
                 got
             }
             Err(e) => {
-                tracing::warn!(error = %e, "advisory lock query failed");
+                self.warn.warn(
+                    "leader_lock_failed",
+                    &format_args!("advisory lock query failed: {e}"),
+                );
                 self.conn = None;
                 false
             }
@@ -77,5 +96,28 @@ impl Leader {
         if let Some(c) = self.conn.take() {
             let _ = c.close().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_warned_about_once_per_period() {
+        let logs = crate::logging::Captured::default();
+        let _guard = logs.install();
+        // Nothing listens on port 1: every connect is refused at once.
+        let options = PgConnectOptions::new().host("127.0.0.1").port(1);
+        let mut leader = Leader::new(options);
+        for _ in 0..20 {
+            assert!(!leader.ensure().await);
+        }
+        let text = logs.text();
+        assert_eq!(
+            text.matches("cannot open the leader connection").count(),
+            1,
+            "{text}"
+        );
     }
 }

@@ -55,7 +55,7 @@ pub struct Settings {
 }
 
 fn td(d: crate::config::HumanDuration) -> TimeDelta {
-    TimeDelta::from_std(d.0).unwrap_or(TimeDelta::MAX)
+    d.delta()
 }
 
 impl Settings {

@@ -25,12 +25,15 @@ pub enum DropReason {
     OwnClient,
     /// A new device beyond `devices.max_devices`.
     DeviceCap,
+    /// A `connect_failed` of a client that is not a device, beyond
+    /// `presence.unknown_failed_clients` new clients per window.
+    UnknownClientCap,
     /// The database refused or failed the write; the message is not acknowledged.
     StoreFailed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Oversized,
         DropReason::NotUtf8,
         DropReason::MalformedJson,
@@ -41,6 +44,7 @@ impl DropReason {
         DropReason::UnknownEventType,
         DropReason::OwnClient,
         DropReason::DeviceCap,
+        DropReason::UnknownClientCap,
         DropReason::StoreFailed,
     ];
 
@@ -56,6 +60,7 @@ impl DropReason {
             DropReason::UnknownEventType => "unknown_event_type",
             DropReason::OwnClient => "own_client",
             DropReason::DeviceCap => "device_cap",
+            DropReason::UnknownClientCap => "unknown_client_cap",
             DropReason::StoreFailed => "store_failed",
         }
     }

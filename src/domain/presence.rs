@@ -8,6 +8,11 @@
 //! 2. otherwise the higher `versionNumber` wins;
 //! 3. at equal versions a disconnect beats the connect it ends.
 //!
+//! Every timestamp in this rule is an event's *ordering timestamp* ([`order_timestamp`]): its
+//! AWS timestamp, but at most its arrival time plus a small skew (`presence.max_clock_skew`).
+//! AWS stamps lifecycle events itself, so one far ahead of our clock is forged or broken; taken
+//! at face value it would beat every genuine event for up to a day under rule 1.
+//!
 //! §2a is silent on complete ties (equal versions, same event type, e.g. two sessions of a
 //! duplicated client ID); we break them by the later timestamp, then the larger session
 //! identifier, so that the result does not depend on arrival order. The SQL upsert in
@@ -97,15 +102,16 @@ impl PresenceEvent {
         self.version_number.unwrap_or(-1)
     }
 
-    /// The connectivity this event asserts, if it is a connect or disconnect.
-    pub fn ordering(&self) -> Option<Ordering> {
+    /// The connectivity this event asserts, if it is a connect or disconnect, as it counts when
+    /// it arrived at `received_at`.
+    pub fn ordering(&self, received_at: DateTime<Utc>, max_skew: TimeDelta) -> Option<Ordering> {
         let connected = match self.event_type {
             EventType::Connected => true,
             EventType::Disconnected => false,
             EventType::ConnectFailed => return None,
         };
         Some(Ordering {
-            timestamp: self.timestamp,
+            timestamp: order_timestamp(self.timestamp, received_at, max_skew),
             version: self.version_key(),
             connected,
             session: self.session_key(),
@@ -113,9 +119,20 @@ impl PresenceEvent {
     }
 }
 
+/// The timestamp an event counts with for ordering: AWS's, but no later than its arrival on our
+/// clock plus `max_skew`. Mirrored by `presence_order_ts()` in SQL; a test holds them together.
+pub fn order_timestamp(
+    timestamp: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+    max_skew: TimeDelta,
+) -> DateTime<Utc> {
+    timestamp.min(received_at + max_skew)
+}
+
 /// The fields of an event that decide which is newest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ordering {
+    /// The ordering timestamp ([`order_timestamp`]), not necessarily AWS's.
     pub timestamp: DateTime<Utc>,
     pub version: i64,
     pub connected: bool,
@@ -291,7 +308,7 @@ mod tests {
         let e = parse(failed, now()).unwrap();
         assert_eq!(e.event_type, EventType::ConnectFailed);
         assert_eq!(e.session_key(), "ts:1764244800000");
-        assert!(e.ordering().is_none());
+        assert!(e.ordering(now(), TimeDelta::minutes(5)).is_none());
     }
 
     #[test]
@@ -354,6 +371,61 @@ mod tests {
         assert!(!o(0, 4, true, "s1").is_newer(&o(0, 4, false, "s1")));
         // an identical event is never newer than itself (duplicates change nothing)
         assert!(!o(0, 4, true, "s1").is_newer(&o(0, 4, true, "s1")));
+    }
+
+    #[test]
+    fn a_timestamp_far_ahead_of_arrival_counts_as_arrival_plus_skew() {
+        let skew = TimeDelta::minutes(5);
+        let arrived = now();
+        let ev = |ts: DateTime<Utc>, version: i64, kind: EventType, session: &str| PresenceEvent {
+            client_id: "c".into(),
+            thing_name: None,
+            timestamp: ts,
+            event_type: kind,
+            session_identifier: Some(session.into()),
+            principal_identifier: None,
+            ip_address: None,
+            version_number: Some(version),
+            client_initiated_disconnect: None,
+            disconnect_reason: None,
+            connect_failure_reason: None,
+        };
+        // Within the skew (AWS's clock a little ahead of ours) nothing changes.
+        let early = ev(
+            arrived + TimeDelta::minutes(3),
+            1,
+            EventType::Connected,
+            "s1",
+        );
+        assert_eq!(
+            early.ordering(arrived, skew).unwrap().timestamp,
+            early.timestamp
+        );
+        // A forged disconnect dated 23 h ahead counts as arrived + 5 min...
+        let forged = ev(
+            arrived + TimeDelta::hours(23),
+            0,
+            EventType::Disconnected,
+            "x",
+        );
+        let f = forged.ordering(arrived, skew).unwrap();
+        assert_eq!(f.timestamp, arrived + skew);
+        // ...so the genuine connect 40 minutes later (a new session) beats it, which under the
+        // unbounded rule it could not for 23 hours.
+        let later = arrived + TimeDelta::minutes(40);
+        let genuine = ev(later, 1, EventType::Connected, "s2")
+            .ordering(later, skew)
+            .unwrap();
+        assert!(genuine.is_newer(&f));
+        let unbounded = ev(
+            arrived + TimeDelta::hours(23),
+            0,
+            EventType::Disconnected,
+            "x",
+        )
+        .ordering(arrived, TimeDelta::days(2))
+        .unwrap();
+        assert!(!genuine.is_newer(&unbounded), "the defect this bound fixes");
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub struct IngestContext {
     pub clock: SharedClock,
     pub identity: Arc<Identity>,
     pub registry: Arc<DeviceRegistry>,
+    /// Admission of unknown clients' `connect_failed` events (`presence.unknown_failed_*`).
+    pub unknown_failures: Arc<registry::UnknownFailures>,
+    /// How far ahead of arrival a presence timestamp counts (`presence.max_clock_skew`).
+    pub presence_max_skew: chrono::TimeDelta,
     pub buffer: Arc<TelemetryBuffer>,
     pub format: Arc<TelemetryFormat>,
     pub presence_filters: Arc<[String]>,
@@ -90,6 +94,11 @@ impl IngestContext {
             clock,
             identity: Arc::new(Identity::from_config(cfg)),
             registry,
+            unknown_failures: Arc::new(registry::UnknownFailures::new(
+                cfg.presence.unknown_failed_clients,
+                cfg.presence.unknown_failed_window.delta(),
+            )),
+            presence_max_skew: cfg.presence.max_clock_skew.delta(),
             format: Arc::new(format),
             presence_filters: cfg.mqtt.presence_topics.clone().into(),
             telemetry_filters: cfg.mqtt.telemetry_topics.clone().into(),

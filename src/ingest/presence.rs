@@ -70,8 +70,15 @@ pub async fn process(
         ClientIdentity::Device(d) => d,
     };
     // connect_failed is stored but never creates a device: scanners would flood the table.
+    // Those of clients that are not devices are stored only within a global budget.
     let (device_id, created) = if ev.event_type == EventType::ConnectFailed {
-        (ctx.registry.is_known(&device).then_some(device), false)
+        if ctx.registry.is_known(&device) {
+            (Some(device), false)
+        } else if ctx.unknown_failures.admit(&device, received_at) {
+            (None, false)
+        } else {
+            return Outcome::Dropped(DropReason::UnknownClientCap);
+        }
     } else {
         match ctx.registry.admit(&device) {
             Admission::Known => (Some(device), false),
@@ -91,6 +98,7 @@ pub async fn process(
             device_id.as_deref(),
             group.as_deref(),
             received_at,
+            ctx.presence_max_skew,
         )
         .await
         {

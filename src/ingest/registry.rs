@@ -2,10 +2,15 @@
 //! device cap of DESIGN.md §2a can be enforced without a query per message. Rebuilt from
 //! Postgres at start. With several replicas each keeps its own view, so the cap can be
 //! overshot by at most what the others created since they started.
+//!
+//! [`UnknownFailures`] bounds what clients that are not devices can make us store: their
+//! `connect_failed` events never create a device, but each one is a row, and a scanner cycling
+//! through random client IDs once stored one row per attempt.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +68,112 @@ impl DeviceRegistry {
     }
 }
 
+/// Admission of `connect_failed` events from clients that are not devices.
+///
+/// The contract:
+/// - At most `per_window` *new* client IDs are admitted per window (fixed windows of
+///   `window` on our clock, across the whole replica); beyond that a new client's events are
+///   refused, to be counted and dropped.
+/// - A client admitted before stays admitted while it keeps failing: as long as its previous
+///   event was less than `window` ago. So a misconfigured unit that fails every few seconds
+///   reaches the per-client `auth_failure` threshold even while a scanner floods us with random
+///   IDs, and a scanner's IDs, each seen once, stop costing rows after `per_window` of them.
+/// - Memory holds at most the clients admitted in the last two windows, plus those still
+///   failing.
+pub struct UnknownFailures {
+    per_window: usize,
+    window: TimeDelta,
+    state: Mutex<UnknownState>,
+}
+
+#[derive(Default)]
+struct UnknownState {
+    window_start: Option<DateTime<Utc>>,
+    admitted_in_window: usize,
+    /// Admitted clients and when each last failed.
+    last_seen: HashMap<String, DateTime<Utc>>,
+}
+
+impl UnknownFailures {
+    pub fn new(per_window: usize, window: TimeDelta) -> Self {
+        Self {
+            per_window,
+            window,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Whether to store a `connect_failed` of unknown client `client` arriving at `now`.
+    pub fn admit(&self, client: &str, now: DateTime<Utc>) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let roll = st
+            .window_start
+            .is_none_or(|start| now < start || now - start >= self.window);
+        if roll {
+            st.window_start = Some(now);
+            st.admitted_in_window = 0;
+            let window = self.window;
+            st.last_seen.retain(|_, seen| now - *seen < window);
+        }
+        if let Some(seen) = st.last_seen.get_mut(client) {
+            if now - *seen < self.window {
+                *seen = (*seen).max(now);
+                return true;
+            }
+        }
+        if st.admitted_in_window < self.per_window {
+            st.admitted_in_window += 1;
+            st.last_seen.insert(client.to_string(), now);
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn unknown_failures_cap_new_clients_per_window_but_keep_failing_ones() {
+        let g = UnknownFailures::new(3, TimeDelta::minutes(10));
+        // a misconfigured unit fails every 30 s throughout
+        assert!(g.admit("bad-cert", at(0)));
+        // a scanner's random IDs: two more fit in this window, the rest do not
+        let admitted = (0..1000)
+            .filter(|i| g.admit(&format!("scan-{i}"), at(1 + i / 100)))
+            .count();
+        assert_eq!(admitted, 2);
+        for k in 1..20 {
+            assert!(
+                g.admit("bad-cert", at(30 * k)),
+                "still failing at {}s",
+                30 * k
+            );
+        }
+        // a new window admits new clients again; the scanner's old IDs are forgotten
+        assert!(g.admit("scan-999", at(601)));
+        assert!(
+            g.admit("scan-0", at(602)),
+            "seen once, 10 min ago: new again"
+        );
+        assert!(g.admit("scan-1", at(603)));
+        assert!(!g.admit("scan-2", at(604)));
+        // the window is full, and the failing unit is still let in
+        assert!(g.admit("bad-cert", at(630)));
+        let len = g.state.lock().unwrap().last_seen.len();
+        assert_eq!(len, 4, "only recent clients are remembered");
+        // a client that stopped failing for a whole window is new again, and must find room
+        for i in 0..3 {
+            assert!(g.admit(&format!("late-{i}"), at(1230)));
+        }
+        assert!(!g.admit("bad-cert", at(1231)));
+    }
 
     #[test]
     fn cap_counts_new_devices_only() {
