@@ -842,10 +842,8 @@ impl Config {
         for (i, w) in self.webhooks.iter().enumerate() {
             let target = w.target_url();
             if !(target.starts_with("http://") || target.starts_with("https://")) {
-                bail!(
-                    "webhooks[{i}].url: expected an http:// or https:// URL, got {:?}",
-                    w.url
-                );
+                // Not quoting it: the URL is often the endpoint's credential.
+                bail!("webhooks[{i}].url: expected an http:// or https:// URL");
             }
             let name = w.name_at(i);
             if name.is_empty()

@@ -28,7 +28,9 @@
 //!    are not hit by every row at once), or after `Retry-After` (seconds or an HTTP date) when
 //!    a 429/503 gives one, whichever is later; never after the dead-letter deadline
 //!    (`retry_since + max_attempt_age`), where the last attempt is made, and a failure at or
-//!    past the deadline is dead.
+//!    past the deadline is dead. Error texts name the endpoint, never its URL
+//!    ([`super::redact`]): a Slack-style path or a `?key=` query is a credential, and
+//!    `last_error` is served to read-only tokens.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::formats::{self, Notification};
 use super::outbox::{self, Event};
+use super::redact::UrlRedactor;
 use super::silences;
 use crate::clock::SharedClock;
 use crate::config::{Secret, WebhookConfig, WebhookFormat};
@@ -62,7 +65,10 @@ const REMINDER_PASS: TimeDelta = TimeDelta::seconds(60);
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub name: String,
-    pub url: String,
+    /// A credential as often as not (Slack-style paths, `?key=`): never logged or stored.
+    url: Secret,
+    /// Cuts the URL out of error texts.
+    redactor: UrlRedactor,
     pub format: WebhookFormat,
     secrets: Vec<Secret>,
     routing_key: Option<Secret>,
@@ -80,9 +86,11 @@ fn td(d: Duration) -> TimeDelta {
 
 impl Endpoint {
     pub fn from_config(index: usize, w: &WebhookConfig) -> anyhow::Result<Self> {
+        let name = w.name_at(index);
         Ok(Self {
-            name: w.name_at(index),
-            url: w.target_url().to_string(),
+            redactor: UrlRedactor::new(&name, w.target_url()),
+            name,
+            url: Secret::new(w.target_url()),
             format: w.format,
             secrets: w
                 .signing_secrets()
@@ -590,8 +598,33 @@ async fn finish(
     Ok(())
 }
 
-/// One signed POST.
+/// One signed POST. Every error text in the result is redacted: it names the endpoint, never
+/// its URL.
 async fn send(client: &reqwest::Client, e: &Endpoint, c: &Claimed, now: DateTime<Utc>) -> Attempt {
+    match attempt(client, e, c, now).await {
+        Attempt::Retry {
+            status,
+            error,
+            retry_after,
+        } => Attempt::Retry {
+            status,
+            error: e.redactor.redact(&error),
+            retry_after,
+        },
+        Attempt::Fatal { status, error } => Attempt::Fatal {
+            status,
+            error: e.redactor.redact(&error),
+        },
+        delivered => delivered,
+    }
+}
+
+async fn attempt(
+    client: &reqwest::Client,
+    e: &Endpoint,
+    c: &Claimed,
+    now: DateTime<Utc>,
+) -> Attempt {
     let body = formats::render(
         e.format,
         &Notification {
@@ -603,7 +636,7 @@ async fn send(client: &reqwest::Client, e: &Endpoint, c: &Claimed, now: DateTime
         e.routing_key.as_ref().map(Secret::expose),
     );
     let mut req = client
-        .post(&e.url)
+        .post(e.url.expose())
         .timeout(e.timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("Fleetwatch-Delivery", &c.delivery_id)
@@ -621,9 +654,16 @@ async fn send(client: &reqwest::Client, e: &Endpoint, c: &Claimed, now: DateTime
             } else {
                 "request failed"
             };
+            // reqwest's message carries the URL: drop it, name the endpoint instead (the
+            // causes go through the redactor like every error text, in case one repeats it).
+            let causes = sources(&err);
             return Attempt::Retry {
                 status: None,
-                error: format!("{kind}: {}", error_chain(&err)),
+                error: format!(
+                    "{kind}: {} to endpoint {}{causes}",
+                    err.without_url(),
+                    e.name,
+                ),
                 retry_after: None,
             };
         }
@@ -676,8 +716,9 @@ async fn head_of_body(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
     out
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+/// `: source: its source…`, the causes below an error.
+fn sources(e: &dyn std::error::Error) -> String {
+    let mut s = String::new();
     let mut src = e.source();
     while let Some(inner) = src {
         s.push_str(": ");
