@@ -319,6 +319,9 @@ pub struct WebhookConfig {
     /// of at most `backoff_max`.
     pub backoff_min: HumanDuration,
     pub backoff_max: HumanDuration,
+    /// Requests in flight to this endpoint at once, at most. Endpoints are independent: a slow
+    /// or hanging receiver ties up only its own.
+    pub max_in_flight: usize,
 }
 
 /// The body format of a webhook endpoint.
@@ -386,6 +389,7 @@ impl Default for WebhookConfig {
             max_attempt_age: dur("24h"),
             backoff_min: dur("10s"),
             backoff_max: dur("1h"),
+            max_in_flight: 4,
         }
     }
 }
@@ -882,10 +886,8 @@ impl Config {
         for (i, w) in self.webhooks.iter().enumerate() {
             let target = w.target_url();
             if !(target.starts_with("http://") || target.starts_with("https://")) {
-                bail!(
-                    "webhooks[{i}].url: expected an http:// or https:// URL, got {:?}",
-                    w.url
-                );
+                // Not quoting it: the URL is often the endpoint's credential.
+                bail!("webhooks[{i}].url: expected an http:// or https:// URL");
             }
             let name = w.name_at(i);
             if name.is_empty()
@@ -923,6 +925,12 @@ impl Config {
                 if d.0.is_zero() {
                     bail!("webhooks[{i}].{k}: expected a positive duration");
                 }
+            }
+            if !(1..=64).contains(&w.max_in_flight) {
+                bail!(
+                    "webhooks[{i}].max_in_flight: expected a number from 1 to 64, got {}",
+                    w.max_in_flight
+                );
             }
             if w.backoff_min > w.backoff_max {
                 bail!("webhooks[{i}].backoff_min: expected no more than webhooks[{i}].backoff_max");

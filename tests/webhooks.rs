@@ -942,7 +942,10 @@ async fn endpoint_filters(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn nothing_lost_under_a_flaky_receiver(pool: PgPool) {
     let mut rx = Receiver::start().await;
-    let (w, clock) = setup(&pool, &[endpoint("ops", rx.url("/"))]).await;
+    let mut hook = endpoint("ops", rx.url("/"));
+    // every due row in one pass, so that each receiver mode is met by all of them
+    hook.max_in_flight = 32;
+    let (w, clock) = setup(&pool, &[hook]).await;
     let mut ids = Vec::new();
     for i in 0..12 {
         let subject = format!("scr-{i}");
@@ -1061,6 +1064,18 @@ fn webhook_config_validates_with_key_names() {
         err("[[webhooks]]\nurl = \"http://x\"\nbackoff_min = \"2h\"\n")
             .contains("webhooks[0].backoff_min")
     );
+    for n in [0, 65] {
+        assert!(err(&format!(
+            "[[webhooks]]\nurl = \"http://x\"\nmax_in_flight = {n}\n"
+        ))
+        .contains("webhooks[0].max_in_flight"));
+    }
+    // the URL may be the credential: a configuration error does not quote it
+    let e = err("[[webhooks]]\nurl = \"hooks.example.com/services/T0/B0/secret-token\"\n");
+    assert!(
+        e.contains("webhooks[0].url") && !e.contains("secret-token"),
+        "{e}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("s");
@@ -1084,12 +1099,14 @@ fn webhook_config_validates_with_key_names() {
         max_attempt_age = "12h"
         backoff_min = "5s"
         backoff_max = "30m"
+        max_in_flight = 8
         "#,
         secret.display()
     ))
     .unwrap();
     let w = &c.webhooks[0];
     assert_eq!(w.target_url(), "https://events.pagerduty.com/v2/enqueue");
+    assert_eq!(w.max_in_flight, 8);
     let s: Vec<String> = w
         .signing_secrets()
         .unwrap()
@@ -1105,6 +1122,7 @@ fn webhook_config_validates_with_key_names() {
     assert_eq!(d.max_attempt_age, secs(24 * 3600));
     assert_eq!((d.backoff_min, d.backoff_max), (secs(10), secs(3600)));
     assert!(d.send_resolved && d.send_reminders);
+    assert_eq!(d.max_in_flight, 4);
     assert_eq!(d.format, WebhookFormat::Native);
 }
 
@@ -1165,4 +1183,113 @@ async fn the_service_runs_the_worker(pool: PgPool) {
     let t = sig_t(c);
     assert!((Utc::now().timestamp() - t).abs() < 10);
     app.shutdown().await.unwrap();
+}
+
+/// A receiver that hangs holds only its own slots: another endpoint's deliveries go out within a
+/// poll interval, as if the hanging one were not there (before: every pass waited for the
+/// slowest send, so they waited for its 10 s timeout). At most `max_in_flight` requests hang at
+/// once; on shutdown the hanging sends are dropped after the grace period and their rows stay
+/// leased, to come back when the lease ends.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_hanging_receiver_delays_nobody_else(pool: PgPool) {
+    let good = Receiver::start().await;
+    let hanging = Receiver::start().await;
+    hanging.set(Mode::Slow(Duration::from_secs(600)));
+    let mut slow = endpoint("hanging", hanging.url("/"));
+    slow.timeout = secs(10);
+    slow.max_in_flight = 2;
+    let hooks = [endpoint("good", good.url("/")), slow];
+    let (mut w, _) = setup(&pool, &hooks).await;
+    w.shutdown_grace = Duration::from_millis(200);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(fleetwatch::alerts::webhook::run(
+        Arc::new(w),
+        Arc::new(fleetwatch::clock::SystemClock),
+        cancel.clone(),
+    ));
+
+    let delivered_within = |ids: Vec<i64>| {
+        let good = &good;
+        async move {
+            let fired = tokio::time::Instant::now();
+            loop {
+                let seen: Vec<Value> = good
+                    .accepted()
+                    .iter()
+                    .map(|c| c.json()["alert"]["id"].clone())
+                    .collect();
+                if ids.iter().all(|id| seen.contains(&json!(id))) {
+                    return fired.elapsed();
+                }
+                assert!(fired.elapsed() < Duration::from_secs(15), "never delivered");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // the first alert: both endpoints get it, the hanging one never answers
+    let first = fire(&pool, Utc::now(), Kind::Throttled, "c-0", None, None).await;
+    let took = delivered_within(vec![first]).await;
+    assert!(took < Duration::from_secs(2), "alone: {took:?}");
+    // more alerts while the hanging receiver holds the first one
+    let mut more = Vec::new();
+    for i in 1..4 {
+        more.push(
+            fire(
+                &pool,
+                Utc::now(),
+                Kind::Throttled,
+                &format!("c-{i}"),
+                None,
+                None,
+            )
+            .await,
+        );
+    }
+    let took = delivered_within(more).await;
+    assert!(
+        took < Duration::from_secs(2),
+        "beside a hanging receiver: {took:?}"
+    );
+    assert_eq!(good.accepted().len(), 4);
+
+    // the hanging endpoint: max_in_flight requests open, the other rows waiting their turn
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while hanging.captured().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "second slot unused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(hanging.captured().len(), 2, "at most max_in_flight at once");
+    let hanging_rows = || async {
+        rows(&pool)
+            .await
+            .into_iter()
+            .filter(|r| r.endpoint == "hanging")
+            .map(|r| (r.status, r.attempts))
+            .collect::<Vec<_>>()
+    };
+    let p = || "pending".to_string();
+    assert_eq!(
+        hanging_rows().await,
+        [(p(), 1), (p(), 1), (p(), 0), (p(), 0)]
+    );
+
+    // shutdown does not wait for the hanging sends beyond the grace period
+    let stopping = tokio::time::Instant::now();
+    cancel.cancel();
+    worker.await.unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(2), "{stopping:?}");
+    // the cut-short attempts are not recorded; their rows stay leased (attempts counted)
+    assert_eq!(
+        hanging_rows().await,
+        [(p(), 1), (p(), 1), (p(), 0), (p(), 0)]
+    );
+    let recorded: i64 = sqlx::query_scalar(
+        r#"select count(*) from delivery_attempts a join notifications n
+           on n.id = a.notification_id where n.endpoint = 'hanging'"#,
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 0);
 }

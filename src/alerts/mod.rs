@@ -5,6 +5,7 @@
 pub mod formats;
 pub mod lifecycle;
 pub mod outbox;
+pub mod redact;
 pub mod silences;
 pub mod webhook;
 

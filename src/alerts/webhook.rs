@@ -11,24 +11,38 @@
 //!    knows what each endpoint was actually told and when. Silenced alerts get none.
 //!    **Silences ended.** Endpoints that a silence kept uninformed are brought up to date once
 //!    ([`super::silences::catch_up`]): a firing, or a resolution, due at once.
-//! 2. **Claim** with `for update skip locked` the due pending rows that are the oldest pending
-//!    row of their (alert, endpoint): a resolution can never overtake its firing, even while
-//!    the firing is being retried. Only rows of endpoints this worker is configured with are
-//!    claimed (during a rolling deploy an old replica leaves a new endpoint's rows alone). Each claimed row is first checked against what happened
-//!    since it was written (see [`decide`]; a row never attempted whose alert a silence
-//!    now matches is superseded, naming the silence); rows still worth sending get a lease (their
+//! 2. **Claim**, per endpoint, as many due rows as the endpoint has free slots (at most its
+//!    `max_in_flight` sends are in flight at once), with `for update skip locked`, oldest first,
+//!    each the oldest pending row of its (alert, endpoint): a resolution can never overtake its
+//!    firing, even while the firing is being retried. Only rows of endpoints this worker is
+//!    configured with are claimed (during a rolling deploy an old replica leaves a new
+//!    endpoint's rows alone). Each claimed row is first checked against what happened since it
+//!    was written (see [`decide`]; a row never attempted whose alert a silence now matches is
+//!    superseded, naming the silence); rows still worth sending get a lease (their
 //!    `next_attempt_at` moves past the request timeout) and `attempts + 1`, and the claiming
 //!    transaction commits before any HTTP request, so no transaction stays open across the
-//!    network and a crashed worker's rows come back when their lease ends.
-//! 3. **Deliver** concurrently (one request per claimed row), then record each attempt in
-//!    `delivery_attempts` and move the row on: 2xx → delivered; timeout, connection error,
-//!    408, 429 and 5xx → retried; other statuses (3xx included: redirects are not followed)
-//!    → dead. A retry is due after a delay drawn uniformly between `backoff_min` and
-//!    `min(backoff_max, backoff_min × 2^(attempts−1))` (jitter, so that endpoints coming back
-//!    are not hit by every row at once), or after `Retry-After` (seconds or an HTTP date) when
-//!    a 429/503 gives one, whichever is later; never after the dead-letter deadline
-//!    (`retry_since + max_attempt_age`), where the last attempt is made, and a failure at or
-//!    past the deadline is dead.
+//!    network and a crashed worker's rows come back when their lease ends. Superseded and dead
+//!    rows take no slot: the endpoint claims again until its slots are taken or nothing is due.
+//! 3. **Deliver** each leased row on its own task, which holds one of its endpoint's slots until
+//!    the attempt is recorded in `delivery_attempts` and the row moved on: 2xx → delivered;
+//!    timeout, connection error, 408, 429 and 5xx → retried; other statuses (3xx included:
+//!    redirects are not followed) → dead. A retry is due after a delay drawn uniformly between
+//!    `backoff_min` and `min(backoff_max, backoff_min × 2^(attempts−1))` (jitter, so that
+//!    endpoints coming back are not hit by every row at once), or after `Retry-After` (seconds
+//!    or an HTTP date) when a 429/503 gives one, whichever is later; never after the
+//!    dead-letter deadline (`retry_since + max_attempt_age`), where the last attempt is made,
+//!    and a failure at or past the deadline is dead. Error texts name the endpoint, never its
+//!    URL ([`super::redact`]): a Slack-style path or a `?key=` query is a credential, and
+//!    `last_error` is served to read-only tokens.
+//!
+//! **Endpoints are independent.** [`run`] never waits for a send: it claims again for an
+//! endpoint as soon as one of its sends ends, and for every endpoint at least every [`POLL`]. A
+//! receiver that hangs holds only its own `max_in_flight` slots (each until its `timeout`);
+//! every other endpoint's deliveries go on as if it were not there. [`Worker::tick`] (tests,
+//! tools) is one pass of all three steps that waits for the sends it started. On shutdown
+//! [`run`] stops claiming and gives the sends in flight [`Worker::shutdown_grace`] to end; the
+//! rest are dropped and their rows come back when their lease ends (same delivery id: a
+//! receiver that got the request drops the duplicate).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,18 +53,23 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng;
 use serde_json::Value;
 use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::formats::{self, Notification};
 use super::outbox::{self, Event};
+use super::redact::UrlRedactor;
 use super::silences;
 use crate::clock::SharedClock;
 use crate::config::{Secret, WebhookConfig, WebhookFormat};
+use crate::logging::RateLimitedWarn;
 
-/// Most rows claimed per tick.
-pub const BATCH: i64 = 64;
-/// How often an idle worker looks for due rows.
+/// How often the worker looks for due rows of every endpoint (and writes reminders, and
+/// catches up after silences); an endpoint whose send ends is looked at again at once.
 pub const POLL: Duration = Duration::from_secs(1);
+/// How long [`run`] lets sends in flight finish after it was cancelled.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A claimed row's lease beyond its request timeout.
 const LEASE_MARGIN: TimeDelta = TimeDelta::seconds(60);
 /// Response bodies kept in `last_error`, at most (characters; bytes read: four times that).
@@ -62,7 +81,10 @@ const REMINDER_PASS: TimeDelta = TimeDelta::seconds(60);
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub name: String,
-    pub url: String,
+    /// A credential as often as not (Slack-style paths, `?key=`): never logged or stored.
+    url: Secret,
+    /// Cuts the URL out of error texts.
+    redactor: UrlRedactor,
     pub format: WebhookFormat,
     secrets: Vec<Secret>,
     routing_key: Option<Secret>,
@@ -72,6 +94,8 @@ pub struct Endpoint {
     pub max_attempt_age: TimeDelta,
     pub backoff_min: TimeDelta,
     pub backoff_max: TimeDelta,
+    /// Sends in flight at once, at most.
+    pub max_in_flight: usize,
 }
 
 fn td(d: Duration) -> TimeDelta {
@@ -80,9 +104,11 @@ fn td(d: Duration) -> TimeDelta {
 
 impl Endpoint {
     pub fn from_config(index: usize, w: &WebhookConfig) -> anyhow::Result<Self> {
+        let name = w.name_at(index);
         Ok(Self {
-            name: w.name_at(index),
-            url: w.target_url().to_string(),
+            redactor: UrlRedactor::new(&name, w.target_url()),
+            name,
+            url: Secret::new(w.target_url()),
             format: w.format,
             secrets: w
                 .signing_secrets()
@@ -94,6 +120,7 @@ impl Endpoint {
             max_attempt_age: td(w.max_attempt_age.0),
             backoff_min: td(w.backoff_min.0),
             backoff_max: td(w.backoff_max.0),
+            max_in_flight: w.max_in_flight.max(1),
         })
     }
 
@@ -128,14 +155,43 @@ pub struct Outcome {
     pub superseded: usize,
 }
 
+impl std::ops::AddAssign for Outcome {
+    fn add_assign(&mut self, o: Outcome) {
+        self.reminders += o.reminders;
+        self.caught_up += o.caught_up;
+        self.claimed += o.claimed;
+        self.delivered += o.delivered;
+        self.retried += o.retried;
+        self.dead += o.dead;
+        self.superseded += o.superseded;
+    }
+}
+
 /// The worker's handles: the pool, the endpoints and one shared HTTP client.
 pub struct Worker {
     pool: PgPool,
-    endpoints: BTreeMap<String, Arc<Endpoint>>,
+    /// One per configured endpoint, by name.
+    lanes: BTreeMap<String, Lane>,
     client: reqwest::Client,
-    pub batch: i64,
+    /// How long [`run`] lets sends in flight finish once cancelled ([`SHUTDOWN_GRACE`]).
+    pub shutdown_grace: Duration,
     /// When the last reminder pass ran.
     reminded_at: std::sync::Mutex<Option<DateTime<Utc>>>,
+}
+
+/// An endpoint and its slots: one permit per send in flight, `max_in_flight` in all. The
+/// slots are what keeps endpoints independent: a hanging receiver exhausts its own, nobody
+/// else's.
+struct Lane {
+    endpoint: Arc<Endpoint>,
+    slots: Arc<Semaphore>,
+}
+
+/// A leased row on its way out, holding one of its endpoint's slots until it is recorded.
+struct Leased {
+    row: Claimed,
+    endpoint: Arc<Endpoint>,
+    _slot: OwnedSemaphorePermit,
 }
 
 /// A claimed row, with what the worker needs to decide and send.
@@ -263,10 +319,17 @@ impl Worker {
     /// pooled per host). Redirects are not followed: a webhook URL that redirects is a
     /// configuration error to see, not to paper over.
     pub fn new(pool: PgPool, hooks: &[WebhookConfig]) -> anyhow::Result<Self> {
-        let mut endpoints = BTreeMap::new();
+        let mut lanes = BTreeMap::new();
         for (i, w) in hooks.iter().enumerate() {
             let e = Endpoint::from_config(i, w)?;
-            endpoints.insert(e.name.clone(), Arc::new(e));
+            let slots = Arc::new(Semaphore::new(e.max_in_flight));
+            lanes.insert(
+                e.name.clone(),
+                Lane {
+                    endpoint: Arc::new(e),
+                    slots,
+                },
+            );
         }
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -276,50 +339,51 @@ impl Worker {
             .context("building the webhook HTTP client")?;
         Ok(Self {
             pool,
-            endpoints,
+            lanes,
             client,
-            batch: BATCH,
+            shutdown_grace: SHUTDOWN_GRACE,
             reminded_at: std::sync::Mutex::new(None),
         })
     }
 
     pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
-        self.endpoints.get(name).map(|e| &**e)
+        self.lanes.get(name).map(|l| &*l.endpoint)
     }
 
-    /// One pass: reminders, claim, deliver, record. `now` is injected.
+    /// One pass: reminders, claim, deliver, record; it waits for the sends it started (the
+    /// service runs [`run`] instead, which never does). `now` is injected.
     pub async fn tick(&self, now: DateTime<Utc>) -> anyhow::Result<Outcome> {
-        let mut out = Outcome {
+        let mut out = self.housekeeping(now).await?;
+        let mut set = JoinSet::new();
+        for lane in self.lanes.values() {
+            for leased in self.claim(lane, now, &mut out).await.context("claiming")? {
+                set.spawn(deliver(self.pool.clone(), self.client.clone(), leased, now));
+            }
+        }
+        while let Some(joined) = set.join_next().await {
+            let (_, recorded) = joined.context("a delivery task panicked")?;
+            out += recorded.context("recording an attempt")?;
+        }
+        Ok(out)
+    }
+
+    /// Reminders and the "silence ended" catch-up: rows for the claims to find.
+    async fn housekeeping(&self, now: DateTime<Utc>) -> anyhow::Result<Outcome> {
+        Ok(Outcome {
             reminders: self.reminders(now).await.context("writing reminders")?,
             caught_up: self
                 .silences_ended(now)
                 .await
                 .context("catching up after silences")?,
             ..Outcome::default()
-        };
-        let to_send = self.claim(now, &mut out).await.context("claiming")?;
-        let mut set = tokio::task::JoinSet::new();
-        for (c, e) in to_send {
-            let client = self.client.clone();
-            set.spawn(async move {
-                let started = Instant::now();
-                let result = send(&client, &e, &c, now).await;
-                (c, e, result, started.elapsed())
-            });
-        }
-        while let Some(joined) = set.join_next().await {
-            let (c, e, result, latency) = joined.context("a delivery task panicked")?;
-            self.record(&c, &e, result, latency, now, &mut out)
-                .await
-                .context("recording an attempt")?;
-        }
-        Ok(out)
+        })
     }
 
     async fn reminders(&self, now: DateTime<Utc>) -> sqlx::Result<usize> {
         let due: Vec<&Arc<Endpoint>> = self
-            .endpoints
+            .lanes
             .values()
+            .map(|l| &l.endpoint)
             .filter(|e| e.send_reminders)
             .collect();
         if due.is_empty() {
@@ -402,23 +466,62 @@ impl Worker {
         if !locked {
             return Ok(0);
         }
-        let names: Vec<String> = self.endpoints.keys().cloned().collect();
+        let names: Vec<String> = self.lanes.keys().cloned().collect();
         let n = silences::catch_up(&mut tx, &names, now).await?;
         tx.commit().await?;
         Ok(n)
     }
 
+    /// Claim one endpoint's due rows: supersede or dead-letter those no longer worth sending,
+    /// lease as many of the others as the endpoint has free slots.
     async fn claim(
         &self,
+        lane: &Lane,
         now: DateTime<Utc>,
         out: &mut Outcome,
-    ) -> sqlx::Result<Vec<(Claimed, Arc<Endpoint>)>> {
+    ) -> sqlx::Result<Vec<Leased>> {
+        let mut leased = Vec::new();
+        loop {
+            let free = lane.slots.available_permits();
+            if free == 0 {
+                return Ok(leased);
+            }
+            match self.claim_once(lane, free, now, out).await {
+                Ok((more, full)) => {
+                    leased.extend(more);
+                    // Superseded and dead rows took no slot: there may be more behind them.
+                    if !full {
+                        return Ok(leased);
+                    }
+                }
+                // What an earlier round leased is committed: send it rather than leave it to
+                // come back after its lease.
+                Err(e) if !leased.is_empty() => {
+                    tracing::warn!(endpoint = %lane.endpoint.name, error = %e, "claiming more webhook notifications failed");
+                    return Ok(leased);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One claiming transaction of at most `free` rows, committed before anything is sent;
+    /// whether it was full.
+    async fn claim_once(
+        &self,
+        lane: &Lane,
+        free: usize,
+        now: DateTime<Utc>,
+        out: &mut Outcome,
+    ) -> sqlx::Result<(Vec<Leased>, bool)> {
+        let e = &lane.endpoint;
+        let mut leased = Vec::new();
         let mut tx = self.pool.begin().await?;
         let rows: Vec<Claimed> = sqlx::query_as(&format!(
             r#"with due as (
                    select n.id from notifications n
                    where n.status = 'pending' and n.next_attempt_at <= $1
-                     and n.endpoint = any($3)
+                     and n.endpoint = $3
                      and not exists (select 1 from notifications o
                                      where o.alert_id = n.alert_id and o.endpoint = n.endpoint
                                        and o.status = 'pending' and o.id < n.id)
@@ -442,18 +545,20 @@ impl Worker {
             silenced = silences::active_match("$1")
         ))
         .bind(now)
-        .bind(self.batch)
-        .bind(self.endpoints.keys().collect::<Vec<_>>())
+        .bind(free as i64)
+        .bind(&e.name)
         .fetch_all(&mut *tx)
         .await?;
-        out.claimed = rows.len();
-        let mut to_send = Vec::new();
+        out.claimed += rows.len();
+        let full = rows.len() >= free;
         for c in rows {
-            let Some(e) = self.endpoints.get(&c.endpoint).cloned() else {
-                continue;
-            };
             match decide(&c) {
                 Decision::Send => {
+                    // Only this task takes a lane's slots, so there are `free` of them; should
+                    // one be missing after all, the row stays due, untouched.
+                    let Ok(slot) = lane.slots.clone().try_acquire_owned() else {
+                        continue;
+                    };
                     let lease = now + td(e.timeout) + LEASE_MARGIN;
                     sqlx::query(
                         r#"update notifications set attempts = attempts + 1,
@@ -463,7 +568,11 @@ impl Worker {
                     .bind(lease)
                     .execute(&mut *tx)
                     .await?;
-                    to_send.push((c, e));
+                    leased.push(Leased {
+                        row: c,
+                        endpoint: e.clone(),
+                        _slot: slot,
+                    });
                 }
                 Decision::Supersede(why) => {
                     tracing::debug!(id = c.id, alert = c.alert_id, endpoint = %c.endpoint, event = %c.event, %why, "notification superseded");
@@ -495,80 +604,97 @@ impl Worker {
             }
         }
         tx.commit().await?;
-        Ok(to_send)
+        Ok((leased, full))
     }
+}
 
-    async fn record(
-        &self,
-        c: &Claimed,
-        e: &Endpoint,
-        result: Attempt,
-        latency: Duration,
-        now: DateTime<Utc>,
-        out: &mut Outcome,
-    ) -> sqlx::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let (status, error) = match &result {
-            Attempt::Delivered(s) => (Some(*s), None),
-            Attempt::Retry { status, error, .. } => (*status, Some(error.clone())),
-            Attempt::Fatal { status, error } => (Some(*status), Some(error.clone())),
-        };
-        sqlx::query(
-            r#"insert into delivery_attempts (notification_id, at, status_code, latency_ms, error)
-               values ($1, $2, $3, $4, $5)"#,
-        )
-        .bind(c.id)
-        .bind(now)
-        .bind(status.map(i32::from))
-        .bind(i64::try_from(latency.as_millis()).unwrap_or(i64::MAX))
-        .bind(&error)
-        .execute(&mut *tx)
-        .await?;
-        match result {
-            Attempt::Delivered(_) => {
-                sqlx::query(
-                    r#"update notifications set status = 'delivered', delivered_at = $2,
-                           finished_at = $2, last_error = null where id = $1"#,
-                )
-                .bind(c.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                out.delivered += 1;
-            }
-            Attempt::Fatal { error, .. } => {
-                tracing::warn!(id = c.id, endpoint = %e.name, %error, "webhook refused; dead-lettered");
+/// Send one leased row and record the attempt; the endpoint's slot is held until then.
+/// Returns the endpoint's name, so that [`run`] knows whose slot came free.
+async fn deliver(
+    pool: PgPool,
+    client: reqwest::Client,
+    leased: Leased,
+    now: DateTime<Utc>,
+) -> (String, sqlx::Result<Outcome>) {
+    let Leased { row, endpoint, .. } = &leased;
+    let started = Instant::now();
+    let result = send(&client, endpoint, row, now).await;
+    let recorded = record(&pool, row, endpoint, result, started.elapsed(), now).await;
+    (endpoint.name.clone(), recorded)
+}
+
+/// Record an attempt and move the row on.
+async fn record(
+    pool: &PgPool,
+    c: &Claimed,
+    e: &Endpoint,
+    result: Attempt,
+    latency: Duration,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Outcome> {
+    let mut out = Outcome::default();
+    let mut tx = pool.begin().await?;
+    let (status, error) = match &result {
+        Attempt::Delivered(s) => (Some(*s), None),
+        Attempt::Retry { status, error, .. } => (*status, Some(error.clone())),
+        Attempt::Fatal { status, error } => (Some(*status), Some(error.clone())),
+    };
+    sqlx::query(
+        r#"insert into delivery_attempts (notification_id, at, status_code, latency_ms, error)
+           values ($1, $2, $3, $4, $5)"#,
+    )
+    .bind(c.id)
+    .bind(now)
+    .bind(status.map(i32::from))
+    .bind(i64::try_from(latency.as_millis()).unwrap_or(i64::MAX))
+    .bind(&error)
+    .execute(&mut *tx)
+    .await?;
+    match result {
+        Attempt::Delivered(_) => {
+            sqlx::query(
+                r#"update notifications set status = 'delivered', delivered_at = $2,
+                       finished_at = $2, last_error = null where id = $1"#,
+            )
+            .bind(c.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            out.delivered += 1;
+        }
+        Attempt::Fatal { error, .. } => {
+            tracing::warn!(id = c.id, endpoint = %e.name, %error, "webhook refused; dead-lettered");
+            finish(&mut tx, c.id, "dead", &error, now).await?;
+            out.dead += 1;
+        }
+        Attempt::Retry {
+            error, retry_after, ..
+        } => {
+            let deadline = c.retry_since + e.max_attempt_age;
+            if now >= deadline {
+                tracing::warn!(id = c.id, endpoint = %e.name, %error, "webhook failing past max_attempt_age; dead-lettered");
                 finish(&mut tx, c.id, "dead", &error, now).await?;
                 out.dead += 1;
-            }
-            Attempt::Retry {
-                error, retry_after, ..
-            } => {
-                let deadline = c.retry_since + e.max_attempt_age;
-                if now >= deadline {
-                    tracing::warn!(id = c.id, endpoint = %e.name, %error, "webhook failing past max_attempt_age; dead-lettered");
-                    finish(&mut tx, c.id, "dead", &error, now).await?;
-                    out.dead += 1;
-                } else {
-                    let delay = e
-                        .backoff(c.attempts + 1)
-                        .max(retry_after.unwrap_or(TimeDelta::zero()));
-                    let next = (now + delay).min(deadline);
-                    tracing::debug!(id = c.id, endpoint = %e.name, %error, %next, "webhook failed; will retry");
-                    sqlx::query(
-                        "update notifications set next_attempt_at = $2, last_error = $3 where id = $1",
-                    )
-                    .bind(c.id)
-                    .bind(next)
-                    .bind(&error)
-                    .execute(&mut *tx)
-                    .await?;
-                    out.retried += 1;
-                }
+            } else {
+                let delay = e
+                    .backoff(c.attempts + 1)
+                    .max(retry_after.unwrap_or(TimeDelta::zero()));
+                let next = (now + delay).min(deadline);
+                tracing::debug!(id = c.id, endpoint = %e.name, %error, %next, "webhook failed; will retry");
+                sqlx::query(
+                    "update notifications set next_attempt_at = $2, last_error = $3 where id = $1",
+                )
+                .bind(c.id)
+                .bind(next)
+                .bind(&error)
+                .execute(&mut *tx)
+                .await?;
+                out.retried += 1;
             }
         }
-        tx.commit().await
     }
+    tx.commit().await?;
+    Ok(out)
 }
 
 async fn finish(
@@ -590,8 +716,33 @@ async fn finish(
     Ok(())
 }
 
-/// One signed POST.
+/// One signed POST. Every error text in the result is redacted: it names the endpoint, never
+/// its URL.
 async fn send(client: &reqwest::Client, e: &Endpoint, c: &Claimed, now: DateTime<Utc>) -> Attempt {
+    match attempt(client, e, c, now).await {
+        Attempt::Retry {
+            status,
+            error,
+            retry_after,
+        } => Attempt::Retry {
+            status,
+            error: e.redactor.redact(&error),
+            retry_after,
+        },
+        Attempt::Fatal { status, error } => Attempt::Fatal {
+            status,
+            error: e.redactor.redact(&error),
+        },
+        delivered => delivered,
+    }
+}
+
+async fn attempt(
+    client: &reqwest::Client,
+    e: &Endpoint,
+    c: &Claimed,
+    now: DateTime<Utc>,
+) -> Attempt {
     let body = formats::render(
         e.format,
         &Notification {
@@ -603,7 +754,7 @@ async fn send(client: &reqwest::Client, e: &Endpoint, c: &Claimed, now: DateTime
         e.routing_key.as_ref().map(Secret::expose),
     );
     let mut req = client
-        .post(&e.url)
+        .post(e.url.expose())
         .timeout(e.timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("Fleetwatch-Delivery", &c.delivery_id)
@@ -621,9 +772,16 @@ async fn send(client: &reqwest::Client, e: &Endpoint, c: &Claimed, now: DateTime
             } else {
                 "request failed"
             };
+            // reqwest's message carries the URL: drop it, name the endpoint instead (the
+            // causes go through the redactor like every error text, in case one repeats it).
+            let causes = sources(&err);
             return Attempt::Retry {
                 status: None,
-                error: format!("{kind}: {}", error_chain(&err)),
+                error: format!(
+                    "{kind}: {} to endpoint {}{causes}",
+                    err.without_url(),
+                    e.name,
+                ),
                 retry_after: None,
             };
         }
@@ -676,8 +834,9 @@ async fn head_of_body(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
     out
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+/// `: source: its source…`, the causes below an error.
+fn sources(e: &dyn std::error::Error) -> String {
+    let mut s = String::new();
     let mut src = e.source();
     while let Some(inner) = src {
         s.push_str(": ");
@@ -687,40 +846,123 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The worker task: tick, and when a tick found a full batch go again at once, otherwise sleep
-/// [`POLL`]. Tick errors (Postgres blinking) are logged and retried; the sleep is cancellable.
+/// The worker task. Every endpoint is claimed for every [`POLL`] (after the reminders and the
+/// silence catch-up), and an endpoint again as soon as one of its sends ends, so a backlog
+/// drains at `max_in_flight` requests at a time; sends run on their own tasks and this loop
+/// never waits for one. Errors (Postgres blinking) are logged, rate-limited, and retried on
+/// the next pass; a row whose attempt could not be recorded comes back when its lease ends.
 /// Every replica may run it: claims use `skip locked`.
 pub async fn run(worker: Arc<Worker>, clock: SharedClock, cancel: CancellationToken) {
-    if worker.endpoints.is_empty() {
+    if worker.lanes.is_empty() {
         return;
     }
+    let warn = RateLimitedWarn::new(Duration::from_secs(10));
+    let mut in_flight = JoinSet::new();
+    // What happened since the last log line: one line per POLL at most.
+    let mut done = Outcome::default();
+    let mut next_pass = tokio::time::Instant::now();
+    // The endpoint whose send just ended: it gets a claim before the next full pass.
+    let mut freed: Option<String> = None;
     loop {
-        let full = match worker.tick(clock.now()).await {
-            Ok(o) => {
-                if o.delivered + o.dead + o.retried > 0 {
-                    tracing::info!(
-                        delivered = o.delivered,
-                        retried = o.retried,
-                        dead = o.dead,
-                        superseded = o.superseded,
-                        reminders = o.reminders,
-                        "webhook deliveries"
-                    );
-                }
-                o.claimed as i64 >= worker.batch
+        let now = clock.now();
+        let full_pass = tokio::time::Instant::now() >= next_pass;
+        if full_pass {
+            next_pass = tokio::time::Instant::now() + POLL;
+            match worker.housekeeping(now).await {
+                Ok(o) => done += o,
+                Err(e) => warn.warn("webhook_housekeeping", &format_args!("{e:#}; retrying")),
             }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "webhook tick failed; retrying");
-                false
-            }
-        };
-        if full && !cancel.is_cancelled() {
-            continue;
+            log_outcome(&std::mem::take(&mut done));
         }
+        for lane in worker.lanes.values() {
+            if !full_pass && freed.as_deref() != Some(lane.endpoint.name.as_str()) {
+                continue;
+            }
+            match worker.claim(lane, now, &mut done).await {
+                Ok(leased) => {
+                    for l in leased {
+                        in_flight.spawn(deliver(
+                            worker.pool.clone(),
+                            worker.client.clone(),
+                            l,
+                            now,
+                        ));
+                    }
+                }
+                Err(e) => warn.warn(
+                    "webhook_claim",
+                    &format_args!("claiming webhook notifications failed: {e}; retrying"),
+                ),
+            }
+        }
+        freed = None;
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(POLL) => {}
+            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                freed = delivered(joined, &mut done, &warn);
+            }
+            _ = tokio::time::sleep_until(next_pass) => {}
         }
+    }
+    // Shutdown: no more claims; the sends in flight get a grace period, then are dropped (their
+    // rows keep the lease and come back when it ends).
+    let drained = tokio::time::timeout(worker.shutdown_grace, async {
+        while let Some(joined) = in_flight.join_next().await {
+            delivered(joined, &mut done, &warn);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            sends = in_flight.len(),
+            "webhook sends cut short by shutdown; their notifications return when their lease ends"
+        );
+        in_flight.abort_all();
+    }
+    log_outcome(&done);
+}
+
+/// Account for a finished delivery task; the endpoint whose slot came free, if known.
+fn delivered(
+    joined: Result<(String, sqlx::Result<Outcome>), tokio::task::JoinError>,
+    done: &mut Outcome,
+    warn: &RateLimitedWarn,
+) -> Option<String> {
+    match joined {
+        Ok((endpoint, Ok(o))) => {
+            *done += o;
+            Some(endpoint)
+        }
+        Ok((endpoint, Err(e))) => {
+            warn.warn(
+                "webhook_record",
+                &format_args!(
+                    "recording a webhook attempt to endpoint {endpoint} failed: {e}; \
+                     the notification returns when its lease ends"
+                ),
+            );
+            Some(endpoint)
+        }
+        Err(e) => {
+            warn.warn(
+                "webhook_task",
+                &format_args!("a webhook delivery task failed: {e}"),
+            );
+            None
+        }
+    }
+}
+
+fn log_outcome(o: &Outcome) {
+    if o.delivered + o.dead + o.retried > 0 {
+        tracing::info!(
+            delivered = o.delivered,
+            retried = o.retried,
+            dead = o.dead,
+            superseded = o.superseded,
+            reminders = o.reminders,
+            "webhook deliveries"
+        );
     }
 }
 
