@@ -138,6 +138,9 @@ pub struct MqttConfig {
     pub channel_capacity: usize,
     pub backoff_min: HumanDuration,
     pub backoff_max: HumanDuration,
+    /// A connection that stayed up this long resets the reconnect backoff to `backoff_min`; one
+    /// that fails sooner keeps it growing, so no failure mode reconnects at a fast fixed rate.
+    pub backoff_reset_after: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -430,6 +433,7 @@ impl Default for MqttConfig {
             channel_capacity: 8192,
             backoff_min: dur("1s"),
             backoff_max: dur("60s"),
+            backoff_reset_after: dur("30s"),
         }
     }
 }
@@ -727,6 +731,9 @@ impl Config {
         }
         if self.mqtt.backoff_min.0.is_zero() || self.mqtt.backoff_min > self.mqtt.backoff_max {
             bail!("mqtt.backoff_min: expected a positive duration no larger than mqtt.backoff_max");
+        }
+        if self.mqtt.backoff_reset_after.0.is_zero() {
+            bail!("mqtt.backoff_reset_after: expected a positive duration");
         }
         // Zero would silently turn the persistent session off; u32::MAX seconds means "never"
         // in MQTT 5, which no broker should be asked for.
@@ -1062,6 +1069,9 @@ mod tests {
         let c = Config::from_toml("[mqtt]\nsession_expiry = \"0s\"\n").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("mqtt.session_expiry"), "{e}");
+        let c = Config::from_toml("[mqtt]\nbackoff_reset_after = \"0s\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("mqtt.backoff_reset_after"), "{e}");
 
         let mut c = Config::from_toml("[groups.tokyo]\ntime_zone = \"Mars/Olympus\"\n").unwrap();
         c.apply_env(&env(&[])).unwrap();

@@ -1,5 +1,6 @@
-//! Poison messages, through real Mosquitto brokers into real Postgres: no message of any size
-//! the broker carries may stop ingest.
+//! Poison messages and reconnect storms, through real Mosquitto brokers into real Postgres: no
+//! message of any size the broker carries may stop ingest, and no failure mode may make us
+//! reconnect at a fixed fast rate (AWS IoT Core allows one CONNECT per second per client ID).
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use common::*;
 use fleetwatch::app::App;
-use fleetwatch::config::Config;
+use fleetwatch::config::{Config, HumanDuration};
 use fleetwatch::domain::DropReason;
 use sqlx::PgPool;
 
@@ -194,4 +195,37 @@ async fn the_oversized_warning_is_rate_limited(pool: PgPool) {
     let lines = text.lines().filter(|l| l.contains("oversized")).count();
     assert_eq!(lines, 1, "{text}");
     app.shutdown().await.unwrap();
+}
+
+/// Two replicas misconfigured with one instance id share client IDs and take each other's
+/// connection over every time one connects. Every connection succeeds, briefly: if a
+/// successful CONNACK reset the backoff, both would reconnect at `backoff_min` for ever.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_connection_that_keeps_being_taken_over_backs_off(pool: PgPool) {
+    let broker = Broker::start().await;
+    let mut a = config(&broker);
+    a.mqtt.backoff_min = HumanDuration(Duration::from_millis(100));
+    a.mqtt.backoff_max = HumanDuration(Duration::from_secs(2));
+    let mut b = a.clone();
+    b.mqtt.instance_id = a.mqtt.instance_id.clone();
+    let app_a = start(&pool, a).await;
+    let app_b = App::build_with_pool(b, pool.clone(), system_clock())
+        .await
+        .unwrap();
+    let losses =
+        || app_a.state.mqtt[0].snapshot().reconnects + app_b.state.mqtt[0].snapshot().reconnects;
+    eventually(5, "the two take each other over", || async {
+        losses() >= 2
+    })
+    .await;
+    // Give the backoff time to grow, then measure the steady rate.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = losses();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = losses() - before;
+    // With the backoff grown to 1-2 s each, at most a handful in 2 s; at backoff_min
+    // (100 ms) it would be about forty.
+    assert!(during <= 6, "{during} takeovers in 2 s");
+    app_a.shutdown().await.unwrap();
+    app_b.shutdown().await.unwrap();
 }

@@ -11,10 +11,10 @@
 //!
 //! rumqttc reconnects as soon as `poll` is called again after an error; AWS IoT Core allows one
 //! CONNECT per second per client ID, so after every error we wait a capped exponential backoff
-//! with jitter first.
+//! with jitter first, reset only by a connection that stayed up for `backoff_reset_after`.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -205,6 +205,54 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
     (half + Duration::from_secs_f64(rand::rng().random::<f64>() * half.as_secs_f64())).max(min)
 }
 
+/// One connection's reconnect backoff. Every failure (a lost connection or a failed attempt)
+/// grows it; only a connection that stayed up for `reset_after` brings it back to `min`.
+/// Resetting on every CONNACK would let any failure that strikes soon after connecting (a
+/// message the client cannot take, a duplicate client ID taking the session over, a broker or
+/// proxy that accepts and then drops us) reconnect at `min` for ever.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    min: Duration,
+    max: Duration,
+    reset_after: Duration,
+    attempt: u32,
+    up_since: Option<Instant>,
+}
+
+impl Reconnect {
+    pub fn new(min: Duration, max: Duration, reset_after: Duration) -> Self {
+        Self {
+            min,
+            max,
+            reset_after,
+            attempt: 0,
+            up_since: None,
+        }
+    }
+
+    /// A connection came up at `at`.
+    pub fn connected(&mut self, at: Instant) {
+        self.up_since = Some(at);
+    }
+
+    /// The connection (or an attempt) failed at `at`: how long to wait before the next one.
+    pub fn failed(&mut self, at: Instant) -> Duration {
+        if let Some(up) = self.up_since.take() {
+            if at.saturating_duration_since(up) >= self.reset_after {
+                self.attempt = 0;
+            }
+        }
+        let wait = backoff(self.attempt, self.min, self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        wait
+    }
+
+    /// Failures since the backoff was last reset.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
 /// Everything a poll loop needs.
 #[derive(Clone)]
 struct LoopCtx {
@@ -216,6 +264,7 @@ struct LoopCtx {
     max_payload: usize,
     backoff_min: Duration,
     backoff_max: Duration,
+    backoff_reset_after: Duration,
     request_capacity: usize,
 }
 
@@ -236,6 +285,7 @@ pub fn start(
         max_payload: cfg.mqtt.max_payload_bytes,
         backoff_min: cfg.mqtt.backoff_min.0,
         backoff_max: cfg.mqtt.backoff_max.0,
+        backoff_reset_after: cfg.mqtt.backoff_reset_after.0,
         // Large enough that acks and subscribes never find it full in practice.
         request_capacity: cfg.mqtt.channel_capacity.max(1024) * 2,
     };
@@ -270,7 +320,7 @@ async fn run_connection(
         .iter()
         .map(|t| Filter::new(t.clone(), QoS::AtLeastOnce))
         .collect();
-    let mut attempt: u32 = 0;
+    let mut reconnect = Reconnect::new(lc.backoff_min, lc.backoff_max, lc.backoff_reset_after);
     // Subscribe on our first session even if the broker kept one: the configured topics may
     // have changed since it was created.
     let mut subscribed_once = false;
@@ -281,7 +331,7 @@ async fn run_connection(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                attempt = 0;
+                reconnect.connected(Instant::now());
                 let now = lc.clock.now();
                 status.update(|s| {
                     s.connected = true;
@@ -365,8 +415,7 @@ async fn run_connection(
                 } else {
                     tracing::debug!(client_id = %status.client_id, error = %e, "MQTT connect failed");
                 }
-                let wait = backoff(attempt, lc.backoff_min, lc.backoff_max);
-                attempt = attempt.saturating_add(1);
+                let wait = reconnect.failed(Instant::now());
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
@@ -433,6 +482,42 @@ mod tests {
         }
         assert_eq!(backoff(0, min, max), min);
         assert!(backoff(30, min, max) >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn only_a_connection_that_stayed_up_resets_the_backoff() {
+        let (min, max, reset) = (
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            Duration::from_secs(30),
+        );
+        let mut r = Reconnect::new(min, max, reset);
+        let t0 = Instant::now();
+        // connect attempts that fail: growing
+        assert_eq!(r.failed(t0), min);
+        assert_eq!(r.attempt(), 1);
+        r.failed(t0);
+        assert_eq!(r.attempt(), 2);
+        // connections that come up but drop within reset_after: still growing
+        for i in 0..8u32 {
+            let up = t0 + Duration::from_secs(u64::from(i) * 100);
+            r.connected(up);
+            let wait = r.failed(up + reset - Duration::from_millis(1));
+            assert!(
+                wait >= max.min(min * 2u32.pow((2 + i).min(16))) / 2,
+                "{i}: {wait:?}"
+            );
+        }
+        assert_eq!(r.attempt(), 10);
+        assert!(r.failed(t0) >= max / 2, "capped but high");
+        // a connection that stayed up long enough: back to the minimum
+        let up = t0 + Duration::from_secs(5000);
+        r.connected(up);
+        assert_eq!(r.failed(up + reset), min);
+        assert_eq!(r.attempt(), 1);
+        // an old connection does not reset later failures of connect attempts
+        assert!(r.failed(up + reset * 10) >= min);
+        assert_eq!(r.attempt(), 2);
     }
 
     #[test]
