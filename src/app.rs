@@ -65,14 +65,7 @@ impl App {
         let tracker = TaskTracker::new();
 
         let (tx, rx) = mpsc::channel(cfg.mqtt.channel_capacity);
-        let statuses = ingest::mqtt::start(
-            &cfg,
-            tx,
-            metrics.clone(),
-            clock.clone(),
-            &tracker,
-            cancel.clone(),
-        )?;
+        let statuses = ingest::mqtt::start(&cfg, tx, &ingest, &tracker, cancel.clone())?;
         let dispatcher = tokio::spawn(ingest::dispatch::run(ingest.clone(), rx, cancel.clone()));
         tracker.spawn(ingest::telemetry::run_flusher(
             ingest.clone(),

@@ -135,12 +135,20 @@ pub struct MqttConfig {
     pub username: Option<String>,
     pub password: Option<Secret>,
     /// Largest payload we process (AWS IoT Core's limit is 128 KB); larger ones are counted and
-    /// skipped. The client's own packet limit is set well above this.
+    /// skipped. The Maximum Packet Size we announce to the broker is set well above this
+    /// (`ingest::mqtt::packet_limit`); the broker drops anything larger before we see it.
     pub max_payload_bytes: usize,
+    /// MQTT 5 Session Expiry Interval: how long the broker keeps our session (subscriptions and
+    /// queued QoS 1 messages) after we disconnect. Under MQTT 5 zero would mean no persistent
+    /// session at all; AWS IoT Core caps it at its account limit (1 h unless raised).
+    pub session_expiry: HumanDuration,
     /// Capacity of the channel between the MQTT poll loops and the processing side.
     pub channel_capacity: usize,
     pub backoff_min: HumanDuration,
     pub backoff_max: HumanDuration,
+    /// A connection that stayed up this long resets the reconnect backoff to `backoff_min`; one
+    /// that fails sooner keeps it growing, so no failure mode reconnects at a fast fixed rate.
+    pub backoff_reset_after: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -433,9 +441,11 @@ impl Default for MqttConfig {
             username: None,
             password: None,
             max_payload_bytes: 128 * 1024,
+            session_expiry: dur("1h"),
             channel_capacity: 8192,
             backoff_min: dur("1s"),
             backoff_max: dur("60s"),
+            backoff_reset_after: dur("30s"),
         }
     }
 }
@@ -762,6 +772,18 @@ impl Config {
         }
         if self.mqtt.backoff_min.0.is_zero() || self.mqtt.backoff_min > self.mqtt.backoff_max {
             bail!("mqtt.backoff_min: expected a positive duration no larger than mqtt.backoff_max");
+        }
+        if self.mqtt.backoff_reset_after.0.is_zero() {
+            bail!("mqtt.backoff_reset_after: expected a positive duration");
+        }
+        // Zero would silently turn the persistent session off; u32::MAX seconds means "never"
+        // in MQTT 5, which no broker should be asked for.
+        let expiry = self.mqtt.session_expiry.0.as_secs();
+        if expiry == 0 || expiry >= u64::from(u32::MAX) {
+            bail!(
+                "mqtt.session_expiry: expected at least 1s and under 136 years, got {:?}",
+                self.mqtt.session_expiry
+            );
         }
         if self.mqtt.keep_alive.0 < Duration::from_secs(5) {
             bail!(
@@ -1090,6 +1112,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not_a_key"), "{e}");
+
+        // under MQTT 5 a zero expiry would silently drop the persistent session
+        let c = Config::from_toml("[mqtt]\nsession_expiry = \"0s\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("mqtt.session_expiry"), "{e}");
+        let c = Config::from_toml("[mqtt]\nbackoff_reset_after = \"0s\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("mqtt.backoff_reset_after"), "{e}");
 
         let mut c = Config::from_toml("[groups.tokyo]\ntime_zone = \"Mars/Olympus\"\n").unwrap();
         c.apply_env(&env(&[])).unwrap();

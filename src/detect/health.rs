@@ -132,11 +132,12 @@ pub async fn run_canary(
             continue;
         }
         let payload = health.next_payload(clock.now());
-        if let Err(e) =
-            connection
-                .client
-                .try_publish(topic.clone(), rumqttc::QoS::AtMostOnce, false, payload)
-        {
+        if let Err(e) = connection.client.try_publish(
+            topic.clone(),
+            rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            false,
+            payload,
+        ) {
             tracing::debug!(error = %e, "canary not queued");
         }
     }

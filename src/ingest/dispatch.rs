@@ -48,7 +48,7 @@ fn classify(ctx: &IngestContext, topic_name: &str) -> Kind {
 pub fn handle_telemetry(ctx: &IngestContext, msg: &Incoming) {
     let parsed = ctx
         .format
-        .parse(&msg.publish.topic, &msg.publish.payload, ctx.clock.now());
+        .parse(&msg.topic, &msg.publish.payload, ctx.clock.now());
     match parsed {
         Ok(imp) => {
             if imp.device_ts_dropped {
@@ -79,7 +79,7 @@ pub fn handle_telemetry(ctx: &IngestContext, msg: &Incoming) {
                 reason.as_str(),
                 &format_args!(
                     "skipping impression message on {:?}: {reason}",
-                    presence::truncate(&msg.publish.topic)
+                    presence::truncate(&msg.topic)
                 ),
             );
         }
@@ -101,7 +101,7 @@ pub async fn run(
         while let Some(done) = writers.try_join_next() {
             done?;
         }
-        match classify(&ctx, &msg.publish.topic) {
+        match classify(&ctx, &msg.topic) {
             Kind::Canary => {
                 // Measured here, after the channel, so a backed-up pipeline shows as lag.
                 ctx.health.returned(&msg.publish.payload, ctx.clock.now());

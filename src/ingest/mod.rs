@@ -29,9 +29,11 @@ pub use telemetry::TelemetryBuffer;
 
 /// One message handed from a poll loop to the processing side.
 pub struct Incoming {
-    pub publish: rumqttc::Publish,
+    /// `publish.topic`, checked to be UTF-8 by the poll loop (MQTT 5 carries it as bytes).
+    pub topic: String,
+    pub publish: rumqttc::v5::mqttbytes::v5::Publish,
     /// The connection it came on, to acknowledge it there.
-    pub client: rumqttc::AsyncClient,
+    pub client: rumqttc::v5::AsyncClient,
     pub received_at: DateTime<Utc>,
 }
 

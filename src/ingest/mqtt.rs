@@ -1,21 +1,28 @@
-//! The pool of MQTT connections. Each connection has a unique client ID
-//! (`<prefix><instance_id>-<n>`), a persistent session (clean session off, so QoS 1 messages
-//! sent while we were briefly away are still delivered), and a poll loop that never blocks on
-//! anything but the bounded channel to the processing side.
+//! The pool of MQTT connections. Each connection speaks MQTT 5, has a unique client ID
+//! (`<prefix><instance_id>-<n>`), a persistent session (clean start off and a Session Expiry
+//! Interval above zero, so QoS 1 messages sent while we were briefly away are still delivered),
+//! and a poll loop that never blocks on anything but the bounded channel to the processing side.
+//!
+//! No message may stop ingest. A packet over the client's own size limit is a fatal connection
+//! error, and a persistent session redelivers it after every reconnect, for ever. So we announce
+//! a Maximum Packet Size in CONNECT equal to that limit: the broker then drops larger messages
+//! for us, unseen (MQTT 5 §3.1.2.11.4). Below it, payloads over `max_payload_bytes` (128 KB) are
+//! skipped and counted here.
 //!
 //! rumqttc reconnects as soon as `poll` is called again after an error; AWS IoT Core allows one
 //! CONNECT per second per client ID, so after every error we wait a capped exponential backoff
-//! with jitter first. The client's packet limit is set well above the 128 KB payload limit and
-//! the limit is enforced here instead: a packet over rumqttc's own limit is a fatal error, which
-//! a persistent session would redeliver after every reconnect, forever.
+//! with jitter first, reset only by a connection that stayed up for `backoff_reset_after`.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -25,10 +32,22 @@ use super::Incoming;
 use crate::clock::SharedClock;
 use crate::config::{BrokerAddr, Config};
 use crate::domain::DropReason;
+use crate::logging::RateLimitedWarn;
 use crate::metrics::Metrics;
 
-/// The client's own packet limit: well above AWS IoT Core's 128 KB payload limit.
-pub const CLIENT_PACKET_LIMIT: usize = 256 * 1024;
+/// The smallest packet limit we use: well above AWS IoT Core's 128 KB payload limit, so that
+/// what a device may legitimately send always reaches us, and what is a little larger is seen,
+/// counted and skipped rather than dropped unseen by the broker.
+pub const MIN_PACKET_LIMIT: usize = 256 * 1024;
+
+/// Our packet limit: announced to the broker as the MQTT 5 Maximum Packet Size and, through the
+/// same option, rumqttc's own limit on incoming packets, so the two cannot disagree. The broker
+/// compares it with the whole packet, rumqttc with the packet minus its fixed header: whatever
+/// the broker lets through, the client accepts.
+pub fn packet_limit(cfg: &Config) -> u32 {
+    let limit = MIN_PACKET_LIMIT.max(cfg.mqtt.max_payload_bytes.saturating_mul(2));
+    u32::try_from(limit).unwrap_or(u32::MAX)
+}
 
 /// State of one connection, shown on `/healthz`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -128,17 +147,23 @@ fn read(path: &std::path::Path, key: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{key}: reading {}", path.display()))
 }
 
-/// Client options for one connection.
+/// Client options for one connection (MQTT 5).
 pub fn options(cfg: &Config, client_id: &str) -> anyhow::Result<MqttOptions> {
     let addr = BrokerAddr::parse(&cfg.mqtt.url).map_err(|e| anyhow::anyhow!("mqtt.url: {e}"))?;
     let mut o = MqttOptions::new(client_id, addr.host.clone(), addr.port);
+    // Validated to fit: zero would make the session end with the connection.
+    let expiry = u32::try_from(cfg.mqtt.session_expiry.0.as_secs()).unwrap_or(u32::MAX - 1);
     o.set_keep_alive(cfg.mqtt.keep_alive.0)
-        .set_clean_session(false)
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(expiry))
         .set_manual_acks(true)
-        .set_max_packet_size(
-            CLIENT_PACKET_LIMIT.max(cfg.mqtt.max_payload_bytes * 2),
-            CLIENT_PACKET_LIMIT,
-        );
+        .set_max_packet_size(Some(packet_limit(cfg)))
+        // Under MQTT 5 the broker's in-flight window towards us is ours to set (the default
+        // is 65,535): no more unacknowledged messages than the channel can hold, so a stalled
+        // processing side makes the broker hold messages back while we keep answering pings.
+        .set_receive_maximum(Some(
+            u16::try_from(cfg.mqtt.channel_capacity).unwrap_or(u16::MAX),
+        ));
     if let Some(user) = &cfg.mqtt.username {
         let pw = cfg
             .mqtt
@@ -180,15 +205,66 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
     (half + Duration::from_secs_f64(rand::rng().random::<f64>() * half.as_secs_f64())).max(min)
 }
 
+/// One connection's reconnect backoff. Every failure (a lost connection or a failed attempt)
+/// grows it; only a connection that stayed up for `reset_after` brings it back to `min`.
+/// Resetting on every CONNACK would let any failure that strikes soon after connecting (a
+/// message the client cannot take, a duplicate client ID taking the session over, a broker or
+/// proxy that accepts and then drops us) reconnect at `min` for ever.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    min: Duration,
+    max: Duration,
+    reset_after: Duration,
+    attempt: u32,
+    up_since: Option<Instant>,
+}
+
+impl Reconnect {
+    pub fn new(min: Duration, max: Duration, reset_after: Duration) -> Self {
+        Self {
+            min,
+            max,
+            reset_after,
+            attempt: 0,
+            up_since: None,
+        }
+    }
+
+    /// A connection came up at `at`.
+    pub fn connected(&mut self, at: Instant) {
+        self.up_since = Some(at);
+    }
+
+    /// The connection (or an attempt) failed at `at`: how long to wait before the next one.
+    pub fn failed(&mut self, at: Instant) -> Duration {
+        if let Some(up) = self.up_since.take() {
+            if at.saturating_duration_since(up) >= self.reset_after {
+                self.attempt = 0;
+            }
+        }
+        let wait = backoff(self.attempt, self.min, self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        wait
+    }
+
+    /// Failures since the backoff was last reset.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
 /// Everything a poll loop needs.
 #[derive(Clone)]
 struct LoopCtx {
     tx: mpsc::Sender<Incoming>,
     metrics: Arc<Metrics>,
     clock: SharedClock,
+    /// For the oversized and non-UTF-8 skips (the ingest context's, shared with the rest).
+    warn: Arc<RateLimitedWarn>,
     max_payload: usize,
     backoff_min: Duration,
     backoff_max: Duration,
+    backoff_reset_after: Duration,
     request_capacity: usize,
 }
 
@@ -197,18 +273,19 @@ struct LoopCtx {
 pub fn start(
     cfg: &Config,
     tx: mpsc::Sender<Incoming>,
-    metrics: Arc<Metrics>,
-    clock: SharedClock,
+    ingest: &super::IngestContext,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> anyhow::Result<Vec<Arc<ConnectionStatus>>> {
     let lc = LoopCtx {
         tx,
-        metrics,
-        clock,
+        metrics: ingest.metrics.clone(),
+        clock: ingest.clock.clone(),
+        warn: ingest.warn.clone(),
         max_payload: cfg.mqtt.max_payload_bytes,
         backoff_min: cfg.mqtt.backoff_min.0,
         backoff_max: cfg.mqtt.backoff_max.0,
+        backoff_reset_after: cfg.mqtt.backoff_reset_after.0,
         // Large enough that acks and subscribes never find it full in practice.
         request_capacity: cfg.mqtt.channel_capacity.max(1024) * 2,
     };
@@ -231,19 +308,19 @@ pub fn start(
 }
 
 async fn run_connection(
-    mut eventloop: rumqttc::EventLoop,
+    mut eventloop: EventLoop,
     status: Arc<ConnectionStatus>,
     lc: LoopCtx,
     cancel: CancellationToken,
 ) {
     let conn_label = vec![("connection", status.client_id.clone())];
     let client = status.client.clone();
-    let subscriptions: Vec<rumqttc::SubscribeFilter> = status
+    let subscriptions: Vec<Filter> = status
         .subscriptions
         .iter()
-        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
+        .map(|t| Filter::new(t.clone(), QoS::AtLeastOnce))
         .collect();
-    let mut attempt: u32 = 0;
+    let mut reconnect = Reconnect::new(lc.backoff_min, lc.backoff_max, lc.backoff_reset_after);
     // Subscribe on our first session even if the broker kept one: the configured topics may
     // have changed since it was created.
     let mut subscribed_once = false;
@@ -254,7 +331,7 @@ async fn run_connection(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                attempt = 0;
+                reconnect.connected(Instant::now());
                 let now = lc.clock.now();
                 status.update(|s| {
                     s.connected = true;
@@ -271,13 +348,33 @@ async fn run_connection(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 status.update(|s| s.messages += 1);
+                // MQTT requires UTF-8 topics and brokers check them; a broker that did not must
+                // still not get a panic or a lossy device id out of us.
+                let Ok(topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
+                    lc.metrics.dropped(DropReason::NotUtf8);
+                    lc.warn.warn(
+                        DropReason::NotUtf8.as_str(),
+                        &"skipping a message whose topic is not UTF-8",
+                    );
+                    let _ = client.try_ack(&publish);
+                    continue;
+                };
                 if publish.payload.len() > lc.max_payload {
                     lc.metrics.dropped(DropReason::Oversized);
-                    tracing::warn!(topic = %super::presence::truncate(&publish.topic), bytes = publish.payload.len(), "skipping oversized message");
+                    lc.warn.warn(
+                        DropReason::Oversized.as_str(),
+                        &format_args!(
+                            "skipping a {}-byte message on {:?}: over mqtt.max_payload_bytes ({})",
+                            publish.payload.len(),
+                            super::presence::truncate(&topic),
+                            lc.max_payload
+                        ),
+                    );
                     let _ = client.try_ack(&publish);
                     continue;
                 }
                 let msg = Incoming {
+                    topic,
                     publish,
                     client: client.clone(),
                     received_at: lc.clock.now(),
@@ -318,8 +415,7 @@ async fn run_connection(
                 } else {
                     tracing::debug!(client_id = %status.client_id, error = %e, "MQTT connect failed");
                 }
-                let wait = backoff(attempt, lc.backoff_min, lc.backoff_max);
-                attempt = attempt.saturating_add(1);
+                let wait = reconnect.failed(Instant::now());
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
@@ -386,6 +482,59 @@ mod tests {
         }
         assert_eq!(backoff(0, min, max), min);
         assert!(backoff(30, min, max) >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn only_a_connection_that_stayed_up_resets_the_backoff() {
+        let (min, max, reset) = (
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            Duration::from_secs(30),
+        );
+        let mut r = Reconnect::new(min, max, reset);
+        let t0 = Instant::now();
+        // connect attempts that fail: growing
+        assert_eq!(r.failed(t0), min);
+        assert_eq!(r.attempt(), 1);
+        r.failed(t0);
+        assert_eq!(r.attempt(), 2);
+        // connections that come up but drop within reset_after: still growing
+        for i in 0..8u32 {
+            let up = t0 + Duration::from_secs(u64::from(i) * 100);
+            r.connected(up);
+            let wait = r.failed(up + reset - Duration::from_millis(1));
+            assert!(
+                wait >= max.min(min * 2u32.pow((2 + i).min(16))) / 2,
+                "{i}: {wait:?}"
+            );
+        }
+        assert_eq!(r.attempt(), 10);
+        assert!(r.failed(t0) >= max / 2, "capped but high");
+        // a connection that stayed up long enough: back to the minimum
+        let up = t0 + Duration::from_secs(5000);
+        r.connected(up);
+        assert_eq!(r.failed(up + reset), min);
+        assert_eq!(r.attempt(), 1);
+        // an old connection does not reset later failures of connect attempts
+        assert!(r.failed(up + reset * 10) >= min);
+        assert_eq!(r.attempt(), 2);
+    }
+
+    #[test]
+    fn mqtt5_persistent_session_and_a_packet_limit_the_broker_enforces() {
+        let mut cfg = Config::default();
+        let o = options(&cfg, "x").unwrap();
+        assert!(!o.clean_start());
+        assert_eq!(o.session_expiry_interval(), Some(3600));
+        assert!(o.manual_acks());
+        // announced to the broker and, through the same option, rumqttc's own incoming limit
+        assert_eq!(o.max_packet_size(), Some(256 * 1024));
+        assert_eq!(o.receive_maximum(), Some(8192));
+        cfg.mqtt.max_payload_bytes = 1024 * 1024;
+        cfg.mqtt.channel_capacity = 1_000_000;
+        let o = options(&cfg, "x").unwrap();
+        assert_eq!(o.max_packet_size(), Some(2 * 1024 * 1024));
+        assert_eq!(o.receive_maximum(), Some(u16::MAX));
     }
 
     #[test]

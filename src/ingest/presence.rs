@@ -42,7 +42,7 @@ pub async fn handle(ctx: &IngestContext, msg: Incoming, cancel: &CancellationTok
                     reason.as_str(),
                     &format_args!(
                         "skipping presence message on {:?}: {reason}",
-                        truncate(&msg.publish.topic)
+                        truncate(&msg.topic)
                     ),
                 );
             }

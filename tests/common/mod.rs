@@ -177,7 +177,8 @@ impl Publisher {
     pub async fn connect(port: u16, client_id: &str) -> Publisher {
         let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(30));
-        o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        // Large enough for the poison-message tests (10 MB payloads), which Mosquitto accepts.
+        o.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
         o.set_inflight(1000);
         let (client, mut eventloop) = AsyncClient::new(o, 10_000);
         let (tx, acked) = watch::channel(0usize);
@@ -215,6 +216,15 @@ impl Publisher {
             .await
             .unwrap();
         self.sent += 1;
+    }
+
+    /// Publish at QoS 0 (nothing to wait for: the broker handles a connection's packets in
+    /// order, so a later `flush` still means this one reached it).
+    pub async fn publish_qos0(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtMostOnce, false, payload.into())
+            .await
+            .unwrap();
     }
 
     /// Wait until the broker acknowledged every publish so far.
