@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod openapi;
 pub mod rate_limit;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
