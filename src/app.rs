@@ -141,13 +141,18 @@ impl App {
             rate_limiter: Arc::new(http::rate_limit::RateLimiter::from_config(&cfg.api)),
         };
         let limits = http_limits(&cfg, &state.metrics)?;
+        let gate = http::db_gate::DbGate::new();
+        tracker.spawn(
+            gate.clone()
+                .run((*state.pool.connect_options()).clone(), cancel.clone()),
+        );
         let listener = TcpListener::bind(&cfg.http.addr)
             .await
             .with_context(|| format!("http.addr: binding {}", cfg.http.addr))?;
         let addr = listener.local_addr()?;
         let server = tokio::spawn(http::server::serve(
             listener,
-            http::router(state.clone()),
+            http::edge(http::router(state.clone()), cfg.http.max_body_bytes, gate),
             limits,
             state.metrics.clone(),
             cancel.clone(),
