@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -132,19 +133,23 @@ impl App {
                 .map(|t| Arc::new(http::auth::digest(t.expose()))),
             rate_limiter: Arc::new(http::rate_limit::RateLimiter::from_config(&cfg.api)),
         };
+        let limits = http_limits(&cfg, &state.metrics)?;
+        let gate = http::db_gate::DbGate::new();
+        tracker.spawn(
+            gate.clone()
+                .run((*state.pool.connect_options()).clone(), cancel.clone()),
+        );
         let listener = TcpListener::bind(&cfg.http.addr)
             .await
             .with_context(|| format!("http.addr: binding {}", cfg.http.addr))?;
         let addr = listener.local_addr()?;
-        let server = {
-            let cancel = cancel.clone();
-            let router = http::router(state.clone());
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { cancel.cancelled().await })
-                    .await
-            })
-        };
+        let server = tokio::spawn(http::server::serve(
+            listener,
+            http::edge(http::router(state.clone()), cfg.http.max_body_bytes, gate),
+            limits,
+            state.metrics.clone(),
+            cancel.clone(),
+        ));
         tracing::info!(%addr, "fleetwatch listening");
         Ok(App {
             addr,
@@ -210,6 +215,34 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Raise the open-files limit and size the HTTP connection cap from it (README "Connections and
+/// timeouts").
+fn http_limits(cfg: &Config, metrics: &Metrics) -> anyhow::Result<http::server::Limits> {
+    let files = http::server::raise_open_files_limit().context("reading the open-files limit")?;
+    let budget = http::server::budget(cfg, files.soft)?;
+    metrics.http.open_files_limit.set(files.soft as i64);
+    tracing::info!(
+        open_files = files.soft,
+        hard_limit = files.hard,
+        reserved = budget.reserve,
+        max_connections = budget.max_connections,
+        "HTTP connection cap"
+    );
+    if budget.max_connections < 64 {
+        tracing::warn!(
+            max_connections = budget.max_connections,
+            "fewer than 64 HTTP connections fit; raise the open-files limit"
+        );
+    }
+    Ok(http::server::Limits {
+        max_connections: budget.max_connections,
+        header_read_timeout: cfg.http.header_read_timeout.0,
+        idle_timeout: cfg.http.idle_timeout.0,
+        // As long as an ordinary request may take (the router's timeout).
+        shutdown_grace: Duration::from_secs(30),
+    })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

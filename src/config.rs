@@ -107,6 +107,15 @@ pub struct DatabaseConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub addr: String,
+    /// Most HTTP connections open at once; default: what the open-files limit leaves after the
+    /// reserve for Postgres, MQTT and webhooks (README "Connections and timeouts").
+    pub max_connections: Option<usize>,
+    /// A request head must be complete this long after its first byte arrived.
+    pub header_read_timeout: HumanDuration,
+    /// A connection with no request in flight (and no request begun) is closed after this.
+    pub idle_timeout: HumanDuration,
+    /// Largest request body accepted; larger ones get `413`.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -415,6 +424,11 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             addr: "127.0.0.1:8080".into(),
+            max_connections: None,
+            header_read_timeout: dur("10s"),
+            idle_timeout: dur("60s"),
+            // The largest body the API takes is a silence (comment ≤ 4000 characters).
+            max_body_bytes: 64 * 1024,
         }
     }
 }
@@ -642,6 +656,19 @@ impl Config {
         if let Some(v) = env.get("FLEETWATCH_HTTP_ADDR") {
             self.http.addr = v.clone();
         }
+        if let Some(v) = env.get("FLEETWATCH_HTTP_MAX_CONNECTIONS") {
+            self.http.max_connections = Some(v.trim().parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "FLEETWATCH_HTTP_MAX_CONNECTIONS: expected a positive number, got {v:?}"
+                )
+            })?);
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_HTTP_HEADER_READ_TIMEOUT")? {
+            self.http.header_read_timeout = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_HTTP_IDLE_TIMEOUT")? {
+            self.http.idle_timeout = d;
+        }
         if let Some(v) = env.get("FLEETWATCH_MQTT_URL") {
             self.mqtt.url = v.clone();
         }
@@ -805,6 +832,8 @@ impl Config {
             ("detector.tick", self.detector.tick),
             ("telemetry.flush_interval", self.telemetry.flush_interval),
             ("retention.interval", self.retention.interval),
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.idle_timeout", self.http.idle_timeout),
         ] {
             if d.0.is_zero() {
                 bail!("{k}: expected a positive duration");
@@ -863,6 +892,15 @@ impl Config {
         }
         if self.api.rate_limit_burst == 0 {
             bail!("api.rate_limit_burst: expected a positive number");
+        }
+        if self.http.max_connections == Some(0) {
+            bail!("http.max_connections: expected a positive number");
+        }
+        if self.http.max_body_bytes == 0 || self.http.max_body_bytes > 16 * 1024 * 1024 {
+            bail!(
+                "http.max_body_bytes: expected 1 to 16777216 bytes, got {}",
+                self.http.max_body_bytes
+            );
         }
         if self.telemetry.flush_max_devices == 0 {
             bail!("telemetry.flush_max_devices: expected a positive number");
@@ -1019,6 +1057,34 @@ mod tests {
         assert_eq!(c.detector.disconnect_grace.0, Duration::from_secs(600));
         assert_eq!(c.detector.tick.0, Duration::from_secs(15));
         assert_eq!(c.database.url.expose(), "postgres://localhost/fleetwatch");
+        assert_eq!(c.http.max_connections, None);
+        assert_eq!(c.http.header_read_timeout, dur("10s"));
+        assert_eq!(c.http.idle_timeout, dur("60s"));
+        assert_eq!(c.http.max_body_bytes, 65536);
+    }
+
+    #[test]
+    fn http_limits_from_env() {
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("FLEETWATCH_HTTP_MAX_CONNECTIONS", "64"),
+                ("FLEETWATCH_HTTP_HEADER_READ_TIMEOUT", "2s"),
+                ("FLEETWATCH_HTTP_IDLE_TIMEOUT", "500ms"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.max_connections, Some(64));
+        assert_eq!(c.http.header_read_timeout, dur("2s"));
+        assert_eq!(c.http.idle_timeout, dur("500ms"));
+        let e = Config::load_with_env(None, &env(&[("FLEETWATCH_HTTP_MAX_CONNECTIONS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.max_connections"), "{e}");
+        let e = Config::load_with_env(None, &env(&[("FLEETWATCH_HTTP_IDLE_TIMEOUT", "0s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.idle_timeout"), "{e}");
     }
 
     #[test]

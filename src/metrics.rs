@@ -44,6 +44,71 @@ pub struct Metrics {
     pub buffer_devices: Gauge,
     /// Devices created from first sight.
     pub devices_created: Counter,
+    /// The HTTP server's connections.
+    pub http: HttpMetrics,
+}
+
+/// The HTTP server's connections (`http::server`).
+pub struct HttpMetrics {
+    /// Connections open now.
+    pub connections: Gauge,
+    /// The connection cap in force.
+    pub max_connections: Gauge,
+    /// The process's open-files limit (soft, after raising it to the hard one).
+    pub open_files_limit: Gauge,
+    /// Connections we closed, by reason (`idle_timeout`, `header_timeout`, `evicted`,
+    /// `shutdown`).
+    pub closed: Family<Labels, Counter>,
+    /// Failed `accept` calls (e.g. out of descriptors).
+    pub accept_errors: Counter,
+}
+
+impl HttpMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            connections: Gauge::default(),
+            max_connections: Gauge::default(),
+            open_files_limit: Gauge::default(),
+            closed: Family::default(),
+            accept_errors: Counter::default(),
+        };
+        registry.register(
+            "http_connections",
+            "HTTP connections open",
+            m.connections.clone(),
+        );
+        registry.register(
+            "http_connections_max",
+            "The HTTP connection cap",
+            m.max_connections.clone(),
+        );
+        registry.register(
+            "open_files_limit",
+            "The process's open-files limit",
+            m.open_files_limit.clone(),
+        );
+        registry.register(
+            "http_connections_closed",
+            "HTTP connections closed by the server, by reason",
+            m.closed.clone(),
+        );
+        registry.register(
+            "http_accept_errors",
+            "Failed accepts of HTTP connections",
+            m.accept_errors.clone(),
+        );
+        for r in ["idle_timeout", "header_timeout", "evicted", "shutdown"] {
+            let _ = m.closed.get_or_create(&vec![("reason", r.to_string())]);
+        }
+        m
+    }
+
+    /// Count a connection we closed.
+    pub fn closed(&self, reason: &'static str) {
+        self.closed
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
 }
 
 impl Metrics {
@@ -124,6 +189,8 @@ impl Metrics {
             devices_created.clone(),
         );
 
+        let http = HttpMetrics::register(&mut registry);
+
         // Show every drop reason from the start, so a dashboard sees zeros, not gaps.
         for r in DropReason::ALL {
             let _ = drops.get_or_create(&vec![("reason", r.as_str().to_string())]);
@@ -143,6 +210,7 @@ impl Metrics {
             channel_full,
             buffer_devices,
             devices_created,
+            http,
         })
     }
 

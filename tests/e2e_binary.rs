@@ -40,6 +40,35 @@ fn service(
     settings: &[(&str, String)],
 ) -> Guard {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetwatch"));
+    configure(&mut cmd, pool, broker, http_port, name, settings);
+    Guard(Some(cmd.spawn().unwrap()))
+}
+
+/// Like [`service`], with soft and hard open-files limits of `nofile` (util-linux `prlimit`
+/// sets them and executes the binary in its place).
+fn service_with_nofile(
+    pool: &PgPool,
+    broker: &Broker,
+    http_port: u16,
+    name: &str,
+    settings: &[(&str, String)],
+    nofile: u64,
+) -> Guard {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}:{nofile}"))
+        .arg(env!("CARGO_BIN_EXE_fleetwatch"));
+    configure(&mut cmd, pool, broker, http_port, name, settings);
+    Guard(Some(cmd.spawn().unwrap()))
+}
+
+fn configure(
+    cmd: &mut Command,
+    pool: &PgPool,
+    broker: &Broker,
+    http_port: u16,
+    name: &str,
+    settings: &[(&str, String)],
+) {
     cmd.arg("serve")
         .env("DATABASE_URL", database_url(pool))
         .env("FLEETWATCH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
@@ -54,7 +83,6 @@ fn service(
     for (k, v) in settings {
         cmd.env(k, v);
     }
-    Guard(Some(cmd.spawn().unwrap()))
 }
 
 /// Settings for second-scale detection.
@@ -420,4 +448,132 @@ async fn the_binary_notifies_a_receiver_that_was_down_signed_and_in_order(pool: 
         assert_eq!(body["alert"]["device_id"], "lobby-1");
     }
     assert_ne!(got[0].0, got[1].0, "one delivery id per notification");
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn under_1024_descriptors_1500_idle_sockets_starve_neither_health_nor_ingest(pool: PgPool) {
+    // This test holds 1,600 sockets itself.
+    let own = fleetwatch::http::server::raise_open_files_limit().unwrap();
+    assert!(
+        own.soft >= 2048,
+        "the test needs an open-files hard limit of at least 2048: {own:?}"
+    );
+    let mut broker = Broker::start().await;
+    let http_port = free_port();
+    let _guard = service_with_nofile(
+        &pool,
+        &broker,
+        http_port,
+        "e2e-fd",
+        &[
+            ("FLEETWATCH_FLUSH_INTERVAL", "200ms".into()),
+            ("FLEETWATCH_HTTP_HEADER_READ_TIMEOUT", "2s".into()),
+        ],
+        1024,
+    );
+    let api = api(&format!("http://127.0.0.1:{http_port}"));
+    let health = || async {
+        let r = api
+            .http
+            .get(format!("{}/healthz", api.base))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        r.json::<serde_json::Value>().await.ok()
+    };
+    eventually(30, "serving with the broker connected", || async {
+        health()
+            .await
+            .is_some_and(|h| h["mqtt"]["all_connected"] == true)
+    })
+    .await;
+    let h = health().await.unwrap();
+    assert_eq!(h["http"]["open_files_limit"], 1024, "{h}");
+    let cap = h["http"]["max_connections"].as_i64().unwrap();
+    assert!((64..1024).contains(&cap), "{h}");
+
+    // 1,500 idle sockets (idle timeout: the default minute), then 100 half-open requests
+    let addr = format!("127.0.0.1:{http_port}");
+    let mut idle = Vec::new();
+    for _ in 0..1500 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut half_open = Vec::new();
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        half_open.push(s);
+    }
+    // each watched from now on: when does the server close it?
+    let opened = std::time::Instant::now();
+    let half_open: Vec<_> = half_open
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                let r = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+                )
+                .await;
+                (opened.elapsed(), matches!(r, Ok(Ok(0)) | Ok(Err(_))))
+            })
+        })
+        .collect();
+
+    // /healthz answers at once
+    let h = health().await.expect("/healthz answers during the flood");
+    assert_eq!(h["status"], "ok");
+    assert!(h["http"]["connections"].as_i64().unwrap() <= cap, "{h}");
+
+    // ingest continues, through a broker restart: MQTT can reconnect
+    let mut p = Publisher::connect(broker.port, "e2e-fd-sim").await;
+    beat(&mut p, "during-flood").await;
+    p.flush().await;
+    broker.restart().await;
+    eventually(20, "MQTT reconnected during the flood", || async {
+        health().await.is_some_and(|h| {
+            h["mqtt"]["connections"][0]["reconnects"].as_u64() >= Some(1)
+                && h["mqtt"]["all_connected"] == true
+        })
+    })
+    .await;
+    let mut p = Publisher::connect(broker.port, "e2e-fd-sim2").await;
+    beat(&mut p, "after-restart").await;
+    p.flush().await;
+    eventually(10, "both impressions stored", || async {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from devices where id in ('during-flood', 'after-restart') \
+             and last_impression_at is not null",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        n == 2
+    })
+    .await;
+    // and the API reads them back
+    assert_eq!(api.get("/api/v1/devices/after-restart").await.0, 200);
+
+    // every half-open request was closed within the header-read timeout (2 s, plus slack)
+    for watcher in half_open {
+        let (after, closed) = watcher.await.unwrap();
+        assert!(closed, "a half-open request got an answer or stayed open");
+        assert!(
+            after <= Duration::from_millis(3500),
+            "a half-open request was closed only {after:?} after it began"
+        );
+    }
+    let metrics = api.text("/metrics").await;
+    assert_eq!(metric(&metrics, "fleetwatch_http_accept_errors_total"), 0.0);
+    assert!(
+        metric(
+            &metrics,
+            r#"fleetwatch_http_connections_closed_total{reason="evicted"}"#
+        ) > 0.0
+    );
+    drop(idle);
 }

@@ -996,9 +996,10 @@ async fn readyz_follows_the_database(pool: PgPool) {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
     assert_eq!(r.json()["status"], "unavailable");
 
-    // the API fails without leaking the database error
+    // the API says "unavailable, retry" without leaking the database error
     let r = get(&app, "/api/v1/devices").await;
-    assert_problem(&r, 500, "devices with the pool closed");
+    assert_problem(&r, 503, "devices with the pool closed");
+    assert_eq!(r.headers["retry-after"], "5");
     let body = r.text().to_lowercase();
     assert!(!body.contains("pool"), "{body}");
     assert!(!body.contains("closed"), "{body}");

@@ -33,6 +33,11 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "mqtt": { "all_connected": all_up, "connections": connections },
+        "http": {
+            "connections": state.metrics.http.connections.get(),
+            "max_connections": state.metrics.http.max_connections.get(),
+            "open_files_limit": state.metrics.http.open_files_limit.get(),
+        },
     }))
 }
 

@@ -4,10 +4,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod db_gate;
 pub mod error;
 pub mod health;
 pub mod openapi;
 pub mod rate_limit;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +39,14 @@ pub struct AppState {
     pub api_token_digest: Option<Arc<[u8; 32]>>,
     /// Per-token request budgets for `/api` (`[api] rate_limit_*`).
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
+}
+
+/// The router as served: [`router`] plus the edge settings that come from the configuration
+/// (the body limit) and from running tasks (the database gate).
+pub fn edge(router: Router, max_body_bytes: usize, gate: Arc<db_gate::DbGate>) -> Router {
+    router
+        .layer(axum::middleware::from_fn_with_state(gate, db_gate::guard))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
 }
 
 pub fn router(state: AppState) -> Router {

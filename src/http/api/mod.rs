@@ -34,6 +34,9 @@ pub enum ErrorsList {
     /// Something failed on our side.
     #[response(status = 500, content_type = "application/problem+json")]
     Internal(Problem),
+    /// The database is unreachable; see `Retry-After`.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
 }
 
 /// The errors of an endpoint about one resource.
@@ -53,6 +56,9 @@ pub enum ErrorsOne {
     TooManyRequests(Problem),
     #[response(status = 500, content_type = "application/problem+json")]
     Internal(Problem),
+    /// The database is unreachable; see `Retry-After`.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
 }
 
 /// The errors of an endpoint that changes a resource.
@@ -70,6 +76,9 @@ pub enum ErrorsWrite {
     /// The body is not JSON or not the expected content type.
     #[response(status = 415, content_type = "application/problem+json")]
     UnsupportedMediaType(Problem),
+    /// The body is over the server's size limit.
+    #[response(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Problem),
     /// The body is JSON but invalid (missing fields, NUL characters, limits).
     #[response(status = 422, content_type = "application/problem+json")]
     Unprocessable(Problem),
@@ -77,6 +86,9 @@ pub enum ErrorsWrite {
     TooManyRequests(Problem),
     #[response(status = 500, content_type = "application/problem+json")]
     Internal(Problem),
+    /// The database is unreachable; see `Retry-After`.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
 }
 
 pub fn router() -> Router<AppState> {
@@ -195,12 +207,18 @@ pub fn numeric_id(
         .ok_or_else(|| ApiError::NotFound(format!("no {what} {raw:?}")))
 }
 
-/// A JSON body, with axum's plain-text rejection turned into a 422 problem document.
+/// A JSON body, with axum's plain-text rejection turned into a problem document: 413 over the
+/// body limit (`http.max_body_bytes`), 422 otherwise.
 pub fn json_body<T>(
     b: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>,
 ) -> Result<T, ApiError> {
-    b.map(|axum::Json(v)| v)
-        .map_err(|e| ApiError::Unprocessable(e.body_text()))
+    b.map(|axum::Json(v)| v).map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge("the request body is over this server's limit".into())
+        } else {
+            ApiError::Unprocessable(e.body_text())
+        }
+    })
 }
 
 /// Text from a request body that goes into Postgres and onto pages: no NUL (Postgres `text`
