@@ -171,12 +171,13 @@ async fn a_body_over_the_limit_is_413_on_every_json_route(pool: PgPool) {
         let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
         let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(p["status"], 413, "{p}");
-        // a small body still reaches the handler
+        // a small body still reaches the handler: refused as incomplete (422), or, for an ack,
+        // whose fields are all optional, answered for the alert that does not exist (404)
         let r = app.clone().oneshot(req("{}".into())).await.unwrap();
-        assert_eq!(
-            r.status(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{method} {path}"
+        assert!(
+            [StatusCode::UNPROCESSABLE_ENTITY, StatusCode::NOT_FOUND].contains(&r.status()),
+            "{method} {path}: {}",
+            r.status()
         );
     }
 }
