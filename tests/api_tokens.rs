@@ -678,10 +678,12 @@ async fn handlers_see_the_principal(pool: PgPool) {
         .route(
             "/whoami",
             get(|p: Principal| async move {
-                Json(json!({"id": p.token_id, "name": p.name, "actor": p.actor(),
-                            "scopes": p.scopes}))
+                Json(
+                    json!({"id": p.token_id, "name": p.name, "actor": p.actor().principal,
+                            "scopes": p.scopes}),
+                )
             })
-            .post(|p: Principal| async move { p.actor() }),
+            .post(|p: Principal| async move { p.actor().principal }),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod db_gate;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod openapi;
 pub mod rate_limit;
