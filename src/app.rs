@@ -121,18 +121,7 @@ impl App {
             cancel.clone(),
         ));
 
-        let state = AppState {
-            pool,
-            metrics,
-            mqtt: statuses,
-            clock,
-            api_token_digest: cfg
-                .api
-                .token
-                .as_ref()
-                .map(|t| Arc::new(http::auth::digest(t.expose()))),
-            rate_limiter: Arc::new(http::rate_limit::RateLimiter::from_config(&cfg.api)),
-        };
+        let state = AppState::new(Arc::new(cfg.clone()), pool, metrics, statuses, clock);
         let limits = http_limits(&cfg, &state.metrics)?;
         let gate = http::db_gate::DbGate::new();
         tracker.spawn(

@@ -3,33 +3,25 @@
 //! reclassify, cover, resolve, at explicit times), devices and groups by plain SQL, and the
 //! state's clock is a `ManualClock` so acknowledgement times are known.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+mod common;
 
-use axum::body::Body;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
-use axum::Router;
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::{HeaderValue, Method, StatusCode};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, TimeDelta, Utc};
+use common::http::{
+    assert_client_problem, assert_json_ok, assert_problem, bearer, get, get_ok, send, send_json, t,
+    Resp, TestApp, NOW,
+};
 use fleetwatch::alerts::lifecycle::{self, AlertSpec, Fired};
-use fleetwatch::clock::ManualClock;
 use fleetwatch::domain::alert::Kind;
-use fleetwatch::http::{router, AppState};
-use fleetwatch::metrics::Metrics;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tower::ServiceExt;
 
 const TOKEN: &str = "tok";
-
-/// Where the state's clock starts.
-const NOW: &str = "2026-11-27T12:00:00Z";
-
-fn t(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().to_utc()
-}
 
 fn base() -> DateTime<Utc> {
     t("2026-11-27T10:00:00Z")
@@ -39,167 +31,22 @@ fn min(n: i64) -> DateTime<Utc> {
     base() + TimeDelta::minutes(n)
 }
 
-struct Api {
-    app: Router,
-    clock: Arc<ManualClock>,
-}
-
-fn api(pool: &PgPool) -> Api {
-    let clock = ManualClock::new(t(NOW));
-    let state = AppState {
-        pool: pool.clone(),
-        metrics: Metrics::new(),
-        mqtt: Vec::new().into(),
-        clock: clock.clone(),
-        api_token_digest: Some(Arc::new(fleetwatch::http::auth::digest(TOKEN))),
-        rate_limiter: Default::default(),
-    };
-    Api {
-        app: router(state),
-        clock,
-    }
-}
-
-/// A response, fully read.
-struct Resp {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "{} body is not JSON ({e}): {:?}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn content_type(&self) -> &str {
-        self.headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn bearer(token: &str) -> Option<HeaderValue> {
-    Some(HeaderValue::from_str(&format!("Bearer {token}")).unwrap())
-}
-
-async fn send(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    auth: Option<HeaderValue>,
-    content_type: Option<&str>,
-    body: Vec<u8>,
-) -> Resp {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(a) = auth {
-        req = req.header(AUTHORIZATION, a);
-    }
-    if let Some(ct) = content_type {
-        req = req.header(CONTENT_TYPE, ct);
-    }
-    let resp = app
-        .clone()
-        .oneshot(req.body(Body::from(body)).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = axum::body::to_bytes(resp.into_body(), 16 << 20)
-        .await
-        .unwrap()
-        .to_vec();
-    Resp {
-        status,
-        headers,
-        body,
-    }
-}
-
-async fn get(app: &Router, uri: &str) -> Resp {
-    send(app, Method::GET, uri, bearer(TOKEN), None, Vec::new()).await
-}
-
-fn assert_json_ok(r: &Resp, what: &str) -> Value {
-    assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.text());
-    assert!(
-        r.content_type().starts_with("application/json"),
-        "{what}: content-type {:?}",
-        r.content_type()
-    );
-    r.json()
-}
-
-async fn get_ok(app: &Router, uri: &str) -> Value {
-    assert_json_ok(&get(app, uri).await, uri)
-}
-
-/// A request with a JSON body given as raw text (so malformed JSON can be sent too).
-async fn send_json(app: &Router, method: Method, uri: &str, body: &str) -> Resp {
-    send(
-        app,
-        method,
-        uri,
-        bearer(TOKEN),
-        Some("application/json"),
-        body.as_bytes().to_vec(),
-    )
-    .await
-}
-
-async fn ack(app: &Router, id: i64, body: &Value) -> Resp {
+async fn ack(app: &TestApp, id: i64, body: &Value) -> Resp {
     let uri = format!("/api/v1/alerts/{id}/ack");
     send_json(app, Method::POST, &uri, &body.to_string()).await
 }
 
-async fn ack_ok(app: &Router, id: i64, body: &Value) -> Value {
+async fn ack_ok(app: &TestApp, id: i64, body: &Value) -> Value {
     assert_json_ok(&ack(app, id, body).await, &format!("ack {id} {body}"))
 }
 
-async fn ticket(app: &Router, id: i64, body: &Value) -> Resp {
+async fn ticket(app: &TestApp, id: i64, body: &Value) -> Resp {
     let uri = format!("/api/v1/alerts/{id}/ticket");
     send_json(app, Method::PUT, &uri, &body.to_string()).await
 }
 
-async fn ticket_ok(app: &Router, id: i64, body: &Value) -> Value {
+async fn ticket_ok(app: &TestApp, id: i64, body: &Value) -> Value {
     assert_json_ok(&ticket(app, id, body).await, &format!("ticket {id} {body}"))
-}
-
-/// An RFC 9457 problem document with the given status.
-fn assert_problem(r: &Resp, status: u16, what: &str) {
-    assert_eq!(r.status.as_u16(), status, "{what}: {}", r.text());
-    assert_problem_shape(r, what);
-}
-
-/// A problem document with a 4xx status.
-fn assert_client_problem(r: &Resp, allowed: &[u16], what: &str) {
-    assert!(
-        allowed.contains(&r.status.as_u16()),
-        "{what}: status {} not in {allowed:?}: {}",
-        r.status,
-        r.text()
-    );
-    assert_problem_shape(r, what);
-}
-
-fn assert_problem_shape(r: &Resp, what: &str) {
-    assert_eq!(r.content_type(), "application/problem+json", "{what}");
-    let p = r.json();
-    assert_eq!(p["status"], r.status.as_u16(), "{what}: {p}");
-    assert!(p["title"].is_string(), "{what}: {p}");
-    assert!(p["type"].is_string(), "{what}: {p}");
-    assert!(p["detail"].is_string(), "{what}: {p}");
 }
 
 /// Percent-encode everything but unreserved characters.
@@ -412,7 +259,7 @@ async fn alert_fields_are_all_present_and_utc(pool: PgPool) {
         min(50),
     )
     .await;
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
 
     let page = get_ok(&app, "/api/v1/alerts").await;
     assert!(page["next_cursor"].is_null(), "{page}");
@@ -468,7 +315,7 @@ async fn alert_fields_are_all_present_and_utc(pool: PgPool) {
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn an_empty_list(pool: PgPool) {
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let page = get_ok(&app, "/api/v1/alerts").await;
     assert_eq!(page, json!({"items": [], "next_cursor": null}));
     let page = get_ok(&app, "/api/v1/alerts?status=firing&limit=1").await;
@@ -528,7 +375,7 @@ async fn list_filters_alone_and_combined(pool: PgPool) {
     for id in [a2, a3, a7] {
         assert!(resolve(&pool, id, min(30), json!({})).await);
     }
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
 
     let cases: Vec<(&str, Vec<i64>)> = vec![
         ("", vec![a7, a6, a5, a4, a3, a2, a1]),
@@ -612,7 +459,7 @@ async fn seed_unordered(pool: &PgPool, n: i64) -> Vec<i64> {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn newest_first_ties_broken_by_id(pool: PgPool) {
     let want = seed_unordered(&pool, 10).await;
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let page = get_ok(&app, "/api/v1/alerts").await;
     assert_eq!(ids(&page), want, "{page}");
     let items = page["items"].as_array().unwrap();
@@ -632,7 +479,7 @@ async fn newest_first_ties_broken_by_id(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn cursor_pagination_sees_each_alert_once(pool: PgPool) {
     let all = seed_unordered(&pool, 25).await;
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
 
     let walk = |filter: &'static str, limit: usize| {
         let app = app.clone();
@@ -702,7 +549,7 @@ async fn cursor_pagination_sees_each_alert_once(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn bad_list_parameters_are_400_never_500(pool: PgPool) {
     open(&pool, &device_alert(Kind::HeartbeatGap, "d1", None), min(0)).await;
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let b64 = |s: &str| enc(&URL_SAFE_NO_PAD.encode(s));
     let long = "x".repeat(1025);
     let cases = [
@@ -803,7 +650,8 @@ async fn the_trail_in_order(pool: PgPool) {
     };
     assert_eq!(fire(&pool, &louder, min(41)).await, Fired::Updated(id));
 
-    let Api { app, clock } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
+    let clock = app.clock.clone();
     clock.set(min(45));
     ack_ok(&app, id, &json!({"by": "alice", "note": "on it"})).await;
     clock.set(min(46));
@@ -884,7 +732,7 @@ async fn a_resolve_outside_the_reopen_window_opens_a_new_alert(pool: PgPool) {
     assert!(resolve(&pool, first, min(10), json!({})).await);
     let second = open(&pool, &spec, min(10) + REOPEN + TimeDelta::seconds(1)).await;
     assert!(second > first, "ids are never reused");
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let page = get_ok(&app, "/api/v1/alerts?device=scr-2").await;
     assert_eq!(ids(&page), [second, first]);
     assert_eq!(page["items"][0]["status"], "firing");
@@ -896,7 +744,7 @@ async fn a_resolve_outside_the_reopen_window_opens_a_new_alert(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn unknown_alert_ids_are_404(pool: PgPool) {
     let id = open(&pool, &device_alert(Kind::HeartbeatGap, "d1", None), min(0)).await;
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let unknown = [
         (id + 1).to_string(),
         "0".into(),
@@ -944,7 +792,7 @@ async fn unknown_alert_ids_are_404(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn wrong_methods_are_405_problems(pool: PgPool) {
     let id = open(&pool, &device_alert(Kind::HeartbeatGap, "d1", None), min(0)).await;
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     for (method, uri) in [
         (Method::DELETE, format!("/api/v1/alerts/{id}")),
         (Method::POST, "/api/v1/alerts".to_string()),
@@ -966,7 +814,8 @@ async fn wrong_methods_are_405_problems(pool: PgPool) {
 async fn ack_is_recorded_once(pool: PgPool) {
     let id = open(&pool, &device_alert(Kind::HeartbeatGap, "d1", None), min(0)).await;
     let other = open(&pool, &device_alert(Kind::HeartbeatGap, "d2", None), min(1)).await;
-    let Api { app, clock } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
+    let clock = app.clock.clone();
 
     let a = ack_ok(&app, id, &json!({"by": "alice", "note": "on it"})).await;
     assert_alert_shape(&a);
@@ -1020,7 +869,7 @@ async fn ack_is_recorded_once(pool: PgPool) {
 async fn the_trail_records_the_token_not_the_name_in_the_body(pool: PgPool) {
     let id = open(&pool, &device_alert(Kind::HeartbeatGap, "d1", None), min(0)).await;
     let other = open(&pool, &device_alert(Kind::HeartbeatGap, "d2", None), min(1)).await;
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let script = fleetwatch::tokens::create(
         &pool,
         "ticketing",
@@ -1110,7 +959,7 @@ async fn the_trail_records_the_token_not_the_name_in_the_body(pool: PgPool) {
 async fn acking_a_resolved_alert_is_allowed_and_recorded(pool: PgPool) {
     let id = open(&pool, &device_alert(Kind::Throttled, "d1", None), min(0)).await;
     assert!(resolve(&pool, id, min(20), json!({})).await);
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let a = ack_ok(&app, id, &json!({"by": "carol", "note": "post-mortem"})).await;
     assert_eq!(a["status"], "resolved");
     assert_eq!(a["resolved_at"], "2026-11-27T10:20:00Z");
@@ -1126,7 +975,7 @@ async fn acking_a_resolved_alert_is_allowed_and_recorded(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn concurrent_acks_record_one_event(pool: PgPool) {
     let id = open(&pool, &device_alert(Kind::HeartbeatGap, "d1", None), min(0)).await;
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..8 {
         let app = app.clone();
@@ -1164,7 +1013,7 @@ async fn concurrent_acks_record_one_event(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn bad_ack_bodies_are_client_errors(pool: PgPool) {
     let id = open(&pool, &device_alert(Kind::HeartbeatGap, "d1", None), min(0)).await;
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let uri = format!("/api/v1/alerts/{id}/ack");
     let long_by = format!(r#"{{"by": "{}"}}"#, "b".repeat(201));
     let long_note = format!(r#"{{"by": "alice", "note": "{}"}}"#, "n".repeat(4001));
@@ -1235,7 +1084,8 @@ async fn bad_ack_bodies_are_client_errors(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn ticket_link_and_relink(pool: PgPool) {
     let id = open(&pool, &device_alert(Kind::HeartbeatGap, "d1", None), min(0)).await;
-    let Api { app, clock } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
+    let clock = app.clock.clone();
     let body = json!({"ref": "OPS-123", "url": "https://tickets/OPS-123"});
 
     let a = ticket_ok(&app, id, &body).await;
@@ -1305,7 +1155,7 @@ async fn ticket_link_and_relink(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn bad_ticket_bodies_are_client_errors(pool: PgPool) {
     let id = open(&pool, &device_alert(Kind::HeartbeatGap, "d1", None), min(0)).await;
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let uri = format!("/api/v1/alerts/{id}/ticket");
     let refused = [
         "{}",
@@ -1379,7 +1229,8 @@ async fn ticketing_flow_end_to_end(pool: PgPool) {
     )
     .await;
     assert!(resolve(&pool, old, min(-50), json!({})).await);
-    let Api { app, clock } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
+    let clock = app.clock.clone();
 
     // 1. What is firing?
     let firing = get_ok(&app, "/api/v1/alerts?status=firing").await;
@@ -1456,7 +1307,7 @@ fn counts(v: &Value) -> BTreeMap<String, i64> {
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn summary_of_an_empty_fleet_has_every_key(pool: PgPool) {
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let s = get_ok(&app, "/api/v1/fleet/summary").await;
     let by_state = counts(&s["devices_by_state"]);
     assert_eq!(
@@ -1533,7 +1384,7 @@ async fn summary_counts_a_seeded_mix(pool: PgPool) {
     .await;
     assert!(resolve(&pool, flap, min(10), json!({})).await);
     assert!(resolve(&pool, old_gap, min(-80), json!({})).await);
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     ack_ok(&app, o1, &json!({"by": "alice"})).await;
     ack_ok(&app, thr, &json!({"by": "alice"})).await;
     // acknowledging a resolved alert changes no firing count
@@ -1598,7 +1449,7 @@ async fn every_alert_route_requires_a_token(pool: PgPool) {
         min(0),
     )
     .await;
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let ack_body = r#"{"by": "mallory"}"#;
     let ticket_body = r#"{"ref": "EVIL-1"}"#;
     let routes: Vec<(Method, String, Option<&str>)> = vec![
@@ -1697,7 +1548,7 @@ async fn hostile_strings_round_trip(pool: PgPool) {
         };
         made.push((open(&pool, &spec, min(i as i64)).await, spec));
     }
-    let Api { app, .. } = api(&pool);
+    let app = TestApp::new(&pool, TOKEN);
 
     for (id, spec) in &made {
         let dev = spec.device_id.as_deref().unwrap();

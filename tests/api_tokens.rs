@@ -10,137 +10,37 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::http::{HeaderValue, Method, Request, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{TimeDelta, Utc};
+use common::http::{assert_problem, assert_unauthorized, bearer, call, get_with, t, TestApp, NOW};
 use fleetwatch::alerts::lifecycle::{self, AlertSpec, Fired};
-use fleetwatch::clock::ManualClock;
 use fleetwatch::config::Config;
 use fleetwatch::domain::alert::Kind;
 use fleetwatch::http::auth::Principal;
-use fleetwatch::http::rate_limit::RateLimiter;
-use fleetwatch::http::{router, AppState};
-use fleetwatch::metrics::Metrics;
 use fleetwatch::tokens::{self, Revoked, Scope};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tower::ServiceExt;
 
 const BOOTSTRAP: &str = "bootstrap-token-for-tests";
-const NOW: &str = "2026-11-27T12:00:00Z";
 
-fn t(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().to_utc()
-}
-
-struct Api {
-    app: Router,
-    clock: Arc<ManualClock>,
-}
-
-fn api_with(pool: &PgPool, limiter: RateLimiter) -> Api {
-    let clock = ManualClock::new(t(NOW));
-    let state = AppState {
-        pool: pool.clone(),
-        metrics: Metrics::new(),
-        mqtt: Vec::new().into(),
-        clock: clock.clone(),
-        api_token_digest: Some(Arc::new(fleetwatch::http::auth::digest(BOOTSTRAP))),
-        rate_limiter: Arc::new(limiter),
-    };
-    Api {
-        app: router(state),
-        clock,
-    }
+/// The API with this rate limit for stored tokens.
+fn api_with(pool: &PgPool, per_second: f64, burst: u32) -> TestApp {
+    TestApp::build(pool, t(NOW), Some(BOOTSTRAP), |c| {
+        c.api.rate_limit_per_second = per_second;
+        c.api.rate_limit_burst = burst;
+    })
 }
 
 /// A router whose rate limit no test here reaches by accident.
-fn api(pool: &PgPool) -> Api {
-    api_with(pool, RateLimiter::new(10_000.0, 10_000))
-}
-
-struct Resp {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {:?}", self.status, self.text()))
-    }
-    fn header(&self, name: impl axum::http::header::AsHeaderName) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-async fn call(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    auth: Option<HeaderValue>,
-    body: Option<&Value>,
-) -> Resp {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(a) = auth {
-        req = req.header(AUTHORIZATION, a);
-    }
-    let body = match body {
-        Some(b) => {
-            req = req.header(CONTENT_TYPE, "application/json");
-            Body::from(b.to_string())
-        }
-        None => Body::empty(),
-    };
-    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = axum::body::to_bytes(resp.into_body(), 16 << 20)
-        .await
-        .unwrap()
-        .to_vec();
-    Resp {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn bearer(token: &str) -> Option<HeaderValue> {
-    Some(HeaderValue::from_str(&format!("Bearer {token}")).unwrap())
-}
-
-async fn get_with(app: &Router, uri: &str, token: &str) -> Resp {
-    call(app, Method::GET, uri, bearer(token), None).await
-}
-
-fn assert_problem(r: &Resp, status: u16, what: &str) {
-    assert_eq!(r.status.as_u16(), status, "{what}: {}", r.text());
-    assert_eq!(
-        r.header(CONTENT_TYPE),
-        Some("application/problem+json"),
-        "{what}"
-    );
-    let p = r.json();
-    assert_eq!(p["status"], status, "{what}: {p}");
-    for f in ["type", "title", "detail"] {
-        assert!(p[f].is_string(), "{what}: {f} in {p}");
-    }
-}
-
-fn assert_unauthorized(r: &Resp, what: &str) {
-    assert_problem(r, 401, what);
-    assert_eq!(r.header(WWW_AUTHENTICATE), Some("Bearer"), "{what}");
+fn api(pool: &PgPool) -> TestApp {
+    api_with(pool, 10_000.0, 10_000)
 }
 
 async fn create(pool: &PgPool, name: &str, scopes: &[Scope]) -> tokens::NewToken {
@@ -665,23 +565,17 @@ async fn scope_matrix_over_every_api_route(pool: PgPool) {
 /// Handlers see who called: the principal is in the request's extensions and extractable.
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn handlers_see_the_principal(pool: PgPool) {
-    let clock = ManualClock::new(t(NOW));
-    let state = AppState {
-        pool: pool.clone(),
-        metrics: Metrics::new(),
-        mqtt: Vec::new().into(),
-        clock,
-        api_token_digest: Some(Arc::new(fleetwatch::http::auth::digest(BOOTSTRAP))),
-        rate_limiter: Default::default(),
-    };
+    let state = TestApp::new(&pool, BOOTSTRAP).state;
     let app = Router::new()
         .route(
             "/whoami",
             get(|p: Principal| async move {
-                Json(json!({"id": p.token_id, "name": p.name, "actor": p.actor(),
-                            "scopes": p.scopes}))
+                Json(
+                    json!({"id": p.token_id, "name": p.name, "actor": p.actor().principal,
+                            "scopes": p.scopes}),
+                )
             })
-            .post(|p: Principal| async move { p.actor() }),
+            .post(|p: Principal| async move { p.actor().principal }),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -798,7 +692,7 @@ async fn a_revoked_token_is_refused_within_the_same_second(pool: PgPool) {
 async fn past_the_burst_429_with_retry_after_and_other_tokens_unaffected(pool: PgPool) {
     // One request every 2 s sustained, 5 at once: the refused requests below take far less
     // than those 2 s, so none of them is let in by the refill.
-    let api = api_with(&pool, RateLimiter::new(0.5, 5));
+    let api = api_with(&pool, 0.5, 5);
     let busy = create(&pool, "busy", &[Scope::Read]).await;
     let calm = create(&pool, "calm", &[Scope::Read]).await;
 

@@ -1,60 +1,25 @@
 //! `GET /api/v1/webhooks/deliveries` and `POST /api/v1/webhooks/deliveries/{id}/redrive`.
 
-use std::sync::Arc;
+mod common;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use chrono::{DateTime, TimeDelta, Utc};
-use fleetwatch::http::{router, AppState};
-use fleetwatch::metrics::Metrics;
+use common::http::{send, t, TestApp, NOW};
 use serde_json::Value;
 use sqlx::PgPool;
-use tower::ServiceExt;
 
 const TOKEN: &str = "deliveries-token";
 
 fn now() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
-        .unwrap()
-        .to_utc()
+    t(NOW)
 }
 
-fn app(pool: &PgPool) -> axum::Router {
-    router(AppState {
-        pool: pool.clone(),
-        metrics: Metrics::new(),
-        mqtt: Vec::new().into(),
-        clock: fleetwatch::clock::ManualClock::new(now()),
-        api_token_digest: Some(Arc::new(fleetwatch::http::auth::digest(TOKEN))),
-        rate_limiter: Default::default(),
-    })
-}
-
-async fn call(app: &axum::Router, method: &str, uri: &str) -> (StatusCode, String, Value) {
-    let r = app
-        .clone()
-        .oneshot(
-            Request::builder()
-                .method(method)
-                .uri(uri)
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = r.status();
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
-    (
-        status,
-        ct,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+/// (status, content type, JSON body or null) of a request with the bootstrap token.
+async fn call(app: &TestApp, method: &str, uri: &str) -> (StatusCode, String, Value) {
+    let method = method.parse().unwrap();
+    let r = send(app, method, uri, app.auth(), None, Vec::new()).await;
+    let body = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    (r.status, r.content_type().to_string(), body)
 }
 
 /// An alert and three notifications of it: delivered, dead, pending.
@@ -101,7 +66,7 @@ async fn seed(pool: &PgPool) -> (i64, i64, i64) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn deliveries_are_listed_filtered_and_paged(pool: PgPool) {
     let (delivered, dead, pending) = seed(&pool).await;
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let (s, _, all) = call(&app, "GET", "/api/v1/webhooks/deliveries").await;
     assert_eq!(s, StatusCode::OK);
     let ids: Vec<i64> = all["items"]
@@ -141,7 +106,7 @@ async fn deliveries_are_listed_filtered_and_paged(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn a_dead_delivery_is_redriven_with_its_delivery_id_and_others_conflict(pool: PgPool) {
     let (delivered, dead, _) = seed(&pool).await;
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let before: String = sqlx::query_scalar("select delivery_id from notifications where id = $1")
         .bind(dead)
         .fetch_one(&pool)

@@ -2,145 +2,27 @@
 //! test (authentication, the device API, error shapes, health endpoints), plus a few tests over
 //! a real socket with reqwest.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
-use axum::Router;
+use axum::http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, Method, StatusCode};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, TimeDelta, Utc};
-use fleetwatch::clock::{ManualClock, SharedClock};
+use common::http::{
+    assert_problem, assert_unauthorized, bearer, call, get, get_ok, t, TestApp, NOW,
+};
 use fleetwatch::db::presence::{self, Stored};
 use fleetwatch::domain::presence::{EventType, PresenceEvent};
 use fleetwatch::domain::DropReason;
 use fleetwatch::http::{router, AppState};
-use fleetwatch::metrics::Metrics;
 use serde_json::Value;
 use sqlx::PgPool;
-use tower::ServiceExt;
 
 const TOKEN: &str = "tok";
-
-fn t(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().to_utc()
-}
-
-fn clock() -> SharedClock {
-    ManualClock::new(t("2026-11-27T12:00:00Z"))
-}
-
-fn state_with(pool: PgPool, token: Option<&str>) -> AppState {
-    AppState {
-        pool,
-        metrics: Metrics::new(),
-        mqtt: Vec::new().into(),
-        clock: clock(),
-        api_token_digest: token.map(|t| Arc::new(fleetwatch::http::auth::digest(t))),
-        rate_limiter: Default::default(),
-    }
-}
-
-fn app(pool: &PgPool) -> Router {
-    router(state_with(pool.clone(), Some(TOKEN)))
-}
-
-/// A response, fully read.
-struct Resp {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "{} body is not JSON ({e}): {:?}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn content_type(&self) -> &str {
-        self.headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-async fn call(app: &Router, method: Method, uri: &str, auth: Option<HeaderValue>) -> Resp {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(a) = auth {
-        req = req.header(AUTHORIZATION, a);
-    }
-    let resp = app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = axum::body::to_bytes(resp.into_body(), 16 << 20)
-        .await
-        .unwrap()
-        .to_vec();
-    Resp {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn bearer(token: &str) -> Option<HeaderValue> {
-    Some(HeaderValue::from_str(&format!("Bearer {token}")).unwrap())
-}
-
-/// GET with the right token.
-async fn get(app: &Router, uri: &str) -> Resp {
-    call(app, Method::GET, uri, bearer(TOKEN)).await
-}
-
-/// GET with the right token, expecting 200 JSON.
-async fn get_ok(app: &Router, uri: &str) -> Value {
-    let r = get(app, uri).await;
-    assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.text());
-    assert!(
-        r.content_type().starts_with("application/json"),
-        "{uri}: content-type {:?}",
-        r.content_type()
-    );
-    r.json()
-}
-
-/// An RFC 9457 problem document with the given status.
-fn assert_problem(r: &Resp, status: u16, what: &str) {
-    assert_eq!(r.status.as_u16(), status, "{what}: {}", r.text());
-    assert_eq!(r.content_type(), "application/problem+json", "{what}");
-    let p = r.json();
-    assert_eq!(p["status"], status, "{what}: {p}");
-    assert!(p["title"].is_string(), "{what}: {p}");
-    assert!(p["type"].is_string(), "{what}: {p}");
-    assert!(p["detail"].is_string(), "{what}: {p}");
-}
-
-fn assert_unauthorized(r: &Resp, what: &str) {
-    assert_problem(r, 401, what);
-    assert_eq!(
-        r.headers.get(WWW_AUTHENTICATE).map(|v| v.as_bytes()),
-        Some(&b"Bearer"[..]),
-        "{what}"
-    );
-}
 
 /// Percent-encode everything but unreserved characters (usable in a path segment or a query).
 fn enc(s: &str) -> String {
@@ -299,10 +181,10 @@ fn bad_credentials() -> Vec<(&'static str, Option<HeaderValue>)> {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn every_api_route_refuses_bad_credentials(pool: PgPool) {
     insert_device(&pool, "known", None, "healthy").await;
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     for route in API_ROUTES {
         for (what, auth) in bad_credentials() {
-            let r = call(&app, Method::GET, route, auth).await;
+            let r = call(&app, Method::GET, route, auth, None).await;
             assert_unauthorized(&r, &format!("{route} with {what}"));
             let body = r.text();
             assert!(!body.contains("known"), "{route}: {body}");
@@ -313,13 +195,14 @@ async fn every_api_route_refuses_bad_credentials(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn the_right_token_works(pool: PgPool) {
     insert_device(&pool, "known", None, "healthy").await;
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     for auth in ["Bearer tok", "bearer tok", "BEARER tok"] {
         let r = call(
             &app,
             Method::GET,
             "/api/v1/devices",
             Some(HeaderValue::from_static(auth)),
+            None,
         )
         .await;
         assert_eq!(r.status, StatusCode::OK, "{auth}: {}", r.text());
@@ -334,18 +217,18 @@ async fn the_right_token_works(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn no_configured_token_refuses_everything(pool: PgPool) {
     insert_device(&pool, "known", None, "healthy").await;
-    let app = router(state_with(pool.clone(), None));
+    let app = TestApp::build(&pool, t(NOW), None, |_| {});
     let mut creds = bad_credentials();
     creds.push(("the usual token", bearer(TOKEN)));
     creds.push(("an empty bearer", Some(HeaderValue::from_static("Bearer "))));
     for route in API_ROUTES {
         for (what, auth) in &creds {
-            let r = call(&app, Method::GET, route, auth.clone()).await;
+            let r = call(&app, Method::GET, route, auth.clone(), None).await;
             assert_unauthorized(&r, &format!("{route} with {what}, no token configured"));
         }
     }
     // The unauthenticated endpoints still answer.
-    let r = call(&app, Method::GET, "/healthz", None).await;
+    let r = call(&app, Method::GET, "/healthz", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -367,7 +250,7 @@ async fn device_fields_are_all_present_and_utc(pool: PgPool) {
     .await
     .unwrap();
     insert_device(&pool, "bare", None, "never_seen").await;
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
 
     let page = get_ok(&app, "/api/v1/devices").await;
     assert!(page["next_cursor"].is_null(), "{page}");
@@ -450,7 +333,7 @@ async fn device_connectivity_from_presence_events(pool: PgPool) {
         "s-2",
     )
     .await;
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
 
     let s1 = get_ok(&app, "/api/v1/devices/s-1").await;
     assert_eq!(s1["connected"], true, "{s1}");
@@ -479,7 +362,7 @@ async fn device_filters(pool: PgPool) {
     ] {
         insert_device(&pool, id, group, state).await;
     }
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let list = |query: String| {
         let app = app.clone();
         async move {
@@ -545,7 +428,7 @@ async fn cursor_pagination_walks_every_device_once(pool: PgPool) {
         insert_device(&pool, &id, group, "healthy").await;
         all.insert(id);
     }
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
 
     for limit in [1usize, 2, 5, 7, 22, 23, 24, 1000] {
         let mut seen = Vec::new();
@@ -601,7 +484,7 @@ async fn cursor_pagination_walks_every_device_once(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn bad_list_parameters_are_400_never_500(pool: PgPool) {
     insert_device(&pool, "d1", None, "healthy").await;
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let long = "x".repeat(1025);
     let cases = [
         "limit=0".to_string(),
@@ -670,7 +553,7 @@ async fn hostile_ids_round_trip(pool: PgPool) {
         )
         .await;
     }
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     for id in hostile {
         let d = get_ok(&app, &format!("/api/v1/devices/{}", enc(id))).await;
         assert_eq!(d["id"], id, "{d}");
@@ -702,7 +585,7 @@ async fn hostile_ids_round_trip(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn unknown_and_invalid_device_ids(pool: PgPool) {
     insert_device(&pool, "d1", None, "healthy").await;
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     for id in ["nope", "D1", "d1%20", "%20d1", &"x".repeat(200)] {
         assert_problem(&get(&app, &format!("/api/v1/devices/{id}")).await, 404, id);
         assert_problem(
@@ -754,7 +637,7 @@ async fn events_page_newest_first_with_cursor(pool: PgPool) {
     assert_eq!(store(&pool, &timeline[1], d).await, Stored::Duplicate);
     // another device's events never show
     store(&pool, &connect("d2", m(7), "x1", 1, "192.0.2.1"), "d2").await;
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
 
     let all = get_ok(&app, "/api/v1/devices/d1/events").await;
     assert_eq!(all["items"].as_array().unwrap().len(), 7, "{all}");
@@ -816,7 +699,7 @@ async fn events_page_newest_first_with_cursor(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn bad_event_parameters_are_400_never_500(pool: PgPool) {
     insert_device(&pool, "d1", None, "healthy").await;
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let c = |raw: &str| URL_SAFE_NO_PAD.encode(raw);
     let cases = [
         "limit=0".to_string(),
@@ -870,7 +753,7 @@ async fn device_cursor_holding_nul_is_400_not_500(pool: PgPool) {
         "{err}"
     );
     // what a client sees
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let cursor = URL_SAFE_NO_PAD.encode("a\0b");
     let r = get(&app, &format!("/api/v1/devices?cursor={cursor}")).await;
     assert_problem(
@@ -899,7 +782,7 @@ async fn event_cursor_outside_postgres_time_range_is_400_not_500(pool: PgPool) {
         "{err}"
     );
     // what a client sees
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     for raw in [format!("{micros}:1"), "8000000000000000000:1".to_string()] {
         let cursor = URL_SAFE_NO_PAD.encode(&raw);
         let r = get(&app, &format!("/api/v1/devices/d1/events?cursor={cursor}")).await;
@@ -916,7 +799,7 @@ async fn event_cursor_outside_postgres_time_range_is_400_not_500(pool: PgPool) {
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn unknown_routes_are_404_problem_json(pool: PgPool) {
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     for uri in [
         "/",
         "/nope",
@@ -929,7 +812,7 @@ async fn unknown_routes_are_404_problem_json(pool: PgPool) {
         assert_problem(&get(&app, uri).await, 404, uri);
     }
     // without a token an unknown /api route is refused or not found, never served
-    let r = call(&app, Method::GET, "/api/v1/nope", None).await;
+    let r = call(&app, Method::GET, "/api/v1/nope", None, None).await;
     assert!(matches!(r.status.as_u16(), 401 | 404), "{}", r.status);
     assert_eq!(r.content_type(), "application/problem+json");
 }
@@ -943,7 +826,7 @@ async fn unknown_routes_are_404_problem_json(pool: PgPool) {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn framework_rejections_are_problem_documents(pool: PgPool) {
     insert_device(&pool, "d1", None, "healthy").await;
-    let app = app(&pool);
+    let app = TestApp::new(&pool, TOKEN);
     let mut failures = Vec::new();
     for (method, uri, status) in [
         (Method::POST, "/api/v1/devices", 405),
@@ -952,7 +835,7 @@ async fn framework_rejections_are_problem_documents(pool: PgPool) {
         (Method::GET, "/api/v1/devices/%FF", 400),
         (Method::GET, "/api/v1/devices/%FF/events", 400),
     ] {
-        let r = call(&app, method.clone(), uri, bearer(TOKEN)).await;
+        let r = call(&app, method.clone(), uri, bearer(TOKEN), None).await;
         if r.status.as_u16() != status || r.content_type() != "application/problem+json" {
             failures.push(format!(
                 "{method} {uri}: {} {:?} {:?}",
@@ -971,8 +854,8 @@ async fn framework_rejections_are_problem_documents(pool: PgPool) {
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn healthz_reports_mqtt_connections(pool: PgPool) {
-    let app = app(&pool);
-    let r = call(&app, Method::GET, "/healthz", None).await;
+    let app = TestApp::new(&pool, TOKEN);
+    let r = call(&app, Method::GET, "/healthz", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.content_type().starts_with("application/json"));
     let h = r.json();
@@ -980,19 +863,19 @@ async fn healthz_reports_mqtt_connections(pool: PgPool) {
     assert_eq!(h["mqtt"]["connections"], serde_json::json!([]), "{h}");
     // healthz does not depend on the database
     pool.close().await;
-    let r = call(&app, Method::GET, "/healthz", None).await;
+    let r = call(&app, Method::GET, "/healthz", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn readyz_follows_the_database(pool: PgPool) {
-    let app = app(&pool);
-    let r = call(&app, Method::GET, "/readyz", None).await;
+    let app = TestApp::new(&pool, TOKEN);
+    let r = call(&app, Method::GET, "/readyz", None, None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["database"], "ok");
 
     pool.close().await;
-    let r = call(&app, Method::GET, "/readyz", None).await;
+    let r = call(&app, Method::GET, "/readyz", None, None).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
     assert_eq!(r.json()["status"], "unavailable");
 
@@ -1005,12 +888,43 @@ async fn readyz_follows_the_database(pool: PgPool) {
     assert!(!body.contains("closed"), "{body}");
 }
 
+/// The state holds the parsed configuration, and what the edge derives from it (the bootstrap
+/// token, stored tokens' rate limits) follows it.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn the_state_is_built_from_the_configuration(pool: PgPool) {
+    let app = TestApp::build(&pool, t(NOW), Some("configured"), |c| {
+        c.api.rate_limit_burst = 2;
+        c.api.rate_limit_per_second = 0.001;
+        c.devices.max_devices = 7;
+    });
+    assert_eq!(app.state.config.api.rate_limit_burst, 2);
+    assert_eq!(app.state.config.devices.max_devices, 7);
+    assert_eq!(get(&app, "/api/v1/devices").await.status, StatusCode::OK);
+    let r = call(&app, Method::GET, "/api/v1/devices", bearer(TOKEN), None).await;
+    assert_unauthorized(&r, "a token other than the configured one");
+
+    let stored =
+        fleetwatch::tokens::create(&pool, "ci", &[fleetwatch::tokens::Scope::Read], t(NOW))
+            .await
+            .unwrap();
+    let secret = stored.token.expose();
+    for i in 0..2 {
+        let r = common::http::get_with(&app, "/api/v1/devices", secret).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "request {i} within the configured burst"
+        );
+    }
+    let r = common::http::get_with(&app, "/api/v1/devices", secret).await;
+    assert_problem(&r, 429, "past the configured burst of 2");
+}
+
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn metrics_are_served_from_this_instance(pool: PgPool) {
-    let state = state_with(pool.clone(), Some(TOKEN));
-    let metrics = state.metrics.clone();
-    let app = router(state);
-    let r = call(&app, Method::GET, "/metrics", None).await;
+    let app = TestApp::new(&pool, TOKEN);
+    let metrics = app.state.metrics.clone();
+    let r = call(&app, Method::GET, "/metrics", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.content_type().contains("text"), "{}", r.content_type());
     let text = r.text();
@@ -1029,7 +943,7 @@ async fn metrics_are_served_from_this_instance(pool: PgPool) {
     }
     metrics.dropped(DropReason::MalformedJson);
     metrics.dropped(DropReason::MalformedJson);
-    let text = call(&app, Method::GET, "/metrics", None).await.text();
+    let text = call(&app, Method::GET, "/metrics", None, None).await.text();
     assert!(
         text.contains("fleetwatch_ingest_dropped_total{reason=\"malformed_json\"} 2"),
         "{text}"
@@ -1054,7 +968,7 @@ async fn real_socket_auth_devices_and_health(pool: PgPool) {
     for id in hostile {
         insert_device(&pool, id, Some("g"), "healthy").await;
     }
-    let (addr, server) = serve(state_with(pool.clone(), Some(TOKEN))).await;
+    let (addr, server) = serve(TestApp::new(&pool, TOKEN).state).await;
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
 
@@ -1147,7 +1061,7 @@ async fn real_socket_concurrent_requests(pool: PgPool) {
     for i in 0..20 {
         insert_device(&pool, &format!("d{i:02}"), None, "healthy").await;
     }
-    let (addr, server) = serve(state_with(pool.clone(), Some(TOKEN))).await;
+    let (addr, server) = serve(TestApp::new(&pool, TOKEN).state).await;
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -1176,7 +1090,7 @@ async fn real_socket_concurrent_requests(pool: PgPool) {
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn real_socket_readyz_after_the_database_goes(pool: PgPool) {
-    let (addr, server) = serve(state_with(pool.clone(), Some(TOKEN))).await;
+    let (addr, server) = serve(TestApp::new(&pool, TOKEN).state).await;
     let url = format!("http://{addr}/readyz");
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
     pool.close().await;

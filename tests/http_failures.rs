@@ -2,14 +2,15 @@
 //! outage answers a prompt `503` with `Retry-After` (not a `500` after the pool's 5 s acquire
 //! timeout), and a body over `http.max_body_bytes` gets `413` on every JSON-body route.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use fleetwatch::http::db_gate::DbGate;
 use fleetwatch::http::server::{serve, Limits};
-use fleetwatch::http::{edge, router, AppState};
+use fleetwatch::http::{edge, router};
 use fleetwatch::metrics::Metrics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -18,17 +19,6 @@ use tower::ServiceExt;
 
 const TOKEN: &str = "tok";
 
-fn state(pool: PgPool) -> AppState {
-    AppState {
-        pool,
-        metrics: Metrics::new(),
-        mqtt: Vec::new().into(),
-        clock: Arc::new(fleetwatch::clock::SystemClock),
-        api_token_digest: Some(Arc::new(fleetwatch::http::auth::digest(TOKEN))),
-        rate_limiter: Default::default(),
-    }
-}
-
 /// Serve `pool`'s API on a real socket, its gate probing what the pool connects to.
 async fn start(pool: PgPool, cancel: &CancellationToken) -> String {
     let gate = DbGate::new();
@@ -36,7 +26,7 @@ async fn start(pool: PgPool, cancel: &CancellationToken) -> String {
         gate.clone()
             .run((*pool.connect_options()).clone(), cancel.clone()),
     );
-    let app = edge(router(state(pool)), 64 * 1024, gate);
+    let app = edge(router(common::http::state(&pool, TOKEN)), 64 * 1024, gate);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(
@@ -140,7 +130,11 @@ async fn a_reachable_database_is_served_as_usual(pool: PgPool) {
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn a_body_over_the_limit_is_413_on_every_json_route(pool: PgPool) {
-    let app = edge(router(state(pool)), 1024, DbGate::new());
+    let app = edge(
+        router(common::http::state(&pool, TOKEN)),
+        1024,
+        DbGate::new(),
+    );
     let big = serde_json::json!({
         "by": "a".repeat(2000), "note": "n",
         "ref": "OPS-1", "kind": "flapping", "ends_at": "2099-01-01T00:00:00Z", "comment": "c"

@@ -2,29 +2,17 @@
 //! installed by scripts/test into .venv) run against the live service finds no 5xx and no
 //! response that breaks the document.
 
-use std::sync::Arc;
+mod common;
 
-use fleetwatch::http::{router, AppState};
-use fleetwatch::metrics::Metrics;
+use fleetwatch::http::router;
 use sqlx::PgPool;
 
 const TOKEN: &str = "openapi-test-token";
 
-fn state(pool: &PgPool) -> AppState {
-    AppState {
-        pool: pool.clone(),
-        metrics: Metrics::new(),
-        mqtt: Vec::new().into(),
-        clock: Arc::new(fleetwatch::clock::SystemClock),
-        api_token_digest: Some(Arc::new(fleetwatch::http::auth::digest(TOKEN))),
-        rate_limiter: Default::default(),
-    }
-}
-
 async fn serve(pool: &PgPool) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = router(state(pool));
+    let app = router(common::http::state(pool, TOKEN));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}")
 }

@@ -5,12 +5,15 @@
 //! once (a firing if still firing and never sent, a resolution if it was sent firing and has
 //! resolved since).
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use common::http::{bearer, send, TestApp};
 use fleetwatch::alerts::lifecycle::{self, AlertSpec};
 use fleetwatch::alerts::outbox;
 use fleetwatch::alerts::webhook::{Outcome, Worker};
@@ -18,13 +21,10 @@ use fleetwatch::clock::{Clock, ManualClock};
 use fleetwatch::config::{HumanDuration, Secret, WebhookConfig};
 use fleetwatch::domain::actor::Actor;
 use fleetwatch::domain::alert::Kind;
-use fleetwatch::http::{router, AppState};
-use fleetwatch::metrics::Metrics;
 use fleetwatch::tokens::{self, Scope};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 
 const TOKEN: &str = "silences-bootstrap-token";
 
@@ -92,7 +92,7 @@ impl Receiver {
 
 struct Env {
     pool: PgPool,
-    app: axum::Router,
+    app: TestApp,
     clock: Arc<ManualClock>,
     worker: Worker,
     rx: Receiver,
@@ -122,15 +122,8 @@ impl Env {
         tweak(&mut hook);
         let hooks = [hook];
         outbox::sync_endpoints(&pool, &hooks).await.unwrap();
-        let clock = ManualClock::new(t0());
-        let app = router(AppState {
-            pool: pool.clone(),
-            metrics: Metrics::new(),
-            mqtt: Vec::new().into(),
-            clock: clock.clone(),
-            api_token_digest: Some(Arc::new(fleetwatch::http::auth::digest(TOKEN))),
-            rate_limiter: Default::default(),
-        });
+        let app = TestApp::build(&pool, t0(), Some(TOKEN), |_| {});
+        let clock = app.clock.clone();
         Env {
             worker: Worker::new(pool.clone(), &hooks).unwrap(),
             pool,
@@ -147,29 +140,16 @@ impl Env {
         uri: &str,
         body: Option<&str>,
     ) -> Resp {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = match body {
-            Some(b) => req
-                .header("content-type", "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let r = self.app.clone().oneshot(req).await.unwrap();
-        let status = r.status();
-        let content_type = r
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let auth = token.and_then(bearer);
+        let (ct, body) = match body {
+            Some(b) => (Some("application/json"), b.as_bytes().to_vec()),
+            None => (None, Vec::new()),
+        };
+        let r = send(&self.app, method.parse().unwrap(), uri, auth, ct, body).await;
         Resp {
-            status,
-            content_type,
-            json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            status: r.status,
+            content_type: r.content_type().to_string(),
+            json: serde_json::from_slice(&r.body).unwrap_or(Value::Null),
         }
     }
 

@@ -6,18 +6,20 @@
 //! Its own test binary: the log test captures everything at TRACE, the `log` crate's records
 //! from reqwest included, which a subscriber installed by another test would get in the way of.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, Uri};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use common::http::TestApp;
 use fleetwatch::alerts::lifecycle::{self, AlertSpec};
 use fleetwatch::alerts::outbox;
 use fleetwatch::alerts::webhook::Worker;
 use fleetwatch::config::{HumanDuration, Secret, WebhookConfig};
 use fleetwatch::domain::alert::Kind;
-use fleetwatch::http::{router, AppState};
 use fleetwatch::tokens::{self, Scope};
 use serde_json::json;
 use sqlx::PgPool;
@@ -214,14 +216,7 @@ async fn a_failing_endpoint_url_is_in_no_error_no_answer_and_no_log(pool: PgPool
     let token = tokens::create(&pool, "reader", &[Scope::Read], now)
         .await
         .unwrap();
-    let app = router(AppState {
-        pool: pool.clone(),
-        metrics: fleetwatch::metrics::Metrics::new(),
-        mqtt: Vec::new().into(),
-        clock: fleetwatch::clock::ManualClock::new(now),
-        api_token_digest: None,
-        rate_limiter: Default::default(),
-    });
+    let app = TestApp::build(&pool, now, None, |_| {}).app;
     let r = app
         .oneshot(
             Request::get("/api/v1/webhooks/deliveries")

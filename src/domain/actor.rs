@@ -5,7 +5,12 @@
 //! (`token:0:bootstrap` for the bootstrap token), `fleetwatch` for the service's own decisions,
 //! and `user:<name>` once staff log in to the dashboard.
 
+use std::fmt;
+
 use serde_json::{Map, Value};
+
+/// The principal of the service's own decisions (firing, resolving, covering alerts).
+pub const SERVICE: &str = "fleetwatch";
 
 /// The actor of a change made through the API or the dashboard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,12 +23,28 @@ pub struct Actor {
 }
 
 impl Actor {
+    /// An API token acting, by its stored id (`None`: the bootstrap token, written as id 0;
+    /// stored ids start at 1) and name.
+    pub fn token(id: Option<i64>, name: &str, on_behalf_of: Option<String>) -> Actor {
+        Actor {
+            principal: format!("token:{}:{name}", id.unwrap_or(0)),
+            on_behalf_of,
+        }
+    }
+
     /// `details` of a trail event, with `on_behalf_of` added when the request gave a name.
     pub fn details(&self, mut details: Map<String, Value>) -> Value {
         if let Some(name) = &self.on_behalf_of {
             details.insert("on_behalf_of".into(), Value::String(name.clone()));
         }
         Value::Object(details)
+    }
+}
+
+/// The principal, as logs show who acted.
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.principal)
     }
 }
 
@@ -49,5 +70,20 @@ mod tests {
             ..a
         };
         assert_eq!(b.details(m), json!({"note": "n"}));
+    }
+
+    #[test]
+    fn tokens_are_named_by_id_and_name() {
+        assert_eq!(
+            Actor::token(Some(3), "ticketing", None).principal,
+            "token:3:ticketing"
+        );
+        assert_eq!(
+            Actor::token(None, "bootstrap", None).principal,
+            "token:0:bootstrap"
+        );
+        let a = Actor::token(Some(3), "ticketing", Some("alice".into()));
+        assert_eq!(a.on_behalf_of.as_deref(), Some("alice"));
+        assert_eq!(a.to_string(), "token:3:ticketing");
     }
 }

@@ -24,6 +24,7 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use super::rate_limit::retry_after_secs;
 use super::AppState;
+use crate::domain::actor::Actor;
 use crate::tokens::{self, Scope};
 
 /// SHA-256 of a token (the bootstrap token is held in memory as this).
@@ -57,10 +58,15 @@ impl Principal {
     }
 
     /// How audit trails name this principal: `token:<id>:<name>`, and `token:0:bootstrap` for
-    /// the bootstrap token (stored ids start at 1). Every actor column and trail event holds this;
-    /// a name given in a request body is only kept beside it, as "on behalf of".
-    pub fn actor(&self) -> String {
-        format!("token:{}:{}", self.token_id.unwrap_or(0), self.name)
+    /// the bootstrap token ([`Actor::token`]). Every actor column and trail event holds this.
+    pub fn actor(&self) -> Actor {
+        self.acting_for(None)
+    }
+
+    /// This principal acting on behalf of the name a request body gave: the name is kept beside
+    /// the principal, never instead of it.
+    pub fn acting_for(&self, on_behalf_of: Option<String>) -> Actor {
+        Actor::token(self.token_id, &self.name, on_behalf_of)
     }
 }
 

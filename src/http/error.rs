@@ -172,4 +172,11 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A domain rule refused what the client sent: `422`, with the rule's message.
+impl From<crate::domain::input::Invalid> for ApiError {
+    fn from(e: crate::domain::input::Invalid) -> Self {
+        ApiError::Unprocessable(e.0)
+    }
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod db_gate;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod openapi;
 pub mod rate_limit;
@@ -21,12 +22,15 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::clock::SharedClock;
+use crate::config::Config;
 use crate::ingest::mqtt::ConnectionStatus;
 use crate::metrics::Metrics;
 
 /// Everything a request handler may need; every field is a cheap handle.
 #[derive(Clone)]
 pub struct AppState {
+    /// The configuration, parsed and validated once at start.
+    pub config: Arc<Config>,
     /// Postgres, the one source of truth.
     pub pool: PgPool,
     /// The service's own metrics, rendered on `/metrics`.
@@ -39,6 +43,44 @@ pub struct AppState {
     pub api_token_digest: Option<Arc<[u8; 32]>>,
     /// Per-token request budgets for `/api` (`[api] rate_limit_*`).
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
+}
+
+impl AppState {
+    /// The state of a running service: the bootstrap token's digest and the rate limiter are
+    /// derived from `config` (`[api]`).
+    pub fn new(
+        config: Arc<Config>,
+        pool: PgPool,
+        metrics: Arc<Metrics>,
+        mqtt: Arc<[Arc<ConnectionStatus>]>,
+        clock: SharedClock,
+    ) -> Self {
+        AppState {
+            api_token_digest: config
+                .api
+                .token
+                .as_ref()
+                .map(|t| Arc::new(auth::digest(t.expose()))),
+            rate_limiter: Arc::new(rate_limit::RateLimiter::from_config(&config.api)),
+            config,
+            pool,
+            metrics,
+            mqtt,
+            clock,
+        }
+    }
+
+    /// A state for tests that drive [`router`] without the rest of the service: `config`
+    /// (e.g. `Config::default()` with `api.token` set), no MQTT connections, fresh metrics.
+    pub fn for_tests(pool: PgPool, config: Config, clock: SharedClock) -> Self {
+        Self::new(
+            Arc::new(config),
+            pool,
+            Metrics::new(),
+            Vec::new().into(),
+            clock,
+        )
+    }
 }
 
 /// The router as served: [`router`] plus the edge settings that come from the configuration

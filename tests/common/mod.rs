@@ -1,6 +1,9 @@
 //! Shared test harness: a private Mosquitto per test on a free port, an MQTT publisher that
-//! waits for acknowledgements, AWS lifecycle payload builders, and a configured service.
+//! waits for acknowledgements, AWS lifecycle payload builders, a configured service, and (in
+//! [`http`]) the API harness and request helpers.
 #![allow(dead_code)]
+
+pub mod http;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

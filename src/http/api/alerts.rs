@@ -1,20 +1,17 @@
 //! `GET /alerts`, `GET /alerts/{id}` (with its trail), `POST /alerts/{id}/ack`,
 //! `PUT /alerts/{id}/ticket`.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    body_text, clean, decode_time_cursor, encode_time_cursor, json_body, limit, numeric_id, query,
-    Page,
-};
+use super::{clean, Page, Paging};
 use crate::alerts::lifecycle::{self, AlertFilter, AlertRow, EventRow};
-use crate::domain::actor::Actor;
 use crate::domain::alert::Kind;
+use crate::domain::triage;
 use crate::http::auth::Principal;
 use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{ids, ApiJson, ApiQuery, PathId};
 use crate::http::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -44,9 +41,8 @@ pub struct ListQuery {
     responses((status = 200, body = Page<AlertRow>), super::ErrorsList))]
 pub async fn list(
     State(state): State<AppState>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<AlertRow>>> {
-    let q = query(q)?;
     if let Some(s) = &q.status {
         if s != "firing" && s != "resolved" {
             return Err(ApiError::BadRequest(format!(
@@ -58,23 +54,19 @@ pub async fn list(
         k.parse::<Kind>()
             .map_err(|e| ApiError::BadRequest(format!("kind: {e}")))?;
     }
-    let limit = limit(q.limit)?;
+    let device = clean("device", q.device)?;
+    let group = clean("group", q.group)?;
+    let paging = Paging::new(q.limit, q.cursor.as_deref())?;
     let filter = AlertFilter {
         status: q.status,
         kind: q.kind,
-        device: clean("device", q.device)?,
-        group: clean("group", q.group)?,
-        before: q.cursor.as_deref().map(decode_time_cursor).transpose()?,
-        limit: limit + 1,
+        device,
+        group,
+        before: paging.after,
+        limit: paging.fetch(),
     };
-    let mut items = lifecycle::list(&state.pool, &filter).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|a| encode_time_cursor(a.opened_at, a.id))
-    } else {
-        None
-    };
-    Ok(Json(Page { items, next_cursor }))
+    let rows = lifecycle::list(&state.pool, &filter).await?;
+    Ok(Json(paging.page(rows, |a| (a.opened_at, a.id))))
 }
 
 /// An alert with its audit trail.
@@ -99,9 +91,9 @@ async fn with_trail(state: &AppState, id: i64) -> ApiResult<AlertWithTrail> {
     responses((status = 200, body = AlertWithTrail), super::ErrorsOne))]
 pub async fn get(
     State(state): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
+    id: PathId<ids::Alert>,
 ) -> ApiResult<Json<AlertWithTrail>> {
-    Ok(Json(with_trail(&state, numeric_id(id, "alert")?).await?))
+    Ok(Json(with_trail(&state, id.get()).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -123,21 +115,12 @@ pub struct AckBody {
 pub async fn ack(
     State(state): State<AppState>,
     principal: Principal,
-    id: Result<Path<String>, PathRejection>,
-    b: Result<Json<AckBody>, JsonRejection>,
+    id: PathId<ids::Alert>,
+    ApiJson(b): ApiJson<AckBody>,
 ) -> ApiResult<Json<AlertWithTrail>> {
-    let id = numeric_id(id, "alert")?;
-    let b = json_body(b)?;
-    if let Some(by) = &b.by {
-        body_text("by", by, 200)?;
-    }
-    if let Some(n) = &b.note {
-        body_text("note", n, 4000)?;
-    }
-    let actor = Actor {
-        principal: principal.actor(),
-        on_behalf_of: b.by,
-    };
+    let id = id.get();
+    triage::validate_ack(b.by.as_deref(), b.note.as_deref())?;
+    let actor = principal.acting_for(b.by);
     lifecycle::acknowledge(
         &state.pool,
         id,
@@ -168,27 +151,12 @@ pub struct TicketBody {
 pub async fn ticket(
     State(state): State<AppState>,
     principal: Principal,
-    id: Result<Path<String>, PathRejection>,
-    b: Result<Json<TicketBody>, JsonRejection>,
+    id: PathId<ids::Alert>,
+    ApiJson(b): ApiJson<TicketBody>,
 ) -> ApiResult<Json<AlertWithTrail>> {
-    let id = numeric_id(id, "alert")?;
-    let b = json_body(b)?;
-    body_text("ref", &b.reference, 200)?;
-    if let Some(u) = &b.url {
-        body_text("url", u, 2000)?;
-        if !(u.starts_with("https://") || u.starts_with("http://")) {
-            return Err(ApiError::Unprocessable(
-                "url: expected an http(s) URL".into(),
-            ));
-        }
-    }
-    if let Some(by) = &b.by {
-        body_text("by", by, 200)?;
-    }
-    let actor = Actor {
-        principal: principal.actor(),
-        on_behalf_of: b.by,
-    };
+    let id = id.get();
+    triage::validate_ticket(&b.reference, b.url.as_deref(), b.by.as_deref())?;
+    let actor = principal.acting_for(b.by);
     lifecycle::link_ticket(
         &state.pool,
         id,

@@ -1,17 +1,14 @@
 //! `GET /devices`, `GET /devices/{id}`, `GET /devices/{id}/events`.
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 
-use super::{
-    clean, decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor, limit, path_param,
-    query, Page,
-};
+use super::{clean, Page, Paging};
 use crate::db::devices::{self as db, DeviceFilter, DeviceRow};
 use crate::db::presence::{self, EventRow};
 use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::AppState;
 
 pub const STATES: [&str; 7] = [
@@ -46,9 +43,8 @@ pub struct ListQuery {
     responses((status = 200, body = Page<DeviceRow>), super::ErrorsList))]
 pub async fn list(
     State(state): State<AppState>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<DeviceRow>>> {
-    let q = query(q)?;
     if let Some(s) = &q.state {
         if !STATES.contains(&s.as_str()) {
             return Err(ApiError::BadRequest(format!(
@@ -57,22 +53,18 @@ pub async fn list(
             )));
         }
     }
-    let limit = limit(q.limit)?;
+    let group = clean("group", q.group)?;
+    let text = clean("q", q.q)?;
+    let paging = Paging::<String>::new(q.limit, q.cursor.as_deref())?;
     let filter = DeviceFilter {
         state: q.state,
-        group: clean("group", q.group)?,
-        q: clean("q", q.q)?,
-        after: q.cursor.as_deref().map(decode_cursor).transpose()?,
-        limit: limit + 1,
+        group,
+        q: text,
+        after: paging.after.clone(),
+        limit: paging.fetch(),
     };
-    let mut items = db::list(&state.pool, &filter).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|d| encode_cursor(&d.id))
-    } else {
-        None
-    };
-    Ok(Json(Page { items, next_cursor }))
+    let rows = db::list(&state.pool, &filter).await?;
+    Ok(Json(paging.page(rows, |d| d.id.clone())))
 }
 
 /// One device.
@@ -81,9 +73,8 @@ pub async fn list(
     responses((status = 200, body = DeviceRow), super::ErrorsOne))]
 pub async fn get(
     State(state): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<DeviceRow>> {
-    let id = path_param(id)?;
     db::get(&state.pool, &id)
         .await?
         .map(Json)
@@ -104,25 +95,15 @@ pub struct EventsQuery {
 #[utoipa::path(get, path = "/api/v1/devices/{id}/events", tag = "devices",
     params(("id" = String, Path, description = "device id"), EventsQuery),
     responses((status = 200, body = Page<EventRow>), super::ErrorsOne))]
-
 pub async fn events(
     State(state): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
-    q: Result<Query<EventsQuery>, QueryRejection>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<Json<Page<EventRow>>> {
-    let id = path_param(id)?;
-    let q = query(q)?;
-    let limit = limit(q.limit)?;
-    let before = q.cursor.as_deref().map(decode_time_cursor).transpose()?;
+    let paging = Paging::new(q.limit, q.cursor.as_deref())?;
     if !db::exists(&state.pool, &id).await? {
         return Err(ApiError::NotFound(format!("no device {id:?}")));
     }
-    let mut items = presence::list_for_device(&state.pool, &id, before, limit + 1).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|e| encode_time_cursor(e.timestamp, e.id))
-    } else {
-        None
-    };
-    Ok(Json(Page { items, next_cursor }))
+    let rows = presence::list_for_device(&state.pool, &id, paging.after, paging.fetch()).await?;
+    Ok(Json(paging.page(rows, |e| (e.timestamp, e.id))))
 }

@@ -1,4 +1,6 @@
-//! `/api/v1`: one file per resource, plus the shared pieces (pagination cursors, limits).
+//! `/api/v1`: one file per resource, plus the shared pieces: the documented error responses,
+//! [`Paging`] (limits, opaque cursors, the over-fetch that tells whether a next page exists)
+//! and [`clean`] for text filters.
 
 pub mod alerts;
 pub mod devices;
@@ -10,6 +12,7 @@ use axum::routing::{delete, get, post, put};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
 use super::error::{ApiError, Problem};
@@ -115,15 +118,6 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// A path parameter, with axum's plain-text rejection turned into a problem document and NUL
-/// refused before it reaches Postgres.
-pub fn path_param(
-    p: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<String, ApiError> {
-    let axum::extract::Path(v) = p.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    Ok(clean("id", Some(v))?.unwrap_or_default())
-}
-
 /// A page of a list endpoint.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
@@ -135,111 +129,110 @@ pub struct Page<T> {
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 
-pub fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
-    match requested {
-        None => Ok(DEFAULT_LIMIT),
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::BadRequest(format!(
-            "limit: expected 1 to {MAX_LIMIT}, got {n}"
-        ))),
-    }
+/// A position in a list, as a client passes it back in `cursor`. Cursors are opaque to clients:
+/// base64url of our own encoding of the last item's sort key.
+pub trait Cursor: Sized {
+    fn encode(&self) -> String;
+    /// `400` for anything this API did not hand out.
+    fn decode(cursor: &str) -> Result<Self, ApiError>;
 }
 
-/// Cursors are opaque to clients: base64url of our own position encoding.
-pub fn encode_cursor(raw: &str) -> String {
-    URL_SAFE_NO_PAD.encode(raw)
+fn not_a_cursor() -> ApiError {
+    ApiError::BadRequest("cursor: not a cursor this API returned".into())
 }
 
-pub fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+fn decode_raw(cursor: &str) -> Result<String, ApiError> {
     URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         // Postgres text cannot hold NUL: refuse it here rather than fail the query.
         .filter(|s| !s.contains('\0') && s.len() <= 1024)
-        .ok_or_else(|| ApiError::BadRequest("cursor: not a cursor this API returned".into()))
+        .ok_or_else(not_a_cursor)
 }
 
-/// Query parameters, with axum's plain-text rejection turned into a problem document.
-pub fn query<T>(
-    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
-) -> Result<T, ApiError> {
-    q.map(|axum::extract::Query(v)| v)
-        .map_err(|e| ApiError::BadRequest(e.body_text()))
+/// A list ordered by a text key (device ids), ascending.
+impl Cursor for String {
+    fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self)
+    }
+    fn decode(cursor: &str) -> Result<Self, ApiError> {
+        decode_raw(cursor)
+    }
 }
 
-/// The cursor of a list ordered by (time, id), newest first.
-pub fn encode_time_cursor(t: chrono::DateTime<chrono::Utc>, id: i64) -> String {
-    encode_cursor(&format!("{}:{id}", t.timestamp_micros()))
+/// A list ordered by (time, id), newest first.
+impl Cursor for (DateTime<Utc>, i64) {
+    fn encode(&self) -> String {
+        format!("{}:{}", self.0.timestamp_micros(), self.1).encode()
+    }
+    fn decode(cursor: &str) -> Result<Self, ApiError> {
+        let raw = decode_raw(cursor)?;
+        let (micros, id) = raw.split_once(':').ok_or_else(not_a_cursor)?;
+        let ts = DateTime::from_timestamp_micros(micros.parse().map_err(|_| not_a_cursor())?)
+            // Postgres' timestamptz range is narrower than chrono's; ours are never outside 1970-9999.
+            .filter(|t| (1970..=9999).contains(&t.year()))
+            .ok_or_else(not_a_cursor)?;
+        Ok((ts, id.parse().map_err(|_| not_a_cursor())?))
+    }
 }
 
-pub fn decode_time_cursor(cursor: &str) -> Result<(chrono::DateTime<chrono::Utc>, i64), ApiError> {
-    let raw = decode_cursor(cursor)?;
-    let bad = || ApiError::BadRequest("cursor: not a cursor this API returned".into());
-    let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
-    let ts = chrono::DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?)
-        // Postgres' timestamptz range is narrower than chrono's; ours are never outside 1970-9999.
-        .filter(|t| (1970..=9999).contains(&chrono::Datelike::year(t)))
-        .ok_or_else(bad)?;
-    Ok((ts, id.parse().map_err(|_| bad())?))
+/// A list ordered by id, newest first.
+impl Cursor for i64 {
+    fn encode(&self) -> String {
+        self.to_string().encode()
+    }
+    fn decode(cursor: &str) -> Result<Self, ApiError> {
+        decode_raw(cursor)?.parse().map_err(|_| not_a_cursor())
+    }
 }
 
-/// The cursor of a list ordered by id, newest first.
-pub fn encode_id_cursor(id: i64) -> String {
-    encode_cursor(&id.to_string())
+/// The paging of one list request: the page size asked for and where the previous page ended.
+/// A query fetches [`Paging::fetch`] rows (one more than the page) so that [`Paging::page`]
+/// knows, without a count, whether another page follows.
+#[derive(Debug, Clone)]
+pub struct Paging<C> {
+    /// Rows on a page, 1 to [`MAX_LIMIT`].
+    pub limit: i64,
+    /// The sort key of the previous page's last item: the list continues after it.
+    pub after: Option<C>,
 }
 
-pub fn decode_id_cursor(cursor: &str) -> Result<i64, ApiError> {
-    decode_cursor(cursor)?
-        .parse()
-        .map_err(|_| ApiError::BadRequest("cursor: not a cursor this API returned".into()))
-}
+impl<C: Cursor> Paging<C> {
+    /// From the `limit` and `cursor` query parameters; `400` if either is invalid.
+    pub fn new(limit: Option<i64>, cursor: Option<&str>) -> Result<Self, ApiError> {
+        let limit = match limit {
+            None => DEFAULT_LIMIT,
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            Some(n) => {
+                return Err(ApiError::BadRequest(format!(
+                    "limit: expected 1 to {MAX_LIMIT}, got {n}"
+                )))
+            }
+        };
+        let after = cursor.map(C::decode).transpose()?;
+        Ok(Paging { limit, after })
+    }
 
-/// A numeric id from the path. Anything that is not a positive integer names nothing: 404.
-pub fn numeric_id(
-    p: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
-    what: &str,
-) -> Result<i64, ApiError> {
-    let axum::extract::Path(raw) = p.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::NotFound(format!("no {what} {raw:?}")))
-}
+    /// How many rows to fetch: one more than a page.
+    pub fn fetch(&self) -> i64 {
+        self.limit + 1
+    }
 
-/// A JSON body, with axum's plain-text rejection turned into a problem document: 413 over the
-/// body limit (`http.max_body_bytes`), 422 otherwise.
-pub fn json_body<T>(
-    b: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>,
-) -> Result<T, ApiError> {
-    b.map(|axum::Json(v)| v).map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge("the request body is over this server's limit".into())
+    /// The page of `rows` (fetched with [`Paging::fetch`]), with a cursor after its last item
+    /// when more follow. `key` is the item's sort key, the one the query orders by.
+    pub fn page<T>(&self, mut rows: Vec<T>, key: impl Fn(&T) -> C) -> Page<T> {
+        let next_cursor = if rows.len() as i64 > self.limit {
+            rows.truncate(self.limit as usize);
+            rows.last().map(|r| key(r).encode())
         } else {
-            ApiError::Unprocessable(e.body_text())
+            None
+        };
+        Page {
+            items: rows,
+            next_cursor,
         }
-    })
-}
-
-/// Text from a request body that goes into Postgres and onto pages: no NUL (Postgres `text`
-/// refuses it), not blank, at most `max` characters. 422 otherwise.
-pub fn body_text(name: &str, v: &str, max: usize) -> Result<(), ApiError> {
-    if v.contains('\0') {
-        return Err(ApiError::Unprocessable(format!(
-            "{name}: NUL characters are not allowed"
-        )));
     }
-    if v.trim().is_empty() {
-        return Err(ApiError::Unprocessable(format!(
-            "{name}: must not be empty"
-        )));
-    }
-    if v.chars().count() > max {
-        return Err(ApiError::Unprocessable(format!(
-            "{name}: at most {max} characters"
-        )));
-    }
-    Ok(())
 }
 
 /// Reject strings Postgres `text` cannot hold before they reach a query.
@@ -250,5 +243,67 @@ pub fn clean(name: &str, v: Option<String>) -> Result<Option<String>, ApiError> 
         ))),
         Some(s) if s.len() > 1024 => Err(ApiError::BadRequest(format!("{name}: too long"))),
         other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_what_we_did_not_hand_out() {
+        let time = (t("2026-11-27T12:00:00.123456Z"), 42);
+        assert_eq!(
+            <(DateTime<Utc>, i64)>::decode(&time.encode()).unwrap(),
+            time
+        );
+        assert_eq!(i64::decode(&7i64.encode()).unwrap(), 7);
+        let id = "日本語/<x>".to_string();
+        assert_eq!(String::decode(&id.encode()).unwrap(), id);
+        for bad in ["%%%", "YWJj", ""] {
+            assert!(i64::decode(bad).is_err(), "{bad}");
+            assert!(<(DateTime<Utc>, i64)>::decode(bad).is_err(), "{bad}");
+        }
+        // NUL cannot reach Postgres
+        assert!(String::decode(&URL_SAFE_NO_PAD.encode("a\0b")).is_err());
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        assert_eq!(Paging::<i64>::new(None, None).unwrap().limit, DEFAULT_LIMIT);
+        assert_eq!(Paging::<i64>::new(Some(1), None).unwrap().limit, 1);
+        assert_eq!(
+            Paging::<i64>::new(Some(MAX_LIMIT), None).unwrap().limit,
+            MAX_LIMIT
+        );
+        for bad in [0, -1, MAX_LIMIT + 1] {
+            assert!(Paging::<i64>::new(Some(bad), None).is_err(), "{bad}");
+        }
+        assert!(Paging::<i64>::new(None, Some("YWJj")).is_err());
+        let p = Paging::<i64>::new(Some(2), Some(&5i64.encode())).unwrap();
+        assert_eq!((p.after, p.fetch()), (Some(5), 3));
+    }
+
+    #[test]
+    fn a_page_has_a_cursor_only_when_more_follow() {
+        let p = Paging::<i64>::new(Some(2), None).unwrap();
+        let full = p.page(vec![9, 8, 7], |n| *n);
+        assert_eq!(full.items, [9, 8]);
+        assert_eq!(
+            full.next_cursor
+                .as_deref()
+                .map(i64::decode)
+                .unwrap()
+                .unwrap(),
+            8
+        );
+        let last = p.page(vec![9, 8], |n| *n);
+        assert_eq!((last.items, last.next_cursor), (vec![9, 8], None));
+        let empty = p.page(Vec::<i64>::new(), |n| *n);
+        assert!(empty.items.is_empty() && empty.next_cursor.is_none());
     }
 }

@@ -1,27 +1,19 @@
 //! `GET /silences`, `POST /silences` (create a maintenance window) and `DELETE /silences/{id}`
 //! (end it now; it is kept). Semantics: [`crate::alerts::silences`].
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::{
-    body_text, decode_id_cursor, encode_id_cursor, json_body, limit, numeric_id, query, Page,
-};
+use super::{Page, Paging};
 use crate::alerts::silences::{self, Ended, NewSilence, SilenceRow};
-use crate::domain::actor::Actor;
-use crate::domain::alert::Kind;
+use crate::domain::silence;
 use crate::http::auth::Principal;
 use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::{ids, ApiJson, ApiQuery, PathId};
 use crate::http::AppState;
-
-/// The longest silence: a forgotten maintenance window must not mute a fleet for good.
-pub const MAX_DURATION: TimeDelta = TimeDelta::days(90);
-/// How far ahead a silence may start.
-pub const MAX_LEAD: TimeDelta = TimeDelta::days(365);
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -41,20 +33,12 @@ pub struct ListQuery {
     responses((status = 200, body = Page<SilenceRow>), super::ErrorsList))]
 pub async fn list(
     State(state): State<AppState>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<SilenceRow>>> {
-    let q = query(q)?;
-    let limit = limit(q.limit)?;
-    let before = q.cursor.as_deref().map(decode_id_cursor).transpose()?;
+    let paging = Paging::new(q.limit, q.cursor.as_deref())?;
     let now = state.clock.now();
-    let mut items = silences::list(&state.pool, q.active, now, before, limit + 1).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|s| encode_id_cursor(s.id))
-    } else {
-        None
-    };
-    Ok(Json(Page { items, next_cursor }))
+    let rows = silences::list(&state.pool, q.active, now, paging.after, paging.fetch()).await?;
+    Ok(Json(paging.page(rows, |s| s.id)))
 }
 
 /// A new silence. At least one of `device_id`, `group_id`, `kind`; an alert is silenced when
@@ -90,62 +74,28 @@ pub struct CreateBody {
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
-    b: Result<Json<CreateBody>, JsonRejection>,
+    ApiJson(b): ApiJson<CreateBody>,
 ) -> ApiResult<(StatusCode, Json<SilenceRow>)> {
-    let b = json_body(b)?;
     let now = state.clock.now();
-    if b.device_id.is_none() && b.group_id.is_none() && b.kind.is_none() {
-        return Err(ApiError::Unprocessable(
-            "a silence needs at least one of device_id, group_id, kind".into(),
-        ));
-    }
-    if let Some(d) = &b.device_id {
-        body_text("device_id", d, 200)?;
-    }
-    if let Some(g) = &b.group_id {
-        body_text("group_id", g, 200)?;
-    }
-    if let Some(k) = &b.kind {
-        body_text("kind", k, 200)?;
-        k.parse::<Kind>()
-            .map_err(|e| ApiError::Unprocessable(format!("kind: {e}")))?;
-    }
-    body_text("comment", &b.comment, 4000)?;
-    let starts_at = b.starts_at.unwrap_or(now);
-    if starts_at - now > MAX_LEAD {
-        return Err(ApiError::Unprocessable(
-            "starts_at: at most 365 days ahead".into(),
-        ));
-    }
-    if b.ends_at <= starts_at {
-        return Err(ApiError::Unprocessable(
-            "ends_at: must be after starts_at".into(),
-        ));
-    }
-    if b.ends_at <= now {
-        return Err(ApiError::Unprocessable(
-            "ends_at: must be in the future".into(),
-        ));
-    }
-    if b.ends_at - starts_at > MAX_DURATION {
-        return Err(ApiError::Unprocessable(
-            "ends_at: a silence lasts at most 90 days".into(),
-        ));
-    }
-    if let Some(name) = &b.created_by {
-        body_text("created_by", name, 200)?;
-    }
-    let created_by = Actor {
-        principal: principal.actor(),
-        on_behalf_of: b.created_by,
-    };
+    let valid = silence::validate(
+        &silence::Draft {
+            device_id: b.device_id.as_deref(),
+            group_id: b.group_id.as_deref(),
+            kind: b.kind.as_deref(),
+            starts_at: b.starts_at,
+            ends_at: b.ends_at,
+            comment: &b.comment,
+            on_behalf_of: b.created_by.as_deref(),
+        },
+        now,
+    )?;
     let new = NewSilence {
         device_id: b.device_id,
         group_id: b.group_id,
-        kind: b.kind,
-        starts_at,
-        ends_at: b.ends_at,
-        created_by,
+        kind: valid.kind.map(|k| k.as_str().to_string()),
+        starts_at: valid.starts_at,
+        ends_at: valid.ends_at,
+        created_by: principal.acting_for(b.created_by),
         comment: b.comment,
     };
     let row = silences::create(&state.pool, &new, now).await?;
@@ -164,11 +114,11 @@ pub async fn create(
 pub async fn end(
     State(state): State<AppState>,
     principal: Principal,
-    id: Result<Path<String>, PathRejection>,
+    id: PathId<ids::Silence>,
 ) -> ApiResult<Json<SilenceRow>> {
-    let id = numeric_id(id, "silence")?;
+    let id = id.get();
     let by = principal.actor();
-    match silences::end(&state.pool, id, &by, state.clock.now()).await? {
+    match silences::end(&state.pool, id, &by.principal, state.clock.now()).await? {
         Ended::Ended(s) => {
             tracing::info!(id, %by, "silence ended");
             Ok(Json(s))

@@ -1,14 +1,14 @@
 //! `GET /webhooks/deliveries` (the outbox, dead letters included) and
 //! `POST /webhooks/deliveries/{id}/redrive` (send a dead notification again, same delivery id).
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 
-use super::{decode_id_cursor, encode_id_cursor, limit, numeric_id, query, Page};
+use super::{Page, Paging};
 use crate::alerts::outbox::{self, DeliveryRow};
 use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{ids, ApiQuery, PathId};
 use crate::http::AppState;
 
 pub const STATUSES: [&str; 4] = ["pending", "delivered", "dead", "superseded"];
@@ -31,9 +31,8 @@ pub struct ListQuery {
     responses((status = 200, body = Page<DeliveryRow>), super::ErrorsList))]
 pub async fn list(
     State(state): State<AppState>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<DeliveryRow>>> {
-    let q = query(q)?;
     if let Some(s) = &q.status {
         if !STATUSES.contains(&s.as_str()) {
             return Err(ApiError::BadRequest(format!(
@@ -42,16 +41,15 @@ pub async fn list(
             )));
         }
     }
-    let limit = limit(q.limit)?;
-    let before = q.cursor.as_deref().map(decode_id_cursor).transpose()?;
-    let mut items = outbox::list(&state.pool, q.status.as_deref(), before, limit + 1).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|d| encode_id_cursor(d.id))
-    } else {
-        None
-    };
-    Ok(Json(Page { items, next_cursor }))
+    let paging = Paging::new(q.limit, q.cursor.as_deref())?;
+    let rows = outbox::list(
+        &state.pool,
+        q.status.as_deref(),
+        paging.after,
+        paging.fetch(),
+    )
+    .await?;
+    Ok(Json(paging.page(rows, |d| d.id)))
 }
 
 /// Send a dead notification again (same delivery id, fresh retry schedule). `409` if it is not
@@ -64,9 +62,9 @@ pub async fn list(
               super::ErrorsOne))]
 pub async fn redrive(
     State(state): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
+    id: PathId<ids::Delivery>,
 ) -> ApiResult<Json<DeliveryRow>> {
-    let id = numeric_id(id, "delivery")?;
+    let id = id.get();
     if !outbox::redrive(&state.pool, id, state.clock.now()).await? {
         let exists = outbox::get(&state.pool, id).await?.is_some();
         return Err(if exists {
