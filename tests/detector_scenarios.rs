@@ -12,11 +12,12 @@ use fleetwatch::clock::{Clock, ManualClock};
 use fleetwatch::config::{Config, HumanDuration};
 use fleetwatch::detect::health::IngestStatus;
 use fleetwatch::detect::{Detector, Settings, TickOutcome};
-use fleetwatch::ingest::{presence, telemetry, DeviceRegistry, IngestContext};
+use fleetwatch::ingest::{
+    accept, presence, telemetry, Accepted, DeviceRegistry, IngestContext, TelemetryOutcome,
+};
 use fleetwatch::metrics::Metrics;
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 /// A fleet under test: interval 5m, grace 5m, disconnect grace 10m, 1 s flush allowance.
 struct Fleet {
@@ -24,7 +25,6 @@ struct Fleet {
     clock: Arc<ManualClock>,
     ingest: IngestContext,
     detector: Detector,
-    cancel: CancellationToken,
 }
 
 fn t0() -> DateTime<Utc> {
@@ -62,7 +62,6 @@ impl Fleet {
             clock,
             ingest,
             detector,
-            cancel: CancellationToken::new(),
         }
     }
 
@@ -75,9 +74,18 @@ impl Fleet {
     }
 
     async fn presence(&self, payload: String) {
-        let out =
-            presence::process(&self.ingest, payload.as_bytes(), self.now(), &self.cancel).await;
-        assert!(matches!(out, presence::Outcome::Stored(_)), "{out:?}");
+        // The topic AWS publishes it on, as the dispatcher would see it.
+        let v: Value = serde_json::from_str(&payload).unwrap();
+        let topic = format!(
+            "$aws/events/presence/{}/{}",
+            v["eventType"].as_str().unwrap(),
+            v["clientId"].as_str().unwrap()
+        );
+        let out = accept(&self.ingest, &topic, payload.as_bytes(), self.now()).await;
+        assert!(
+            matches!(out, Accepted::Presence(presence::Outcome::Stored(_))),
+            "{out:?}"
+        );
     }
 
     async fn connect(&self, device: &str, session: &str, version: i64) {
@@ -109,17 +117,17 @@ impl Fleet {
                 Some(t) => format!(r#"{{"timestamp":{}}}"#, ms(*t)),
                 None => "{}".to_string(),
             };
-            let imp = self
-                .ingest
-                .format
-                .parse(
-                    &format!("dt/{device}/impressions"),
-                    payload.as_bytes(),
-                    self.now(),
-                )
-                .unwrap();
-            self.ingest.registry.admit(device);
-            self.ingest.buffer.add(imp, None, self.now());
+            let out = accept(
+                &self.ingest,
+                &format!("dt/{device}/impressions"),
+                payload.as_bytes(),
+                self.now(),
+            )
+            .await;
+            assert!(
+                matches!(out, Accepted::Telemetry(TelemetryOutcome::Buffered { .. })),
+                "{out:?}"
+            );
         }
         telemetry::flush(&self.ingest).await.unwrap();
     }
