@@ -62,6 +62,8 @@ pub struct Outcome {
     /// firing alert whose count grew is updated in place and not listed.
     pub fired: Vec<(Kind, String)>,
     pub resolved: Vec<(Kind, String)>,
+    /// (target, source) alert ids newly linked by inhibition rules.
+    pub inhibited: Vec<(i64, i64)>,
 }
 
 /// Examine presence events that arrived since the last pass (detector_state.presence_cursor, advanced
@@ -184,6 +186,11 @@ pub async fn tick(pool: &PgPool, s: &Settings, now: DateTime<Utc>) -> anyhow::Re
             .await
             .context("connection patterns: advancing the cursor")?;
     }
+    // Last, so that sources fired this pass (or by the heartbeat pass before it) hold back
+    // their targets before any notification of those can be claimed.
+    out.inhibited = crate::alerts::inhibit::apply(&mut tx, &s.inhibit, now)
+        .await
+        .context("connection patterns: inhibition")?;
     tx.commit().await.context("connection patterns: commit")?;
     Ok(out)
 }

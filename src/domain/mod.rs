@@ -6,6 +6,7 @@ pub mod actor;
 pub mod alert;
 pub mod drop_reason;
 pub mod identity;
+pub mod inhibit;
 pub mod presence;
 pub mod telemetry;
 pub mod topic;
