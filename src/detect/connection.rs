@@ -133,7 +133,15 @@ pub async fn tick(pool: &PgPool, s: &Settings, now: DateTime<Utc>) -> anyhow::Re
             .filter(|agg| rule.crossed(agg))
             .collect();
         let devices = devices_of(&mut tx, &to_fire).await?;
+        // A retired device never alerts (its events are still stored and counted).
+        let candidates: Vec<String> = to_fire.iter().map(|a| a.device_candidate.clone()).collect();
+        let retired = crate::db::retirement::retired_among(&mut tx, &candidates)
+            .await
+            .context("connection patterns: reading retired devices")?;
         for agg in to_fire {
+            if retired.contains(&agg.device_candidate) {
+                continue;
+            }
             let device = devices.get(&agg.device_candidate).cloned();
             let spec = rule.spec(agg, device, s);
             let fired = lifecycle::fire(&mut tx, &spec, now, s.reopen_window)
