@@ -94,6 +94,9 @@ pub struct Config {
     pub client_ids: BTreeMap<String, String>,
     pub webhooks: Vec<WebhookConfig>,
     pub presence: PresenceConfig,
+    /// `[[inhibit]]` rules; absent means the defaults (`domain::inhibit::defaults`), an empty
+    /// list (`inhibit = []`) means none.
+    pub inhibit: Option<Vec<crate::domain::inhibit::InhibitRule>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -606,6 +609,13 @@ impl BrokerAddr {
 }
 
 impl Config {
+    /// The inhibition rules in force: the configured ones, else the defaults.
+    pub fn inhibit_rules(&self) -> Vec<crate::domain::inhibit::InhibitRule> {
+        self.inhibit
+            .clone()
+            .unwrap_or_else(crate::domain::inhibit::defaults)
+    }
+
     /// Load from the file (if any) and the process environment, then validate.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
         let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -839,6 +849,7 @@ impl Config {
                 bail!("{k}: expected a positive duration");
             }
         }
+        crate::domain::inhibit::validate(&self.inhibit_rules()).map_err(anyhow::Error::msg)?;
         for (k, v) in &self.detector.severities {
             k.parse::<crate::domain::alert::Kind>()
                 .map_err(|e| anyhow::anyhow!("detector.severities: {e}"))?;

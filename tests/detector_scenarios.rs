@@ -12,11 +12,12 @@ use fleetwatch::clock::{Clock, ManualClock};
 use fleetwatch::config::{Config, HumanDuration};
 use fleetwatch::detect::health::IngestStatus;
 use fleetwatch::detect::{Detector, Settings, TickOutcome};
-use fleetwatch::ingest::{presence, telemetry, DeviceRegistry, IngestContext};
+use fleetwatch::ingest::{
+    accept, presence, telemetry, Accepted, DeviceRegistry, IngestContext, TelemetryOutcome,
+};
 use fleetwatch::metrics::Metrics;
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 /// A fleet under test: interval 5m, grace 5m, disconnect grace 10m, 1 s flush allowance.
 struct Fleet {
@@ -24,7 +25,6 @@ struct Fleet {
     clock: Arc<ManualClock>,
     ingest: IngestContext,
     detector: Detector,
-    cancel: CancellationToken,
 }
 
 fn t0() -> DateTime<Utc> {
@@ -62,7 +62,6 @@ impl Fleet {
             clock,
             ingest,
             detector,
-            cancel: CancellationToken::new(),
         }
     }
 
@@ -75,9 +74,18 @@ impl Fleet {
     }
 
     async fn presence(&self, payload: String) {
-        let out =
-            presence::process(&self.ingest, payload.as_bytes(), self.now(), &self.cancel).await;
-        assert!(matches!(out, presence::Outcome::Stored(_)), "{out:?}");
+        // The topic AWS publishes it on, as the dispatcher would see it.
+        let v: Value = serde_json::from_str(&payload).unwrap();
+        let topic = format!(
+            "$aws/events/presence/{}/{}",
+            v["eventType"].as_str().unwrap(),
+            v["clientId"].as_str().unwrap()
+        );
+        let out = accept(&self.ingest, &topic, payload.as_bytes(), self.now()).await;
+        assert!(
+            matches!(out, Accepted::Presence(presence::Outcome::Stored(_))),
+            "{out:?}"
+        );
     }
 
     async fn connect(&self, device: &str, session: &str, version: i64) {
@@ -109,17 +117,17 @@ impl Fleet {
                 Some(t) => format!(r#"{{"timestamp":{}}}"#, ms(*t)),
                 None => "{}".to_string(),
             };
-            let imp = self
-                .ingest
-                .format
-                .parse(
-                    &format!("dt/{device}/impressions"),
-                    payload.as_bytes(),
-                    self.now(),
-                )
-                .unwrap();
-            self.ingest.registry.admit(device);
-            self.ingest.buffer.add(imp, None, self.now());
+            let out = accept(
+                &self.ingest,
+                &format!("dt/{device}/impressions"),
+                payload.as_bytes(),
+                self.now(),
+            )
+            .await;
+            assert!(
+                matches!(out, Accepted::Telemetry(TelemetryOutcome::Buffered { .. })),
+                "{out:?}"
+            );
         }
         telemetry::flush(&self.ingest).await.unwrap();
     }
@@ -776,4 +784,183 @@ async fn a_screen_that_connects_but_never_sends_is_silent_and_a_configured_one_i
     f.run(TimeDelta::hours(3), min(5), &[]).await;
     assert_eq!(f.state("spare-unit").await, "never_seen");
     assert_eq!(f.alerts().await.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One incident, one page: inhibition (issue 8 part 12), seen at a real webhook receiver
+// ---------------------------------------------------------------------------------------------
+
+type Pages = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A webhook receiver on a real socket and the delivery worker, ticked by hand.
+struct Pager {
+    worker: fleetwatch::alerts::webhook::Worker,
+    pages: Pages,
+}
+
+async fn hook(
+    axum::extract::State(pages): axum::extract::State<Pages>,
+    body: axum::body::Bytes,
+) -> &'static str {
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    pages.lock().unwrap().push((
+        v["event"].as_str().unwrap().to_string(),
+        v["alert"]["kind"].as_str().unwrap().to_string(),
+    ));
+    "ok"
+}
+
+impl Pager {
+    /// Adds one native endpoint to `cfg` (build the fleet from it afterwards).
+    async fn start(pool: &PgPool, cfg: &mut Config) -> Pager {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let pages: Pages = Arc::default();
+        let app = axum::Router::new()
+            .fallback(axum::routing::post(hook))
+            .with_state(pages.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        cfg.webhooks = vec![fleetwatch::config::WebhookConfig {
+            name: Some("oncall".into()),
+            url: format!("http://127.0.0.1:{port}/hook"),
+            ..Default::default()
+        }];
+        fleetwatch::alerts::outbox::sync_endpoints(pool, &cfg.webhooks)
+            .await
+            .unwrap();
+        Pager {
+            worker: fleetwatch::alerts::webhook::Worker::new(pool.clone(), &cfg.webhooks).unwrap(),
+            pages,
+        }
+    }
+
+    async fn deliver(&self, now: DateTime<Utc>) {
+        self.worker.tick(now).await.unwrap();
+    }
+
+    /// Kinds of the `alert.firing` pages received, in order.
+    fn firing(&self) -> Vec<String> {
+        self.pages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(e, _)| e == "alert.firing")
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+}
+
+/// (kind, inhibited_by's kind) of every alert.
+async fn inhibitions(pool: &PgPool) -> Vec<(String, Option<String>)> {
+    sqlx::query_as(
+        r#"select a.kind, s.kind from alerts a left join alerts s on s.id = a.inhibited_by
+           order by a.id"#,
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The stock bridge config on two units: each connect kicks the other off with
+/// DUPLICATE_CLIENTID, a dozen times in half a minute, then every 5 minutes for half an hour.
+async fn duplicate_client_id_storm(f: &Fleet, pager: &Pager) {
+    let mut v = 0;
+    for burst in 0..7 {
+        let rounds = if burst == 0 { 12 } else { 2 };
+        for round in 0..rounds {
+            v += 1;
+            let (session, ip) = if round % 2 == 0 {
+                ("sa", "203.0.113.10")
+            } else {
+                ("sb", "198.51.100.20")
+            };
+            let session = format!("{session}{v}");
+            f.presence(connected("bridgeawsiot", ms(f.now()), &session, v, ip))
+                .await;
+            f.advance(sec(2));
+            f.presence(disconnected(
+                "bridgeawsiot",
+                ms(f.now()),
+                &session,
+                v,
+                "DUPLICATE_CLIENTID",
+            ))
+            .await;
+            f.advance(sec(1));
+        }
+        for _ in 0..20 {
+            f.advance(sec(15));
+            f.tick().await;
+            pager.deliver(f.now()).await;
+        }
+    }
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_duplicate_client_id_storm_pages_once(pool: PgPool) {
+    let mut cfg = Config::default();
+    let pager = Pager::start(&pool, &mut cfg).await;
+    let f = Fleet::with_config(pool.clone(), cfg).await;
+    f.tick().await;
+    duplicate_client_id_storm(&f, &pager).await;
+    // both alerts exist, flapping linked to the conflict that explains it, one page
+    assert_eq!(
+        inhibitions(&pool).await,
+        [
+            (
+                "flapping".to_string(),
+                Some("client_id_conflict".to_string())
+            ),
+            ("client_id_conflict".to_string(), None)
+        ]
+    );
+    assert_eq!(pager.firing(), ["client_id_conflict"]);
+    let flapping: i64 = sqlx::query_scalar("select id from alerts where kind = 'flapping'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(f.trail(flapping).await.contains(&"inhibited".to_string()));
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn without_inhibition_rules_the_storm_pages_twice(pool: PgPool) {
+    let mut cfg = Config::from_toml("inhibit = []").unwrap();
+    let pager = Pager::start(&pool, &mut cfg).await;
+    let f = Fleet::with_config(pool.clone(), cfg).await;
+    f.tick().await;
+    duplicate_client_id_storm(&f, &pager).await;
+    let mut firing = pager.firing();
+    firing.sort();
+    assert_eq!(firing, ["client_id_conflict", "flapping"]);
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_device_reconnecting_in_a_loop_without_data_pages_heartbeat_gap_only(pool: PgPool) {
+    let mut cfg = Config::default();
+    let pager = Pager::start(&pool, &mut cfg).await;
+    let f = Fleet::with_config(pool.clone(), cfg).await;
+    healthy_start(&f, &["a"]).await;
+    for v in 2..32 {
+        f.advance(min(2));
+        f.disconnect(
+            "a",
+            &format!("s{}", v - 1),
+            v - 1,
+            "MQTT_KEEP_ALIVE_TIMEOUT",
+        )
+        .await;
+        f.connect("a", &format!("s{v}"), v).await;
+        f.tick().await;
+        pager.deliver(f.now()).await;
+    }
+    assert_eq!(
+        inhibitions(&pool).await,
+        [
+            ("heartbeat_gap".to_string(), None),
+            ("flapping".to_string(), Some("heartbeat_gap".to_string()))
+        ]
+    );
+    assert_eq!(pager.firing(), ["heartbeat_gap"]);
 }

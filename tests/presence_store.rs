@@ -16,8 +16,8 @@ use fleetwatch::config::{Config, HumanDuration, RetentionConfig};
 use fleetwatch::db::presence::Stored;
 use fleetwatch::domain::presence::{self, Ordering};
 use fleetwatch::domain::DropReason;
-use fleetwatch::ingest::presence::{process, Outcome};
-use fleetwatch::ingest::{DeviceRegistry, IngestContext};
+use fleetwatch::ingest::presence::Outcome;
+use fleetwatch::ingest::{accept, Accepted, DeviceRegistry, IngestContext};
 use fleetwatch::metrics::Metrics;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -25,7 +25,6 @@ use proptest::test_runner::TestRunner;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------------------------------------
 // Events and payloads
@@ -265,7 +264,12 @@ async fn send(ctx: &IngestContext, ev: &Ev) -> Outcome {
 }
 
 async fn send_at(ctx: &IngestContext, ev: &Ev, received_at: DateTime<Utc>) -> Outcome {
-    process(ctx, &ev.payload(), received_at, &CancellationToken::new()).await
+    // Through ingest's entry point, on the topic AWS publishes the event on.
+    let topic = format!("$aws/events/presence/{}/{}", ev.kind.as_str(), ev.client);
+    match accept(ctx, &topic, &ev.payload(), received_at).await {
+        Accepted::Presence(out) => out,
+        other => panic!("{topic}: {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

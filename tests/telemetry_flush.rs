@@ -9,8 +9,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use fleetwatch::clock::ManualClock;
 use fleetwatch::config::Config;
 use fleetwatch::domain::identity::Identity;
+use fleetwatch::ingest::accept::accept_telemetry;
 use fleetwatch::ingest::telemetry::flush;
-use fleetwatch::ingest::{DeviceRegistry, IngestContext};
+use fleetwatch::ingest::{DeviceRegistry, IngestContext, TelemetryOutcome};
 use fleetwatch::metrics::Metrics;
 use sqlx::PgPool;
 
@@ -37,16 +38,13 @@ fn context(cfg: &Config, pool: &PgPool) -> IngestContext {
     )
 }
 
-/// What `dispatch::handle_telemetry` does with a message, minus the MQTT plumbing.
+/// Ingest's own telemetry path (admission, groups, metrics), minus the topic filters.
 fn feed(ctx: &IngestContext, topic: &str, payload: &str, arrival: DateTime<Utc>) {
-    let imp = ctx
-        .format
-        .parse(topic, payload.as_bytes(), arrival)
-        .unwrap_or_else(|r| panic!("{topic} {payload}: {r}"));
-    let group = ctx
-        .identity
-        .group_for(&imp.device_id, imp.topic_group.as_deref());
-    ctx.buffer.add(imp, group, arrival);
+    let out = accept_telemetry(ctx, topic, payload.as_bytes(), arrival);
+    assert!(
+        matches!(out, TelemetryOutcome::Buffered { .. }),
+        "{topic} {payload}: {out:?}"
+    );
 }
 
 fn with_ts(ts: DateTime<Utc>) -> String {

@@ -79,7 +79,8 @@ async fn refire(
     sqlx::query(
         r#"update alerts set status = 'firing', resolved_at = null, summary = $2, details = $3,
                severity = $4, updated_at = $5,
-               covered_by = case when status = 'resolved' then null else covered_by end
+               covered_by = case when status = 'resolved' then null else covered_by end,
+               inhibited_by = case when status = 'resolved' then null else inhibited_by end
            where id = $1"#,
     )
     .bind(id)
@@ -390,6 +391,8 @@ pub struct AlertRow {
     #[schema(value_type = Object)]
     pub details: Value,
     pub covered_by: Option<i64>,
+    /// The firing alert that speaks for this one (inhibition rules): recorded, not notified.
+    pub inhibited_by: Option<i64>,
     /// The principal that acknowledged: `token:<id>:<name>` (or `user:<name>`).
     pub acknowledged_by: Option<String>,
     /// The name the acknowledging request gave (`by`), if any: shown, not authenticated.
@@ -403,7 +406,7 @@ pub struct AlertRow {
 
 pub(crate) const ALERT_COLUMNS: &str = r#"
     id, kind, subject, device_id, group_id as "group", severity, status, opened_at, resolved_at,
-    summary, details, covered_by, acknowledged_by, ack_on_behalf_of as acknowledged_on_behalf_of,
+    summary, details, covered_by, inhibited_by, acknowledged_by, ack_on_behalf_of as acknowledged_on_behalf_of,
     acknowledged_at, ack_note, ticket_ref, ticket_url, updated_at
 "#;
 

@@ -3,6 +3,7 @@
 //! ids are stable and never reused.
 
 pub mod formats;
+pub mod inhibit;
 pub mod lifecycle;
 pub mod outbox;
 pub mod redact;

@@ -209,6 +209,8 @@ struct Claimed {
     alert_status: String,
     resolved_at: Option<DateTime<Utc>>,
     covered_by: Option<i64>,
+    /// Another alert inhibits this one (`alerts::inhibit`).
+    inhibited_by: Option<i64>,
     acknowledged: bool,
     /// What this endpoint was last told about the alert: the event of its last delivered or
     /// dead firing/resolved row before this one.
@@ -241,6 +243,9 @@ fn decide(c: &Claimed) -> Decision {
             if first {
                 if let Some(by) = c.covered_by {
                     return Decision::Supersede(format!("covered by outage alert {by}"));
+                }
+                if let Some(by) = c.inhibited_by {
+                    return Decision::Supersede(format!("inhibited by alert {by}"));
                 }
                 if c.alert_status != "firing"
                     && c.resolved_at.is_some_and(|r| r <= c.next_attempt_at)
@@ -275,8 +280,11 @@ fn decide(c: &Claimed) -> Decision {
                 || c.alert_status != "firing"
                 || c.acknowledged
                 || c.covered_by.is_some()
+                || c.inhibited_by.is_some()
             {
-                return Decision::Supersede("no longer firing, acknowledged or covered".into());
+                return Decision::Supersede(
+                    "no longer firing, acknowledged, covered or inhibited".into(),
+                );
             }
             Decision::Send
         }
@@ -411,7 +419,7 @@ impl Worker {
             let ids: Vec<i64> = sqlx::query_scalar(&format!(
                 r#"select a.id from alerts a
                    where a.status = 'firing' and a.acknowledged_by is null
-                     and a.covered_by is null
+                     and a.covered_by is null and a.inhibited_by is null
                      and not exists (select 1 from silences s where {silenced})
                      and not exists (select 1 from notifications p
                                      where p.alert_id = a.id and p.endpoint = $1
@@ -530,7 +538,7 @@ impl Worker {
                    for update of n skip locked)
                select n.id, n.alert_id, n.endpoint, n.event, n.delivery_id, n.body, n.attempts,
                       n.next_attempt_at, n.retry_since, a.status as alert_status,
-                      a.resolved_at, a.covered_by,
+                      a.resolved_at, a.covered_by, a.inhibited_by,
                       a.acknowledged_by is not null as acknowledged,
                       (select o.event from notifications o
                        where o.alert_id = n.alert_id and o.endpoint = n.endpoint
@@ -1017,6 +1025,7 @@ mod tests {
             alert_status: "firing".into(),
             resolved_at: None,
             covered_by: None,
+            inhibited_by: None,
             acknowledged: false,
             last_told: None,
             silenced_by: None,
@@ -1035,6 +1044,20 @@ mod tests {
         assert!(matches!(decide(&c), Decision::Supersede(_)));
         c.attempts = 1;
         assert_eq!(decide(&c), Decision::Send, "once tried, it runs to the end");
+
+        // inhibited: the first firing is held back, a paged alert is not taken back
+        let mut c = claimed("alert.firing");
+        c.inhibited_by = Some(8);
+        assert_eq!(
+            decide(&c),
+            Decision::Supersede("inhibited by alert 8".into())
+        );
+        c.attempts = 1;
+        assert_eq!(decide(&c), Decision::Send);
+        let mut c = claimed("alert.reminder");
+        c.last_told = Some("alert.firing".into());
+        c.inhibited_by = Some(8);
+        assert!(matches!(decide(&c), Decision::Supersede(_)));
 
         let mut c = claimed("alert.firing");
         c.alert_status = "resolved".into();

@@ -2,6 +2,7 @@
 
 pub mod devices;
 pub mod presence;
+pub mod retirement;
 pub mod telemetry;
 
 use std::str::FromStr;

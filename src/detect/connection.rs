@@ -62,6 +62,8 @@ pub struct Outcome {
     /// firing alert whose count grew is updated in place and not listed.
     pub fired: Vec<(Kind, String)>,
     pub resolved: Vec<(Kind, String)>,
+    /// (target, source) alert ids newly linked by inhibition rules.
+    pub inhibited: Vec<(i64, i64)>,
 }
 
 /// Examine presence events that arrived since the last pass (detector_state.presence_cursor, advanced
@@ -131,7 +133,15 @@ pub async fn tick(pool: &PgPool, s: &Settings, now: DateTime<Utc>) -> anyhow::Re
             .filter(|agg| rule.crossed(agg))
             .collect();
         let devices = devices_of(&mut tx, &to_fire).await?;
+        // A retired device never alerts (its events are still stored and counted).
+        let candidates: Vec<String> = to_fire.iter().map(|a| a.device_candidate.clone()).collect();
+        let retired = crate::db::retirement::retired_among(&mut tx, &candidates)
+            .await
+            .context("connection patterns: reading retired devices")?;
         for agg in to_fire {
+            if retired.contains(&agg.device_candidate) {
+                continue;
+            }
             let device = devices.get(&agg.device_candidate).cloned();
             let spec = rule.spec(agg, device, s);
             let fired = lifecycle::fire(&mut tx, &spec, now, s.reopen_window)
@@ -184,6 +194,11 @@ pub async fn tick(pool: &PgPool, s: &Settings, now: DateTime<Utc>) -> anyhow::Re
             .await
             .context("connection patterns: advancing the cursor")?;
     }
+    // Last, so that sources fired this pass (or by the heartbeat pass before it) hold back
+    // their targets before any notification of those can be claimed.
+    out.inhibited = crate::alerts::inhibit::apply(&mut tx, &s.inhibit, now)
+        .await
+        .context("connection patterns: inhibition")?;
     tx.commit().await.context("connection patterns: commit")?;
     Ok(out)
 }

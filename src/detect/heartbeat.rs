@@ -301,6 +301,8 @@ struct DueRow {
     alert_class: Option<String>,
     alert_last_data: Option<DateTime<Utc>>,
     alert_last_device_ts: Option<DateTime<Utc>>,
+    /// A restart point of this device alone: it was returned to service then.
+    unretired_at: Option<DateTime<Utc>>,
 }
 
 /// What a heartbeat pass did.
@@ -373,7 +375,8 @@ pub async fn run_due(
                a.id as alert_id,
                a.details->>'classification' as alert_class,
                (a.details->>'last_impression_at')::timestamptz as alert_last_data,
-               (a.details->>'last_device_ts')::timestamptz as alert_last_device_ts
+               (a.details->>'last_device_ts')::timestamptz as alert_last_device_ts,
+               d.unretired_at
         from devices d
         left join groups g on g.id = d.group_id
         left join alerts a on a.kind = 'heartbeat_gap' and a.subject = d.id and a.status = 'firing'
@@ -414,7 +417,8 @@ pub async fn run_due(
                 .then_some(row.conn_received_at.or(row.conn_event_ts))
                 .flatten(),
             first_reconnect: row.first_reconnect,
-            service_restart,
+            // unretiring restarts this device's clock like a service start
+            service_restart: service_restart.max(row.unretired_at),
             quiet_until: quiet.quiet_until(tz, now),
             last_quiet_end: quiet.last_end(tz, now),
             next_quiet_start: quiet.next_start(tz, now),

@@ -51,6 +51,8 @@ pub struct Settings {
     pub group_outage_window: TimeDelta,
     pub fleet_outage_fraction: f64,
     pub fleet_outage_min_devices: i64,
+    /// Inhibition rules, applied at the end of each connection-pattern pass.
+    pub inhibit: Vec<crate::domain::inhibit::InhibitRule>,
     severities: BTreeMap<Kind, Severity>,
 }
 
@@ -67,6 +69,7 @@ impl Settings {
             disconnect_grace: td(d.disconnect_grace),
             flush_allowance: td(cfg.telemetry.flush_interval),
             reopen_window: td(d.reopen_window),
+            inhibit: cfg.inhibit_rules(),
             max_due_per_tick: d.max_due_per_tick,
             fleet_time_zone: crate::config::parse_tz(&cfg.fleet.time_zone)
                 .unwrap_or(chrono_tz::Tz::UTC),

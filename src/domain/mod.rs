@@ -7,6 +7,7 @@ pub mod actor;
 pub mod alert;
 pub mod drop_reason;
 pub mod identity;
+pub mod inhibit;
 pub mod input;
 pub mod presence;
 pub mod silence;

@@ -2,10 +2,13 @@
 //! acknowledged once stored; telemetry coalesced in memory and flushed in batches).
 //!
 //! ```text
-//! mqtt.rs (N poll loops) ──Incoming──► dispatch.rs ──► presence.rs ──► Postgres, then ack
-//!                                           └────────► telemetry.rs buffer ──flush──► Postgres
+//! mqtt.rs (N poll loops) ──Incoming──► dispatch.rs ──► accept.rs ──► presence.rs ──► Postgres
+//!                          (ack, concurrency)              └────────► telemetry.rs buffer ──flush──► Postgres
 //! ```
+//!
+//! `accept(ctx, topic, payload, received_at)` is the one entry point that needs no broker.
 
+pub mod accept;
 pub mod dispatch;
 pub mod mqtt;
 pub mod presence;
@@ -24,6 +27,7 @@ use crate::domain::telemetry::TelemetryFormat;
 use crate::logging::RateLimitedWarn;
 use crate::metrics::Metrics;
 
+pub use accept::{accept, Accepted, TelemetryOutcome};
 pub use registry::DeviceRegistry;
 pub use telemetry::TelemetryBuffer;
 
@@ -68,6 +72,10 @@ pub struct IngestContext {
     /// Our canary's topic and where its return is recorded.
     pub canary_topic: Arc<str>,
     pub health: Arc<crate::detect::health::IngestHealth>,
+    /// Ends retries of presence writes that cannot succeed (their messages are then left
+    /// unacknowledged for redelivery). A fresh token by default; the dispatcher puts in the
+    /// process's shutdown token.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl IngestContext {
@@ -108,6 +116,7 @@ impl IngestContext {
             warn: Arc::new(RateLimitedWarn::new(std::time::Duration::from_secs(10))),
             canary_topic: mqtt::canary_topic(cfg).into(),
             health,
+            stop: tokio_util::sync::CancellationToken::new(),
         }
     }
 }

@@ -1,11 +1,12 @@
-//! Processing one presence message: parse, resolve the device, store once, then acknowledge.
+//! Processing one presence message: parse, resolve the device, store once (the caller
+//! acknowledges once this returned, see `accept`).
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::registry::Admission;
-use super::{Incoming, IngestContext};
+use super::IngestContext;
 use crate::db::presence::{store, Stored};
 use crate::domain::identity::ClientIdentity;
 use crate::domain::presence::{self, EventType};
@@ -18,39 +19,6 @@ pub enum Outcome {
     Dropped(DropReason),
     /// The store kept failing until shutdown; not acknowledged, so the broker redelivers.
     Abandoned,
-}
-
-/// Handle one presence message; acknowledges it unless it must be redelivered.
-pub async fn handle(ctx: &IngestContext, msg: Incoming, cancel: &CancellationToken) -> Outcome {
-    let outcome = process(ctx, &msg.publish.payload, msg.received_at, cancel).await;
-    match outcome {
-        Outcome::Stored(s) => {
-            let label = match s {
-                Stored::New => "new",
-                Stored::Duplicate => "duplicate",
-            };
-            ctx.metrics
-                .presence_stored
-                .get_or_create(&vec![("outcome", label.to_string())])
-                .inc();
-            msg.ack();
-        }
-        Outcome::Dropped(reason) => {
-            ctx.metrics.dropped(reason);
-            if reason != DropReason::OwnClient {
-                ctx.warn.warn(
-                    reason.as_str(),
-                    &format_args!(
-                        "skipping presence message on {:?}: {reason}",
-                        truncate(&msg.topic)
-                    ),
-                );
-            }
-            msg.ack();
-        }
-        Outcome::Abandoned => ctx.metrics.dropped(DropReason::StoreFailed),
-    }
-    outcome
 }
 
 /// Parse, resolve and store, retrying the store while Postgres is away.

@@ -1,4 +1,5 @@
-//! `GET /devices`, `GET /devices/{id}`, `GET /devices/{id}/events`.
+//! `GET /devices`, `GET /devices/{id}`, `GET /devices/{id}/events`, `GET /devices/{id}/history`,
+//! `POST /devices/{id}/retire`, `POST /devices/{id}/unretire`.
 
 use axum::extract::State;
 use axum::Json;
@@ -7,6 +8,8 @@ use serde::Deserialize;
 use super::{clean, Page, Paging};
 use crate::db::devices::{self as db, DeviceFilter, DeviceRow};
 use crate::db::presence::{self, EventRow};
+use crate::db::retirement::{self, DeviceEventRow};
+use crate::http::auth::Principal;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::AppState;
@@ -106,4 +109,72 @@ pub async fn events(
     }
     let rows = presence::list_for_device(&state.pool, &id, paging.after, paging.fetch()).await?;
     Ok(Json(paging.page(rows, |e| (e.timestamp, e.id))))
+}
+
+/// Retire or unretire, then answer with the device.
+async fn set_retired(
+    state: &AppState,
+    principal: &Principal,
+    id: String,
+    retire: bool,
+) -> ApiResult<Json<DeviceRow>> {
+    let (actor, now) = (principal.actor().principal, state.clock.now());
+    let change = if retire {
+        retirement::retire(&state.pool, &id, &actor, now).await?
+    } else {
+        retirement::unretire(&state.pool, &id, &actor, now).await?
+    };
+    if change == retirement::Change::NoSuchDevice {
+        return Err(ApiError::NotFound(format!("no device {id:?}")));
+    }
+    db::get(&state.pool, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no device {id:?}")))
+}
+
+/// Retire a device: it is no longer evaluated and never alerts; its firing alerts resolve (the
+/// resolution is notified); its history, presence and telemetry are kept and still recorded.
+/// Idempotent: retiring a retired device answers 200 and records nothing.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/retire", tag = "devices",
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = DeviceRow), super::ErrorsOne))]
+pub async fn retire(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<DeviceRow>> {
+    set_retired(&state, &principal, id, true).await
+}
+
+/// Return a retired device to evaluation with a fresh clock (the time it was retired is no
+/// gap). Idempotent: unretiring an active device answers 200 and records nothing.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/unretire", tag = "devices",
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = DeviceRow), super::ErrorsOne))]
+pub async fn unretire(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<DeviceRow>> {
+    set_retired(&state, &principal, id, false).await
+}
+
+/// A device's lifecycle history (retired, unretired: who and when), oldest first. Presence
+/// events are at `/events`.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/history", tag = "devices",
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Page<DeviceEventRow>), super::ErrorsOne))]
+pub async fn history(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Page<DeviceEventRow>>> {
+    if !db::exists(&state.pool, &id).await? {
+        return Err(ApiError::NotFound(format!("no device {id:?}")));
+    }
+    let items = retirement::history(&state.pool, &id).await?;
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
 }
