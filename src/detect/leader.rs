@@ -21,6 +21,9 @@ pub struct Leader {
     options: PgConnectOptions,
     conn: Option<PgConnection>,
     warn: RateLimitedWarn,
+    /// How many times the lock was taken: a new number is a new leadership, even when the
+    /// lock was lost and retaken between two checks.
+    acquired: u64,
 }
 
 impl Leader {
@@ -29,7 +32,13 @@ impl Leader {
             options,
             conn: None,
             warn: RateLimitedWarn::new(WARN_PERIOD),
+            acquired: 0,
         }
+    }
+
+    /// How many times this process took the lock (the current leadership's number while held).
+    pub fn acquisitions(&self) -> u64 {
+        self.acquired
     }
 
     /// Whether we hold the lock now; tries to take it if not. Never errors: a lost database
@@ -76,7 +85,8 @@ impl Leader {
         {
             Ok(got) => {
                 if got {
-                    tracing::info!("became the detector leader");
+                    self.acquired += 1;
+                    tracing::info!("became the leader");
                 }
                 got
             }
