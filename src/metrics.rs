@@ -61,8 +61,9 @@ pub struct TaskMetrics {
     pub tick_errors: Family<Labels, Counter>,
     /// Seconds per tick of a periodic task, by task (the detector's is `task="detector"`).
     pub tick_seconds: HistogramFamily,
-    /// Devices whose deadline had passed, evaluated by the last detector tick.
-    pub devices_due: Gauge,
+    /// Devices whose deadline had passed, evaluated by detector ticks (a counter: its rate is
+    /// the detector's load, which a last-tick gauge would show only by chance).
+    pub devices_due: Counter,
     /// Alerts the detector opened or reopened, by kind.
     pub alerts_opened: Family<Labels, Counter>,
     /// Webhook delivery attempts, by outcome (`delivered`, `retried`, `dead`, `unrecorded`).
@@ -87,7 +88,7 @@ impl TaskMetrics {
             restarts: Family::default(),
             tick_errors: Family::default(),
             tick_seconds: Family::new_with_constructor(tick_histogram),
-            devices_due: Gauge::default(),
+            devices_due: Counter::default(),
             alerts_opened: Family::default(),
             deliveries: Family::default(),
             delivery_seconds: Family::new_with_constructor(delivery_histogram),
@@ -110,7 +111,7 @@ impl TaskMetrics {
         );
         registry.register(
             "detector_devices_due",
-            "Devices past their deadline evaluated by the last detector tick",
+            "Devices past their deadline evaluated by detector ticks",
             m.devices_due.clone(),
         );
         registry.register(

@@ -335,9 +335,7 @@ impl App {
 fn observe_tick(metrics: &Metrics, o: &crate::detect::TickOutcome) {
     use crate::domain::alert::Kind;
     let m = &metrics.tasks;
-    if !o.ingest_down {
-        m.devices_due.set(o.heartbeat.evaluated as i64);
-    }
+    m.devices_due.inc_by(o.heartbeat.evaluated as u64);
     if o.ingest_down_opened {
         m.opened(Kind::IngestDown);
     }
