@@ -1,7 +1,8 @@
-//! Leadership: the detector runs only where a Postgres advisory lock is held, on a dedicated
-//! connection (a pooled connection could be recycled and lose the lock silently). The lock is
-//! re-checked every tick; a second replica is a hot standby that takes over when the leader's
-//! session ends.
+//! Leadership: leader-only tasks (the detector, the coming pollers) run only where a Postgres
+//! advisory lock is held, on a dedicated connection (a pooled connection could be recycled and
+//! lose the lock silently). The lock is re-checked before every leader-only tick
+//! (`app::tasks::Leadership`, the service over this lock); a second replica is a hot standby
+//! that takes over when the leader's session ends.
 
 use std::time::Duration;
 
