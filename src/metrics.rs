@@ -55,10 +55,9 @@ type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// Background tasks (`app::tasks`), the detector, alerts and webhook deliveries.
 pub struct TaskMetrics {
-    /// Restarts of a restartable task after a panic or an unexpected end, by task.
+    /// Restarts of a restartable task after a panic, an error (a failed tick included) or an
+    /// unexpected end, by task.
     pub restarts: Family<Labels, Counter>,
-    /// Ticks of a periodic task that returned an error (retried next tick), by task.
-    pub tick_errors: Family<Labels, Counter>,
     /// Seconds per tick of a periodic task, by task (the detector's is `task="detector"`).
     pub tick_seconds: HistogramFamily,
     /// Devices whose deadline had passed, evaluated by detector ticks (a counter: its rate is
@@ -86,7 +85,6 @@ impl TaskMetrics {
     fn register(registry: &mut Registry) -> Self {
         let m = Self {
             restarts: Family::default(),
-            tick_errors: Family::default(),
             tick_seconds: Family::new_with_constructor(tick_histogram),
             devices_due: Counter::default(),
             alerts_opened: Family::default(),
@@ -98,11 +96,6 @@ impl TaskMetrics {
             "task_restarts",
             "Restarts of background tasks after a failure, by task",
             m.restarts.clone(),
-        );
-        registry.register(
-            "task_tick_errors",
-            "Ticks of periodic tasks that failed and are retried next tick, by task",
-            m.tick_errors.clone(),
         );
         registry.register(
             "task_tick_duration_seconds",

@@ -1,7 +1,8 @@
 //! The supervisor: a failure injected into a task through the same API the service uses is
-//! restarted after a backoff, counted on `/metrics` and shown on `/healthz`; a tick error is
-//! retried next tick; a vital task's failure ends `run_until` with an error; a real task (the
-//! detector) whose ticks fail shows it and carries on.
+//! restarted after a backoff, counted on `/metrics` and shown on `/healthz`; a failed tick
+//! restarts its loop within a period; a vital task's failure ends `run_until` with an error; a
+//! real task (the detector) whose ticks fail shows it within a tick and is back once the cause
+//! is gone.
 
 mod common;
 
@@ -175,9 +176,10 @@ async fn a_vital_failure_ends_run_until_with_an_error(pool: PgPool) {
 }
 
 /// A real task whose ticks fail (the detector, its table gone) shows it within a tick on
-/// `/healthz` and `/metrics`, keeps ticking, and is fine once the cause is gone.
+/// `/healthz` and `/metrics`, is restarted within a tick period, and is fine once the cause is
+/// gone.
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
-async fn detector_tick_errors_are_visible_and_it_carries_on(pool: PgPool) {
+async fn detector_tick_failures_are_visible_and_it_comes_back(pool: PgPool) {
     let broker = Broker::start().await;
     let app = App::build_with_pool(fast(&broker), pool.clone(), system_clock())
         .await
@@ -191,32 +193,40 @@ async fn detector_tick_errors_are_visible_and_it_carries_on(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    eventually(5, "the detector's tick errors are visible", || async {
+    eventually(5, "the detector's failure is visible", || async {
         let h = healthz(&api).await;
         let d = &h["tasks"]["detector"];
         let text = api.text("/metrics").await;
-        d["tick_errors"].as_u64().unwrap_or(0) >= 1
+        d["restarts"].as_u64().unwrap_or(0) >= 1
             && d["last_error"]
                 .as_str()
                 .is_some_and(|e| e.contains("detector_state"))
-            && d["state"] == "running"
-            && metric(
-                &text,
-                r#"fleetwatch_task_tick_errors_total{task="detector"}"#,
-            ) >= 1.0
+            && metric(&text, r#"fleetwatch_task_restarts_total{task="detector"}"#) >= 1.0
+    })
+    .await;
+    // It keeps coming back (backoff capped at its 200 ms period) and failing.
+    eventually(5, "restarted again", || async {
+        healthz(&api).await["tasks"]["detector"]["restarts"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3
     })
     .await;
     sqlx::query("alter table detector_state_away rename to detector_state")
         .execute(&pool)
         .await
         .unwrap();
-    // Once the table is back, ticks succeed again: the error count stops growing.
+    // Once the table is back, its ticks succeed: running, and the restarts stop.
+    eventually(5, "running again", || async {
+        healthz(&api).await["tasks"]["detector"]["state"] == "running"
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let errors = healthz(&api).await["tasks"]["detector"]["tick_errors"].clone();
+    let restarts = healthz(&api).await["tasks"]["detector"]["restarts"].clone();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let h = healthz(&api).await;
-    assert_eq!(h["tasks"]["detector"]["tick_errors"], errors, "{h}");
-    assert_eq!(h["tasks"]["detector"]["restarts"], 0, "{h}");
+    assert_eq!(h["tasks"]["detector"]["restarts"], restarts, "{h}");
+    assert_eq!(h["tasks"]["detector"]["state"], "running", "{h}");
     app.shutdown().await.unwrap();
 }
 
@@ -267,9 +277,10 @@ async fn a_panicking_tick_restarts_its_loop() {
     );
 }
 
-/// A tick that returns an error is retried next tick, as before: counted, shown, no restart.
+/// A tick that returns an error ends the run: restarted after a backoff no longer than the
+/// period (at least the 1 s minimum), counted, shown; the loop then ticks on.
 #[tokio::test]
-async fn a_failing_tick_is_retried_next_tick() {
+async fn a_failing_tick_restarts_its_loop() {
     let (cancel, tracker) = (CancellationToken::new(), TaskTracker::new());
     let metrics = Metrics::new();
     let tasks = Supervisor::new(
@@ -295,16 +306,28 @@ async fn a_failing_tick_is_retried_next_tick() {
             },
         );
     }
+    eventually(1, "the first failure is visible", || async {
+        let s = tasks.board().get("flaky").unwrap();
+        s.state == TaskState::Restarting && s.restarts == 1
+    })
+    .await;
+    let started = std::time::Instant::now();
     eventually(5, "ticks go on", || async {
         ticks.load(Ordering::SeqCst) >= 5
     })
     .await;
+    // two backoffs, both the 1 s minimum: a 20 ms period caps the doubling
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
     let s = tasks.board().get("flaky").unwrap();
-    assert_eq!((s.restarts, s.tick_errors), (0, 2));
+    assert_eq!((s.restarts, s.state), (2, TaskState::Running));
     assert_eq!(s.last_error.as_deref(), Some("injected tick error 1"));
     let text = metrics.render();
     assert_eq!(
-        metric(&text, r#"fleetwatch_task_tick_errors_total{task="flaky"}"#),
+        metric(&text, r#"fleetwatch_task_restarts_total{task="flaky"}"#),
         2.0
     );
     assert!(

@@ -8,9 +8,10 @@
 //!   buffer it drains belongs to the ingest context, not to the loop), retention, the active
 //!   silences gauge, the webhook worker (a send cut short keeps its lease and comes back) and
 //!   the database gate. A panic, an error or an unexpected end of such a run is logged with the
-//!   task's name, counted (`fleetwatch_task_restarts_total{task}`), shown as `restarting` with
-//!   the error, and the task starts again after a backoff (1 s doubling to 60 s; a run that
-//!   lasted a minute resets it).
+//!   task's name (rate-limited per task), counted (`fleetwatch_task_restarts_total{task}`),
+//!   shown as `restarting` with the error, and the task starts again after a backoff (1 s
+//!   doubling to 60 s, and for a periodic task never more than its period, so that it retries
+//!   at least as often as it used to tick; a run that lasted a minute resets it).
 //! - *Vital* ([`Supervisor::vital`]): tasks whose restart could lose data or hide a broken
 //!   process: the MQTT poll loops (each owns its event loop, its persistent session and a
 //!   sender of the channel whose last drop is what lets the dispatcher drain and flush), the
@@ -20,10 +21,10 @@
 //!   so the binary exits non-zero and the orchestrator restarts it whole.
 //!
 //! **Periodic tasks** are one cancellable loop, [`every`]: a tick per period (and, if given,
-//! whenever a `Notify` fires), never two ticks at once, a missed tick delayed rather than
-//! bursted. A tick that returns an error is logged (rate-limited per task), counted
-//! (`fleetwatch_task_tick_errors_total{task}`), shown as `last_error`, and simply retried next
-//! tick: a database blink is not a crash. Only a panic ends the run and restarts it.
+//! whenever a wake-up future resolves), never two ticks at once, a missed tick delayed rather
+//! than bursted. A tick that returns an error or panics ends the run, which the policy above
+//! restarts: the restarted loop ticks at once, so a database blink costs one backoff, never
+//! more than one period.
 //!
 //! **Leader-only** periodic tasks tick only on the replica that holds the advisory lock
 //! ([`Leadership`]): the lock is re-checked before each of their ticks, so a replica that lost
@@ -56,8 +57,10 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A run that lasted this long was healthy: the next failure starts the backoff afresh.
 const BACKOFF_RESET: Duration = Duration::from_secs(60);
-/// Tick errors of one task are logged at most this often (the count is in the metrics).
-const TICK_WARN_PERIOD: Duration = Duration::from_secs(60);
+/// One task's failures are logged at most this often (the count is in the metrics): a
+/// telemetry flusher failing every second through a database outage says nothing new after
+/// its first line.
+const FAILURE_WARN_PERIOD: Duration = Duration::from_secs(60);
 
 /// What a task is doing now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -89,8 +92,6 @@ pub struct TaskStatus {
     /// Since when it is in this state.
     pub since: DateTime<Utc>,
     pub restarts: u64,
-    /// Ticks that failed and were retried (periodic tasks).
-    pub tick_errors: u64,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
 }
@@ -136,7 +137,6 @@ impl TaskBoard {
                 state: TaskState::Running,
                 since: now,
                 restarts: 0,
-                tick_errors: 0,
                 last_error: None,
                 last_error_at: None,
             },
@@ -159,14 +159,6 @@ impl TaskBoard {
             }
             s.state = state;
             s.since = now;
-            s.last_error = Some(error.to_string());
-            s.last_error_at = Some(now);
-        });
-    }
-
-    fn tick_failed(&self, name: &str, error: &str, now: DateTime<Utc>) {
-        self.update(name, |s| {
-            s.tick_errors += 1;
             s.last_error = Some(error.to_string());
             s.last_error_at = Some(now);
         });
@@ -257,17 +249,19 @@ impl Periodic {
     }
 }
 
-/// Call `tick` every `period` (and whenever `wake`'s future resolves) until `cancel`. The
-/// first tick is immediate; a tick that overruns delays the next rather than bunching them up.
-/// Cancellation is noticed between ticks, never inside one.
+/// Call `tick` every `period` (and whenever `wake`'s future resolves) until `cancel` (then
+/// `Ok`) or until a tick fails (then its error). The first tick is immediate; a tick that
+/// overruns delays the next rather than bunching them up. Cancellation is noticed between
+/// ticks, never inside one.
 pub async fn every<F, Fut>(
     period: Duration,
     wake: Option<Wake>,
     cancel: &CancellationToken,
     mut tick: F,
-) where
+) -> anyhow::Result<()>
+where
     F: FnMut() -> Fut,
-    Fut: Future<Output = ()>,
+    Fut: Future<Output = anyhow::Result<()>>,
 {
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -279,11 +273,11 @@ pub async fn every<F, Fut>(
             }
         };
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return Ok(()),
             _ = ticker.tick() => {}
             _ = early => {}
         }
-        tick().await;
+        tick().await?;
     }
 }
 
@@ -405,11 +399,11 @@ impl Supervisor {
         F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        self.supervise(name.into(), false, run);
+        self.supervise(name.into(), false, BACKOFF_MAX, run);
     }
 
     /// Start a periodic task: `tick` every `spec.period` through [`every`], under the restart
-    /// policy; tick errors are retried next tick.
+    /// policy (a failed tick restarts the loop after at most one period).
     pub fn periodic<F, Fut>(&self, spec: Periodic, tick: F)
     where
         F: Fn(Tick) -> Fut + Send + Sync + 'static,
@@ -423,18 +417,13 @@ impl Supervisor {
         } = spec;
         let inner = self.inner.clone();
         let tick = Arc::new(tick);
-        let warn = Arc::new(RateLimitedWarn::new(TICK_WARN_PERIOD));
         // Outlives the runs: a restarted loop is not a new leadership.
         let seen_term = Arc::new(AtomicU64::new(0));
         let task = name.clone();
-        self.supervise(name, leader_only, move |cancel| {
-            let (inner, tick, warn, seen_term, wake) = (
-                inner.clone(),
-                tick.clone(),
-                warn.clone(),
-                seen_term.clone(),
-                wake.clone(),
-            );
+        let max_backoff = period.clamp(BACKOFF_MIN, BACKOFF_MAX);
+        self.supervise(name, leader_only, max_backoff, move |cancel| {
+            let (inner, tick, seen_term, wake) =
+                (inner.clone(), tick.clone(), seen_term.clone(), wake.clone());
             let name = task.clone();
             async move {
                 every(period, wake, &cancel, || async {
@@ -444,7 +433,7 @@ impl Supervisor {
                             Some(l) => l.check().await,
                             None => None,
                         }) else {
-                            return;
+                            return Ok(());
                         };
                         t.first_of_term = seen_term.swap(term, Ordering::Relaxed) != term;
                     }
@@ -458,28 +447,14 @@ impl Supervisor {
                         .tick_seconds
                         .get_or_create(&vec![("task", name.clone())])
                         .observe(started.elapsed().as_secs_f64());
-                    if let Err(e) = result {
-                        let text = format!("{e:#}");
-                        inner
-                            .metrics
-                            .tasks
-                            .tick_errors
-                            .get_or_create(&vec![("task", name.clone())])
-                            .inc();
-                        inner.board.tick_failed(&name, &text, inner.clock.now());
-                        warn.warn(
-                            "task_tick_failed",
-                            &format_args!("{name}: tick failed, retrying next tick: {text}"),
-                        );
-                    }
+                    result
                 })
-                .await;
-                Ok(())
+                .await
             }
         });
     }
 
-    fn supervise<F, Fut>(&self, name: String, leader_only: bool, run: F)
+    fn supervise<F, Fut>(&self, name: String, leader_only: bool, max_backoff: Duration, run: F)
     where
         F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -494,8 +469,9 @@ impl Supervisor {
             .tasks
             .restarts
             .get_or_create(&vec![("task", name.clone())]);
+        let warn = RateLimitedWarn::new(FAILURE_WARN_PERIOD);
         self.inner.tracker.spawn(async move {
-            let mut backoff = BACKOFF_MIN;
+            let mut backoff = BACKOFF_MIN.min(max_backoff);
             loop {
                 inner
                     .board
@@ -514,9 +490,14 @@ impl Supervisor {
                     Err(e) => format!("panicked: {}", panic_text(e)),
                 };
                 if started.elapsed() >= BACKOFF_RESET {
-                    backoff = BACKOFF_MIN;
+                    backoff = BACKOFF_MIN.min(max_backoff);
                 }
-                tracing::error!(task = %name, error = %why, backoff = ?backoff, "background task failed; restarting");
+                warn.warn(
+                    "task_failed",
+                    &format_args!(
+                        "background task {name} failed; restarting in {backoff:?}: {why}"
+                    ),
+                );
                 inner.metrics.tasks.restarted(&name);
                 inner
                     .board
@@ -528,7 +509,7 @@ impl Supervisor {
                     }
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff = (backoff * 2).min(max_backoff);
             }
         });
     }
