@@ -1,5 +1,6 @@
-//! Tracing set-up (`LOG_FORMAT=json` for production, `RUST_LOG` for filters) and a warn that
-//! is rate-limited per reason, so a device spewing garbage cannot flood the logs.
+//! Tracing set-up (`LOG_FORMAT=json` for production, `RUST_LOG` for filters, `TEST_LOG` for
+//! tests) and a warn that is rate-limited per reason, so a device spewing garbage cannot flood
+//! the logs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,14 @@ pub fn init() {
     } else {
         builder.try_init()
     };
+}
+
+/// For tests: install the subscriber only when `TEST_LOG` is set (`TEST_LOG=1 cargo nextest
+/// run …`, filters from `RUST_LOG` as usual), so that a test run logs nothing unless asked.
+pub fn init_for_tests() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        init();
+    }
 }
 
 /// Logs at most one warning per key per `period`, with the number suppressed in between.

@@ -46,6 +46,122 @@ pub struct Metrics {
     pub devices_created: Counter,
     /// The HTTP server's connections.
     pub http: HttpMetrics,
+    /// The background tasks, the detector, the alerts and their deliveries.
+    pub tasks: TaskMetrics,
+}
+
+/// Histograms in a labelled family need a constructor; a plain `fn` keeps the type nameable.
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Background tasks (`app::tasks`), the detector, alerts and webhook deliveries.
+pub struct TaskMetrics {
+    /// Restarts of a restartable task after a panic, an error (a failed tick included) or an
+    /// unexpected end, by task.
+    pub restarts: Family<Labels, Counter>,
+    /// Seconds per tick of a periodic task, by task (the detector's is `task="detector"`).
+    pub tick_seconds: HistogramFamily,
+    /// Devices whose deadline had passed, evaluated by detector ticks (a counter: its rate is
+    /// the detector's load, which a last-tick gauge would show only by chance).
+    pub devices_due: Counter,
+    /// Alerts the detector opened or reopened, by kind.
+    pub alerts_opened: Family<Labels, Counter>,
+    /// Webhook delivery attempts, by outcome (`delivered`, `retried`, `dead`, `unrecorded`).
+    pub deliveries: Family<Labels, Counter>,
+    /// Seconds per webhook request, by outcome.
+    pub delivery_seconds: HistogramFamily,
+    /// Silences in force now (refreshed by the `silences_gauge` task).
+    pub silences_active: Gauge,
+}
+
+fn tick_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.5, 12))
+}
+
+fn delivery_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.5, 10))
+}
+
+impl TaskMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            restarts: Family::default(),
+            tick_seconds: Family::new_with_constructor(tick_histogram),
+            devices_due: Counter::default(),
+            alerts_opened: Family::default(),
+            deliveries: Family::default(),
+            delivery_seconds: Family::new_with_constructor(delivery_histogram),
+            silences_active: Gauge::default(),
+        };
+        registry.register(
+            "task_restarts",
+            "Restarts of background tasks after a failure, by task",
+            m.restarts.clone(),
+        );
+        registry.register(
+            "task_tick_duration_seconds",
+            "Duration of periodic task ticks, by task",
+            m.tick_seconds.clone(),
+        );
+        registry.register(
+            "detector_devices_due",
+            "Devices past their deadline evaluated by detector ticks",
+            m.devices_due.clone(),
+        );
+        registry.register(
+            "alerts_opened",
+            "Alerts opened or reopened by the detector, by kind",
+            m.alerts_opened.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by outcome",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "webhook_delivery_duration_seconds",
+            "Duration of webhook requests, by outcome",
+            m.delivery_seconds.clone(),
+        );
+        registry.register(
+            "silences_active",
+            "Silences in force",
+            m.silences_active.clone(),
+        );
+        // Zeros from the start, so a dashboard sees a flat line rather than no data.
+        for kind in crate::domain::alert::Kind::ALL {
+            let _ = m.alerts_opened.get_or_create(&label("kind", kind.as_str()));
+        }
+        for outcome in ["delivered", "retried", "dead", "unrecorded"] {
+            let _ = m.deliveries.get_or_create(&label("outcome", outcome));
+        }
+        m
+    }
+
+    /// Count a restart of `task`.
+    pub fn restarted(&self, task: &str) {
+        self.restarts.get_or_create(&label("task", task)).inc();
+    }
+
+    /// Count an alert the detector opened.
+    pub fn opened(&self, kind: crate::domain::alert::Kind) {
+        self.alerts_opened
+            .get_or_create(&label("kind", kind.as_str()))
+            .inc();
+    }
+
+    /// Count a webhook attempt and its request's duration.
+    pub fn delivered(&self, outcome: &'static str, seconds: f64) {
+        self.deliveries
+            .get_or_create(&label("outcome", outcome))
+            .inc();
+        self.delivery_seconds
+            .get_or_create(&label("outcome", outcome))
+            .observe(seconds);
+    }
+}
+
+fn label(key: &'static str, value: &str) -> Labels {
+    vec![(key, value.to_string())]
 }
 
 /// The HTTP server's connections (`http::server`).
@@ -190,6 +306,7 @@ impl Metrics {
         );
 
         let http = HttpMetrics::register(&mut registry);
+        let tasks = TaskMetrics::register(&mut registry);
 
         // Show every drop reason from the start, so a dashboard sees zeros, not gaps.
         for r in DropReason::ALL {
@@ -211,6 +328,7 @@ impl Metrics {
             buffer_devices,
             devices_created,
             http,
+            tasks,
         })
     }
 

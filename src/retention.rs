@@ -1,11 +1,11 @@
 //! The retention job. Append-only tables grow forever unless trimmed: presence events (by
 //! arrival), webhook delivery attempts and finished notifications, and alerts resolved long ago
 //! together with their trail and notifications. Deletes go in bounded batches so the job never
-//! holds long locks; everything is idempotent, so it may run on every replica.
+//! holds long locks; everything is idempotent, so it may run on every replica. The supervisor
+//! (`app::tasks`) runs [`tick`] every `retention.interval`.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::{HumanDuration, RetentionConfig};
@@ -95,24 +95,4 @@ pub async fn tick(
     )
     .await?;
     Ok(d)
-}
-
-pub async fn run(
-    pool: PgPool,
-    clock: SharedClock,
-    cfg: RetentionConfig,
-    cancel: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(cfg.interval.0);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        match tick(&pool, &clock, &cfg).await {
-            Ok(d) if d == Deleted::default() => {}
-            Ok(d) => tracing::info!(?d, "retention: old rows deleted"),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "retention job failed; will retry"),
-        }
-    }
 }

@@ -79,7 +79,12 @@ fn configure(
             format!("{name}-{}", std::process::id()),
         )
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
+        // The service logs to stdout: shown only when asked, like the in-process tests.
+        .stdout(if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
     for (k, v) in settings {
         cmd.env(k, v);
     }

@@ -110,7 +110,7 @@ impl Env {
     }
 
     async fn with(pool: PgPool, tweak: impl FnOnce(&mut WebhookConfig)) -> Env {
-        fleetwatch::logging::init();
+        fleetwatch::logging::init_for_tests();
         let rx = Receiver::start().await;
         let mut hook = WebhookConfig {
             name: Some("ops".into()),

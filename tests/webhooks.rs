@@ -250,7 +250,7 @@ fn endpoint(name: &str, url: String) -> WebhookConfig {
 }
 
 async fn setup(pool: &PgPool, hooks: &[WebhookConfig]) -> (Worker, Arc<ManualClock>) {
-    fleetwatch::logging::init();
+    fleetwatch::logging::init_for_tests();
     outbox::sync_endpoints(pool, hooks).await.unwrap();
     (
         Worker::new(pool.clone(), hooks).unwrap(),

@@ -33,6 +33,17 @@ pub fn active_match(now_param: &str) -> String {
     )
 }
 
+/// How many silences are in force at `now` (the `fleetwatch_silences_active` gauge).
+pub async fn active_count(pool: &sqlx::PgPool, now: DateTime<Utc>) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"select count(*) from silences
+           where deleted_at is null and starts_at <= $1 and ends_at > $1"#,
+    )
+    .bind(now)
+    .fetch_one(pool)
+    .await
+}
+
 /// The active silence (lowest id) that matches `alert` at `now`, if any.
 pub async fn is_silenced(
     conn: &mut PgConnection,

@@ -56,6 +56,7 @@ use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::formats::{self, Notification};
 use super::outbox::{self, Event};
@@ -64,6 +65,7 @@ use super::silences;
 use crate::clock::SharedClock;
 use crate::config::{Secret, WebhookConfig, WebhookFormat};
 use crate::logging::RateLimitedWarn;
+use crate::metrics::Metrics;
 
 /// How often the worker looks for due rows of every endpoint (and writes reminders, and
 /// catches up after silences); an endpoint whose send ends is looked at again at once.
@@ -177,6 +179,9 @@ pub struct Worker {
     pub shutdown_grace: Duration,
     /// When the last reminder pass ran.
     reminded_at: std::sync::Mutex<Option<DateTime<Utc>>>,
+    /// Where deliveries are counted (`with_metrics`); tests that build a bare worker count
+    /// nothing.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// An endpoint and its slots: one permit per send in flight, `max_in_flight` in all. The
@@ -351,7 +356,19 @@ impl Worker {
             client,
             shutdown_grace: SHUTDOWN_GRACE,
             reminded_at: std::sync::Mutex::new(None),
+            metrics: None,
         })
+    }
+
+    /// Count deliveries (by outcome, with their latency) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Whether any endpoint is configured (without one, [`run`] has nothing to do).
+    pub fn has_endpoints(&self) -> bool {
+        !self.lanes.is_empty()
     }
 
     pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
@@ -365,7 +382,13 @@ impl Worker {
         let mut set = JoinSet::new();
         for lane in self.lanes.values() {
             for leased in self.claim(lane, now, &mut out).await.context("claiming")? {
-                set.spawn(deliver(self.pool.clone(), self.client.clone(), leased, now));
+                set.spawn(deliver(
+                    self.pool.clone(),
+                    self.client.clone(),
+                    self.metrics.clone(),
+                    leased,
+                    now,
+                ));
             }
         }
         while let Some(joined) = set.join_next().await {
@@ -621,14 +644,37 @@ impl Worker {
 async fn deliver(
     pool: PgPool,
     client: reqwest::Client,
+    metrics: Option<Arc<Metrics>>,
     leased: Leased,
     now: DateTime<Utc>,
 ) -> (String, sqlx::Result<Outcome>) {
     let Leased { row, endpoint, .. } = &leased;
-    let started = Instant::now();
-    let result = send(&client, endpoint, row, now).await;
-    let recorded = record(&pool, row, endpoint, result, started.elapsed(), now).await;
-    (endpoint.name.clone(), recorded)
+    let span = tracing::info_span!(
+        "webhook.deliver",
+        endpoint = %endpoint.name,
+        notification = row.id,
+        alert = row.alert_id,
+        outcome = tracing::field::Empty,
+    );
+    async move {
+        let started = Instant::now();
+        let result = send(&client, endpoint, row, now).await;
+        let latency = started.elapsed();
+        let recorded = record(&pool, row, endpoint, result, latency, now).await;
+        let outcome = match &recorded {
+            Ok(o) if o.delivered > 0 => "delivered",
+            Ok(o) if o.dead > 0 => "dead",
+            Ok(_) => "retried",
+            Err(_) => "unrecorded",
+        };
+        tracing::Span::current().record("outcome", outcome);
+        if let Some(m) = &metrics {
+            m.tasks.delivered(outcome, latency.as_secs_f64());
+        }
+        (endpoint.name.clone(), recorded)
+    }
+    .instrument(span)
+    .await
 }
 
 /// Record an attempt and move the row on.
@@ -892,6 +938,7 @@ pub async fn run(worker: Arc<Worker>, clock: SharedClock, cancel: CancellationTo
                         in_flight.spawn(deliver(
                             worker.pool.clone(),
                             worker.client.clone(),
+                            worker.metrics.clone(),
                             l,
                             now,
                         ));

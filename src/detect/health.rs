@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
 use crate::ingest::mqtt::ConnectionStatus;
 
 /// The verdict a detector tick works with.
@@ -21,9 +19,21 @@ pub enum IngestStatus {
     Down(String),
 }
 
+/// The canary as `/healthz` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CanaryStatus {
+    /// Canaries published since start.
+    pub sent: u64,
+    pub last_sent_at: Option<DateTime<Utc>>,
+    pub last_returned_at: Option<DateTime<Utc>>,
+    /// Of the last canary that came back.
+    pub last_round_trip_ms: Option<f64>,
+}
+
 #[derive(Debug, Default)]
 struct Canary {
     seq: u64,
+    last_sent_at: Option<DateTime<Utc>>,
     last_returned_at: Option<DateTime<Utc>>,
     last_rtt: Option<TimeDelta>,
 }
@@ -49,6 +59,7 @@ impl IngestHealth {
     pub fn next_payload(&self, now: DateTime<Utc>) -> Vec<u8> {
         let mut c = self.canary.lock().unwrap_or_else(|e| e.into_inner());
         c.seq += 1;
+        c.last_sent_at = Some(now);
         serde_json::json!({"seq": c.seq, "sent_at": now.timestamp_micros()})
             .to_string()
             .into_bytes()
@@ -71,6 +82,19 @@ impl IngestHealth {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .last_rtt
+    }
+
+    /// The last canary round trip, for `/healthz`.
+    pub fn canary(&self) -> CanaryStatus {
+        let c = self.canary.lock().unwrap_or_else(|e| e.into_inner());
+        CanaryStatus {
+            sent: c.seq,
+            last_sent_at: c.last_sent_at,
+            last_returned_at: c.last_returned_at,
+            last_round_trip_ms: c
+                .last_rtt
+                .map(|d| d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0),
+        }
     }
 
     /// The verdict at `now` given the connections' states.
@@ -111,34 +135,24 @@ impl IngestHealth {
     }
 }
 
-/// Publish a canary on the first connection every `interval` until cancelled. QoS 0: a lost
-/// canary is what we want to notice, not something to redeliver.
-pub async fn run_canary(
-    health: Arc<IngestHealth>,
-    connection: Arc<ConnectionStatus>,
-    topic: String,
-    clock: SharedClock,
-    interval: Duration,
-    cancel: CancellationToken,
+/// Publish one canary on `connection` (if it is up). QoS 0: a lost canary is what we want to
+/// notice, not something to redeliver. The supervisor runs it every `canary_interval`.
+pub fn publish_canary(
+    health: &IngestHealth,
+    connection: &ConnectionStatus,
+    topic: &str,
+    now: DateTime<Utc>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if !connection.snapshot().connected {
-            continue;
-        }
-        let payload = health.next_payload(clock.now());
-        if let Err(e) = connection.client.try_publish(
-            topic.clone(),
-            rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-            false,
-            payload,
-        ) {
-            tracing::debug!(error = %e, "canary not queued");
-        }
+    if !connection.snapshot().connected {
+        return;
+    }
+    let payload = health.next_payload(now);
+    if let Err(e) = connection.client.try_publish(
+        topic.to_string(),
+        rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        false,
+        payload,
+    ) {
+        tracing::debug!(error = %e, "canary not queued");
     }
 }

@@ -1,7 +1,8 @@
-//! Leadership: the detector runs only where a Postgres advisory lock is held, on a dedicated
-//! connection (a pooled connection could be recycled and lose the lock silently). The lock is
-//! re-checked every tick; a second replica is a hot standby that takes over when the leader's
-//! session ends.
+//! Leadership: leader-only tasks (the detector, the coming pollers) run only where a Postgres
+//! advisory lock is held, on a dedicated connection (a pooled connection could be recycled and
+//! lose the lock silently). The lock is re-checked before every leader-only tick
+//! (`app::tasks::Leadership`, the service over this lock); a second replica is a hot standby
+//! that takes over when the leader's session ends.
 
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ pub struct Leader {
     options: PgConnectOptions,
     conn: Option<PgConnection>,
     warn: RateLimitedWarn,
+    /// How many times the lock was taken: a new number is a new leadership, even when the
+    /// lock was lost and retaken between two checks.
+    acquired: u64,
 }
 
 impl Leader {
@@ -29,7 +33,13 @@ impl Leader {
             options,
             conn: None,
             warn: RateLimitedWarn::new(WARN_PERIOD),
+            acquired: 0,
         }
+    }
+
+    /// How many times this process took the lock (the current leadership's number while held).
+    pub fn acquisitions(&self) -> u64 {
+        self.acquired
     }
 
     /// Whether we hold the lock now; tries to take it if not. Never errors: a lost database
@@ -76,7 +86,8 @@ impl Leader {
         {
             Ok(got) => {
                 if got {
-                    tracing::info!("became the detector leader");
+                    self.acquired += 1;
+                    tracing::info!("became the leader");
                 }
                 got
             }

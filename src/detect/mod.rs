@@ -1,7 +1,7 @@
 //! Detection: turns what ingest stored into device health states and alerts.
 //!
-//! One leader (a Postgres advisory lock on a dedicated connection) runs [`Detector::tick`] every
-//! `detector.tick`: first our own ingest health (`ingest_down`), then the heartbeat deadlines that
+//! The supervisor (`app::tasks`) runs [`Detector::tick`] every `detector.tick` as a leader-only
+//! periodic task (a Postgres advisory lock on a dedicated connection, [`leader`]): first our own ingest health (`ingest_down`), then the heartbeat deadlines that
 //! are due, then connection patterns from new presence events, then grouping into group and
 //! fleet outages. Every decision takes `now` as an argument; tests drive `tick` with any clock.
 
@@ -13,19 +13,16 @@ pub mod leader;
 pub mod schedule;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 use crate::alerts::lifecycle::{self, AlertSpec};
-use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::domain::alert::{Kind, Severity};
-use crate::ingest::mqtt::ConnectionStatus;
-use health::{IngestHealth, IngestStatus};
+use health::IngestStatus;
 
 /// Detection settings resolved from the configuration once.
 #[derive(Debug, Clone)]
@@ -113,6 +110,8 @@ pub fn at(t: DateTime<Utc>) -> String {
 pub struct TickOutcome {
     /// Devices were not evaluated: our own ingest is unhealthy.
     pub ingest_down: bool,
+    /// This tick opened (or reopened) the `ingest_down` alert.
+    pub ingest_down_opened: bool,
     pub heartbeat: heartbeat::Outcome,
     pub connection: connection::Outcome,
     pub grouping: grouping::Outcome,
@@ -189,8 +188,13 @@ impl Detector {
                         .into(),
                     details: json!({"reason": reason}),
                 };
-                lifecycle::fire(&mut tx, &spec, now, self.settings.reopen_window).await?;
+                let fired =
+                    lifecycle::fire(&mut tx, &spec, now, self.settings.reopen_window).await?;
                 tx.commit().await?;
+                out.ingest_down_opened = matches!(
+                    fired,
+                    lifecycle::Fired::Opened(_) | lifecycle::Fired::Reopened(_)
+                );
             }
             return Ok(out);
         }
@@ -221,52 +225,4 @@ impl Detector {
         out.grouping = grouping::tick(&self.pool, &self.settings, now).await?;
         Ok(out)
     }
-}
-
-/// The detector task: every `tick`, if we lead, evaluate. Tick errors are logged and retried
-/// next tick (Postgres may blink); leadership is re-checked every time.
-pub async fn run(
-    detector: Arc<Detector>,
-    mut leader: leader::Leader,
-    health: Arc<IngestHealth>,
-    connections: Arc<[Arc<ConnectionStatus>]>,
-    clock: SharedClock,
-    every: std::time::Duration,
-    cancel: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut leading = false;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        let now_leading = leader.ensure().await;
-        if now_leading && !leading {
-            detector.reset();
-        }
-        leading = now_leading;
-        if !leading {
-            continue;
-        }
-        let now = clock.now();
-        let status = health.status(&connections, now);
-        match detector.tick(&status, now).await {
-            Ok(o) => {
-                if !o.heartbeat.opened.is_empty() || !o.heartbeat.resolved.is_empty() {
-                    tracing::info!(
-                        opened = o.heartbeat.opened.len(),
-                        resolved = o.heartbeat.resolved.len(),
-                        reclassified = o.heartbeat.reclassified.len(),
-                        "heartbeat gaps"
-                    );
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "detector tick failed; retrying next tick")
-            }
-        }
-    }
-    leader.release().await;
 }

@@ -1,17 +1,28 @@
-//! `/healthz` (the process is up; the state of each MQTT connection), `/readyz` (Postgres
+//! `/healthz` (the process is up; the state of each MQTT connection, each background task
+//! and the canary), `/readyz` (Postgres
 //! answers: the API can serve even while the broker is away) and Prometheus `/metrics`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
-use serde_json::json;
+use axum::{Extension, Json};
+use serde_json::{json, Value};
 
 use super::AppState;
 
-pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+/// What the running service adds to `/healthz`: an object whose fields (`tasks`, `canary`,
+/// `leader`) are merged in. A function, so that `http` need not know the supervisor; absent
+/// when the router runs without the service (router tests).
+#[derive(Clone)]
+pub struct Liveness(pub Arc<dyn Fn() -> Value + Send + Sync>);
+
+pub async fn healthz(
+    State(state): State<AppState>,
+    liveness: Option<Extension<Liveness>>,
+) -> impl IntoResponse {
     let connections: Vec<_> = state
         .mqtt
         .iter()
@@ -29,7 +40,7 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
         })
         .collect();
     let all_up = state.mqtt.iter().all(|c| c.snapshot().connected);
-    Json(json!({
+    let mut body = json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "mqtt": { "all_connected": all_up, "connections": connections },
@@ -38,7 +49,13 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
             "max_connections": state.metrics.http.max_connections.get(),
             "open_files_limit": state.metrics.http.open_files_limit.get(),
         },
-    }))
+    });
+    if let (Some(Extension(l)), Value::Object(body)) = (liveness, &mut body) {
+        if let Value::Object(extra) = (l.0)() {
+            body.extend(extra);
+        }
+    }
+    Json(body)
 }
 
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

@@ -110,6 +110,22 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// A request's span, named by the route that matched (`/api/v1/devices/{id}`), never by the
+/// raw path: ids in paths would give every device its own span name in a tracing backend.
+fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str())
+        .unwrap_or("unmatched");
+    tracing::info_span!(
+        "http.request",
+        otel.name = %format_args!("{} {route}", req.method()),
+        method = %req.method(),
+        route = %route,
+    )
 }

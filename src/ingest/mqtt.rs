@@ -26,7 +26,6 @@ use rumqttc::{TlsConfiguration, Transport};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::Incoming;
 use crate::clock::SharedClock;
@@ -268,15 +267,22 @@ struct LoopCtx {
     request_capacity: usize,
 }
 
-/// Start every connection of the pool on `tracker`. Each loop ends on `cancel`, disconnecting
-/// cleanly (the session is kept), and drops its sender so the dispatcher can drain and finish.
+/// One connection's poll loop, for the caller to run (the app runs each as a vital task).
+pub struct PollLoop {
+    /// `mqtt:<client id>`.
+    pub name: String,
+    pub run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+/// Set up every connection of the pool and return their poll loops. Each loop ends on
+/// `cancel`, disconnecting cleanly (the session is kept), and drops its sender so the
+/// dispatcher can drain and finish.
 pub fn start(
     cfg: &Config,
     tx: mpsc::Sender<Incoming>,
     ingest: &super::IngestContext,
-    tracker: &TaskTracker,
     cancel: CancellationToken,
-) -> anyhow::Result<Vec<Arc<ConnectionStatus>>> {
+) -> anyhow::Result<(Vec<Arc<ConnectionStatus>>, Vec<PollLoop>)> {
     let lc = LoopCtx {
         tx,
         metrics: ingest.metrics.clone(),
@@ -290,6 +296,7 @@ pub fn start(
         request_capacity: cfg.mqtt.channel_capacity.max(1024) * 2,
     };
     let mut statuses = Vec::new();
+    let mut loops = Vec::new();
     for p in plan(cfg) {
         let opts = options(cfg, &p.client_id)?;
         let (client, eventloop) = AsyncClient::new(opts, lc.request_capacity);
@@ -302,9 +309,12 @@ pub fn start(
         });
         statuses.push(status.clone());
         let (lc, cancel) = (lc.clone(), cancel.clone());
-        tracker.spawn(async move { run_connection(eventloop, status, lc, cancel).await });
+        loops.push(PollLoop {
+            name: format!("mqtt:{}", p.client_id),
+            run: Box::pin(run_connection(eventloop, status, lc, cancel)),
+        });
     }
-    Ok(statuses)
+    Ok((statuses, loops))
 }
 
 async fn run_connection(

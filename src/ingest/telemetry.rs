@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::IngestContext;
 use crate::db::telemetry::{write_batch, DeviceRow, HourRow};
@@ -65,6 +64,11 @@ impl TelemetryBuffer {
             max_devices,
             metrics,
         }
+    }
+
+    /// Resolves when the buffer has filled up (the flusher then flushes early).
+    pub async fn filled(&self) {
+        self.full.notified().await
     }
 
     /// Record one impression that arrived at `arrival`.
@@ -172,27 +176,6 @@ pub async fn flush(ctx: &IngestContext) -> anyhow::Result<usize> {
             ctx.metrics.flush_errors.inc();
             ctx.buffer.restore(batch);
             Err(anyhow::Error::new(e).context(format!("flushing telemetry for {n} devices")))
-        }
-    }
-}
-
-/// Flush every `interval`, or early when the buffer fills, until cancelled. The final flush at
-/// shutdown is the dispatcher's, after it has drained the channel.
-pub async fn run_flusher(
-    ctx: IngestContext,
-    interval: std::time::Duration,
-    cancel: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-            _ = ctx.buffer.full.notified() => {}
-        }
-        if let Err(e) = flush(&ctx).await {
-            ctx.warn.warn("flush_failed", &format_args!("{e:#}"));
         }
     }
 }

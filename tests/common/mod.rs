@@ -153,7 +153,7 @@ static INSTANCE: AtomicUsize = AtomicUsize::new(0);
 
 /// A configuration for tests: the given broker, a free HTTP port, fast flushes and backoff.
 pub fn config(broker: &Broker) -> Config {
-    fleetwatch::logging::init();
+    fleetwatch::logging::init_for_tests();
     let mut c = Config::default();
     c.mqtt.url = broker.url();
     c.mqtt.instance_id = Some(format!(
