@@ -621,7 +621,9 @@ async fn dead_letter_after_max_attempt_age_then_redrive(pool: PgPool) {
     assert_eq!(attempts(&pool, id).await.len() as i32, r.attempts);
 
     // listed as dead, then re-driven from the API's function: same delivery id
-    let dead = outbox::list(&pool, Some("dead"), None, 10).await.unwrap();
+    let dead = outbox::list(&pool, Some(outbox::NotificationStatus::Dead), None, 10)
+        .await
+        .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, id);
     rx.up().await;

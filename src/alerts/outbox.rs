@@ -27,36 +27,7 @@ use crate::alerts::lifecycle::{AlertRow, ALERT_COLUMNS};
 use crate::config::WebhookConfig;
 use crate::domain::alert::Severity;
 
-/// A notification's event, as receivers see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    Firing,
-    Resolved,
-    Reminder,
-    Acknowledged,
-}
-
-impl Event {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Event::Firing => "alert.firing",
-            Event::Resolved => "alert.resolved",
-            Event::Reminder => "alert.reminder",
-            Event::Acknowledged => "alert.acknowledged",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Event> {
-        [
-            Event::Firing,
-            Event::Resolved,
-            Event::Reminder,
-            Event::Acknowledged,
-        ]
-        .into_iter()
-        .find(|e| e.as_str() == s)
-    }
-}
+pub use crate::domain::notification::{Event, NotificationStatus};
 
 /// The alert change that may call for notifications.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +160,7 @@ pub async fn notify(
     let Some(alert) = snapshot(&mut *conn, alert_id).await? else {
         return Ok(0);
     };
-    let rank = alert.severity.parse::<Severity>().map_or(0, severity_rank);
+    let rank = severity_rank(alert.severity);
     let event = match change {
         Change::Fired | Change::Uncovered => Event::Firing,
         Change::Resolved => Event::Resolved,
@@ -202,7 +173,7 @@ pub async fn notify(
     let silenced_by = super::silences::is_silenced(&mut *conn, &alert, now).await?;
     let mut written = 0;
     for r in routes {
-        if !r.kinds.is_empty() && !r.kinds.contains(&alert.kind) {
+        if !r.kinds.is_empty() && !r.kinds.iter().any(|k| k == alert.kind.as_str()) {
             continue;
         }
         if rank > r.max_severity_rank {
@@ -264,9 +235,9 @@ pub struct DeliveryRow {
     pub id: i64,
     pub alert_id: i64,
     pub endpoint: String,
-    pub event: String,
+    pub event: Event,
     pub delivery_id: String,
-    pub status: String,
+    pub status: NotificationStatus,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
@@ -278,7 +249,7 @@ pub struct DeliveryRow {
 /// Notifications newest first, optionally of one status, strictly before `before_id`.
 pub async fn list(
     pool: &PgPool,
-    status: Option<&str>,
+    status: Option<NotificationStatus>,
     before_id: Option<i64>,
     limit: i64,
 ) -> sqlx::Result<Vec<DeliveryRow>> {

@@ -21,6 +21,7 @@ use sqlx::{PgConnection, PgPool};
 use super::lifecycle::AlertRow;
 use super::outbox;
 use crate::domain::actor::Actor;
+use crate::domain::alert::Kind;
 
 /// SQL: whether silence `s` is active at `now_param` and matches the alert aliased `a`
 /// (columns `device_id`, `group_id`, `kind`).
@@ -50,7 +51,7 @@ pub async fn is_silenced(
     .bind(now)
     .bind(&alert.device_id)
     .bind(&alert.group)
-    .bind(&alert.kind)
+    .bind(alert.kind)
     .fetch_optional(conn)
     .await
 }
@@ -65,7 +66,7 @@ pub struct SilenceRow {
     /// Matches alerts of this group (null: any).
     pub group_id: Option<String>,
     /// Matches alerts of this kind (null: any).
-    pub kind: Option<String>,
+    pub kind: Option<Kind>,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
     /// The principal that created it: `token:<id>:<name>` (or `user:<name>`).
@@ -92,7 +93,7 @@ const COLUMNS: &str = r#"id, device_id, group_id, kind, starts_at, ends_at, crea
 pub struct NewSilence {
     pub device_id: Option<String>,
     pub group_id: Option<String>,
-    pub kind: Option<String>,
+    pub kind: Option<Kind>,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
     pub created_by: Actor,
@@ -110,7 +111,7 @@ pub async fn create(pool: &PgPool, s: &NewSilence, now: DateTime<Utc>) -> sqlx::
         .bind(now)
         .bind(&s.device_id)
         .bind(&s.group_id)
-        .bind(&s.kind)
+        .bind(s.kind)
         .bind(s.starts_at)
         .bind(s.ends_at)
         .bind(&s.created_by.principal)

@@ -233,10 +233,10 @@ enum Decision {
 fn decide(c: &Claimed) -> Decision {
     let told_firing = c.last_told.as_deref() == Some(Event::Firing.as_str());
     let first = c.attempts == 0;
-    if let (true, Some(silence), Some(_)) = (first, c.silenced_by, Event::parse(&c.event)) {
+    if let (true, Some(silence), Some(_)) = (first, c.silenced_by, c.event.parse::<Event>().ok()) {
         return Decision::Silenced(silence);
     }
-    match Event::parse(&c.event) {
+    match c.event.parse::<Event>().ok() {
         Some(Event::Firing) => {
             if first {
                 if let Some(by) = c.covered_by {

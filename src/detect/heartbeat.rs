@@ -23,63 +23,7 @@ use super::{at, Settings};
 use crate::alerts::lifecycle::{self, AlertSpec};
 use crate::domain::alert::Kind;
 
-/// How a gap is classified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gap {
-    /// Connected (or connectivity unknown) but no data: the app or camera died.
-    Silent,
-    /// Disconnected for longer than `disconnect_grace`.
-    Offline,
-}
-
-impl Gap {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Gap::Silent => "silent",
-            Gap::Offline => "offline",
-        }
-    }
-    fn parse(s: &str) -> Gap {
-        if s == "offline" {
-            Gap::Offline
-        } else {
-            Gap::Silent
-        }
-    }
-}
-
-/// Device health states (the API's `state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    NeverSeen,
-    Healthy,
-    Late,
-    Silent,
-    Offline,
-    Quiet,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::NeverSeen => "never_seen",
-            State::Healthy => "healthy",
-            State::Late => "late",
-            State::Silent => "silent",
-            State::Offline => "offline",
-            State::Quiet => "quiet",
-        }
-    }
-}
-
-impl From<Gap> for State {
-    fn from(g: Gap) -> State {
-        match g {
-            Gap::Silent => State::Silent,
-            Gap::Offline => State::Offline,
-        }
-    }
-}
+pub use crate::domain::device::{DeviceState as State, Gap};
 
 /// The open heartbeat-gap alert of a device.
 #[derive(Debug, Clone, PartialEq)]
@@ -420,7 +364,11 @@ pub async fn run_due(
             next_quiet_start: quiet.next_start(tz, now),
             open: row.alert_id.map(|id| OpenGap {
                 id,
-                class: Gap::parse(row.alert_class.as_deref().unwrap_or("silent")),
+                class: row
+                    .alert_class
+                    .as_deref()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(Gap::Silent),
                 last_data_before: row.alert_last_data,
                 last_device_ts_before: row.alert_last_device_ts,
             }),

@@ -1,11 +1,17 @@
 //! Pure domain code, no I/O: identity rules, the presence ordering rule, telemetry parsing,
-//! MQTT topic matching and the reasons an input is dropped. Everything here takes `now` as an
-//! argument so that tests can drive it with any clock.
+//! MQTT topic matching, the reasons an input is dropped, and the closed sets of values (device
+//! states, alert kinds/statuses/severities, notification statuses/events). Everything here
+//! takes `now` as an argument so that tests can drive it with any clock.
+
+#[macro_use]
+mod text_enum;
 
 pub mod actor;
 pub mod alert;
+pub mod device;
 pub mod drop_reason;
 pub mod identity;
+pub mod notification;
 pub mod presence;
 pub mod telemetry;
 pub mod topic;

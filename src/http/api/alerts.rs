@@ -7,12 +7,12 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    body_text, clean, decode_time_cursor, encode_time_cursor, json_body, limit, numeric_id, query,
-    Page,
+    body_text, clean, decode_time_cursor, encode_time_cursor, json_body, limit, numeric_id,
+    parse_filter, query, Page,
 };
 use crate::alerts::lifecycle::{self, AlertFilter, AlertRow, EventRow};
 use crate::domain::actor::Actor;
-use crate::domain::alert::Kind;
+use crate::domain::alert::{Kind, Status};
 use crate::http::auth::Principal;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::AppState;
@@ -21,12 +21,10 @@ use crate::http::AppState;
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// `firing` or `resolved`.
-    #[param(pattern = "^(firing|resolved)$")]
+    #[param(value_type = Option<Status>)]
     pub status: Option<String>,
     /// An alert kind, e.g. `heartbeat_gap`.
-    #[param(
-        pattern = "^(heartbeat_gap|flapping|client_id_conflict|throttled|auth_failure|address_drift|group_outage|fleet_outage|ingest_down|metric_threshold)$"
-    )]
+    #[param(value_type = Option<Kind>)]
     pub kind: Option<String>,
     /// Only alerts of this device.
     pub device: Option<String>,
@@ -47,21 +45,10 @@ pub async fn list(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<Page<AlertRow>>> {
     let q = query(q)?;
-    if let Some(s) = &q.status {
-        if s != "firing" && s != "resolved" {
-            return Err(ApiError::BadRequest(format!(
-                "status: expected firing or resolved, got {s:?}"
-            )));
-        }
-    }
-    if let Some(k) = &q.kind {
-        k.parse::<Kind>()
-            .map_err(|e| ApiError::BadRequest(format!("kind: {e}")))?;
-    }
     let limit = limit(q.limit)?;
     let filter = AlertFilter {
-        status: q.status,
-        kind: q.kind,
+        status: parse_filter("status", q.status.as_deref())?,
+        kind: parse_filter("kind", q.kind.as_deref())?,
         device: clean("device", q.device)?,
         group: clean("group", q.group)?,
         before: q.cursor.as_deref().map(decode_time_cursor).transpose()?,

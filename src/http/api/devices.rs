@@ -6,29 +6,23 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::{
-    clean, decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor, limit, path_param,
-    query, Page,
+    clean, decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor, limit,
+    parse_filter, path_param, query, Page,
 };
 use crate::db::devices::{self as db, DeviceFilter, DeviceRow};
 use crate::db::presence::{self, EventRow};
+use crate::domain::device::DeviceState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::AppState;
 
-pub const STATES: [&str; 7] = [
-    "never_seen",
-    "healthy",
-    "late",
-    "silent",
-    "offline",
-    "quiet",
-    "retired",
-];
+/// The values of `?state=`.
+pub const STATES: [&str; 7] = DeviceState::NAMES;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only devices in this health state.
-    #[param(pattern = "^(never_seen|healthy|late|silent|offline|quiet|retired)$")]
+    #[param(value_type = Option<DeviceState>)]
     pub state: Option<String>,
     /// Only devices of this group.
     pub group: Option<String>,
@@ -49,17 +43,9 @@ pub async fn list(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<Page<DeviceRow>>> {
     let q = query(q)?;
-    if let Some(s) = &q.state {
-        if !STATES.contains(&s.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "state: expected one of {}, got {s:?}",
-                STATES.join(", ")
-            )));
-        }
-    }
     let limit = limit(q.limit)?;
     let filter = DeviceFilter {
-        state: q.state,
+        state: parse_filter("state", q.state.as_deref())?,
         group: clean("group", q.group)?,
         q: clean("q", q.q)?,
         after: q.cursor.as_deref().map(decode_cursor).transpose()?,

@@ -105,11 +105,16 @@ pub async fn create(
     if let Some(g) = &b.group_id {
         body_text("group_id", g, 200)?;
     }
-    if let Some(k) = &b.kind {
-        body_text("kind", k, 200)?;
-        k.parse::<Kind>()
-            .map_err(|e| ApiError::Unprocessable(format!("kind: {e}")))?;
-    }
+    let kind = match &b.kind {
+        Some(k) => {
+            body_text("kind", k, 200)?;
+            Some(
+                k.parse::<Kind>()
+                    .map_err(|e| ApiError::Unprocessable(format!("kind: {e}")))?,
+            )
+        }
+        None => None,
+    };
     body_text("comment", &b.comment, 4000)?;
     let starts_at = b.starts_at.unwrap_or(now);
     if starts_at - now > MAX_LEAD {
@@ -142,7 +147,7 @@ pub async fn create(
     let new = NewSilence {
         device_id: b.device_id,
         group_id: b.group_id,
-        kind: b.kind,
+        kind,
         starts_at,
         ends_at: b.ends_at,
         created_by,

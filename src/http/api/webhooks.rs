@@ -6,18 +6,19 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 
-use super::{decode_id_cursor, encode_id_cursor, limit, numeric_id, query, Page};
-use crate::alerts::outbox::{self, DeliveryRow};
+use super::{decode_id_cursor, encode_id_cursor, limit, numeric_id, parse_filter, query, Page};
+use crate::alerts::outbox::{self, DeliveryRow, NotificationStatus};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::AppState;
 
-pub const STATUSES: [&str; 4] = ["pending", "delivered", "dead", "superseded"];
+/// The values of `?status=`.
+pub const STATUSES: [&str; 4] = NotificationStatus::NAMES;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// `pending`, `delivered`, `dead` or `superseded`.
-    #[param(pattern = "^(pending|delivered|dead|superseded)$")]
+    #[param(value_type = Option<NotificationStatus>)]
     pub status: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -34,17 +35,10 @@ pub async fn list(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<Page<DeliveryRow>>> {
     let q = query(q)?;
-    if let Some(s) = &q.status {
-        if !STATUSES.contains(&s.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "status: expected one of {}, got {s:?}",
-                STATUSES.join(", ")
-            )));
-        }
-    }
+    let status = parse_filter("status", q.status.as_deref())?;
     let limit = limit(q.limit)?;
     let before = q.cursor.as_deref().map(decode_id_cursor).transpose()?;
-    let mut items = outbox::list(&state.pool, q.status.as_deref(), before, limit + 1).await?;
+    let mut items = outbox::list(&state.pool, status, before, limit + 1).await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items.last().map(|d| encode_id_cursor(d.id))
