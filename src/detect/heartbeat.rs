@@ -21,6 +21,7 @@ use sqlx::PgPool;
 use super::schedule::QuietHours;
 use super::{at, Settings};
 use crate::alerts::lifecycle::{self, AlertSpec};
+use crate::db::{self, detector::GapMemory};
 use crate::domain::alert::Kind;
 
 pub use crate::domain::device::{DeviceState as State, Gap};
@@ -242,7 +243,7 @@ struct DueRow {
     quiet_hours: Option<String>,
     first_reconnect: Option<DateTime<Utc>>,
     alert_id: Option<i64>,
-    alert_class: Option<String>,
+    alert_class: Option<Gap>,
     alert_last_data: Option<DateTime<Utc>>,
     alert_last_device_ts: Option<DateTime<Utc>>,
 }
@@ -315,9 +316,9 @@ pub async fn run_due(
                  where e.device_id = d.id and e.event_type = 'connected'
                    and e.received_at > coalesce(d.last_impression_at, '-infinity')) as first_reconnect,
                a.id as alert_id,
-               a.details->>'classification' as alert_class,
-               (a.details->>'last_impression_at')::timestamptz as alert_last_data,
-               (a.details->>'last_device_ts')::timestamptz as alert_last_device_ts
+               a.gap_class as alert_class,
+               a.gap_last_data_at as alert_last_data,
+               a.gap_last_device_ts as alert_last_device_ts
         from devices d
         left join groups g on g.id = d.group_id
         left join alerts a on a.kind = 'heartbeat_gap' and a.subject = d.id and a.status = 'firing'
@@ -364,11 +365,7 @@ pub async fn run_due(
             next_quiet_start: quiet.next_start(tz, now),
             open: row.alert_id.map(|id| OpenGap {
                 id,
-                class: row
-                    .alert_class
-                    .as_deref()
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(Gap::Silent),
+                class: row.alert_class.unwrap_or(Gap::Silent),
                 last_data_before: row.alert_last_data,
                 last_device_ts_before: row.alert_last_device_ts,
             }),
@@ -442,7 +439,14 @@ async fn apply(
                 summary: describe(row, *class),
                 details: gap_details(row, *class, e),
             };
-            lifecycle::fire(&mut tx, &spec, now, s.reopen_window).await?;
+            let fired = lifecycle::fire(&mut tx, &spec, now, s.reopen_window).await?;
+            // What the gap is measured from until it resolves (a reopened alert starts anew).
+            let memory = GapMemory {
+                class: *class,
+                last_data_at: row.last_impression_at,
+                last_device_ts: row.last_device_ts,
+            };
+            db::detector::remember_gap(&mut *tx, fired.id(), &memory).await?;
         }
         Action::Reclassify { from, to } => {
             let open = facts
@@ -463,6 +467,12 @@ async fn apply(
                 json!({"from": from.as_str(), "to": to.as_str()}),
             )
             .await?;
+            let memory = GapMemory {
+                class: *to,
+                last_data_at: open.last_data_before,
+                last_device_ts: open.last_device_ts_before,
+            };
+            db::detector::remember_gap(&mut *tx, open.id, &memory).await?;
         }
         Action::Resolve { covered } => {
             let open = facts.open.as_ref().expect("resolve implies an open alert");
