@@ -19,7 +19,7 @@ use fleetwatch::alerts::webhook::{Outcome, Worker};
 use fleetwatch::clock::{Clock, ManualClock};
 use fleetwatch::config::{Config, HumanDuration, Secret, WebhookConfig, WebhookFormat};
 use fleetwatch::domain::actor::Actor;
-use fleetwatch::domain::alert::Kind;
+use fleetwatch::domain::alert::{Kind, Severity};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -913,9 +913,9 @@ async fn pagerduty_and_slack_bodies(pool: PgPool) {
 async fn endpoint_filters(pool: PgPool) {
     let rx = Receiver::start().await;
     let mut only_ingest = endpoint("ingest-only", rx.url("/a"));
-    only_ingest.kinds = vec!["ingest_down".into()];
+    only_ingest.kinds = vec![Kind::IngestDown];
     let mut critical = endpoint("critical", rx.url("/b"));
-    critical.min_severity = Some("critical".into());
+    critical.min_severity = Some(Severity::Critical);
     let mut lobby = endpoint("lobby", rx.url("/c"));
     lobby.groups = vec!["lobby".into()];
     lobby.send_resolved = false;

@@ -65,11 +65,7 @@ pub async fn sync_endpoints(pool: &PgPool, hooks: &[WebhookConfig]) -> sqlx::Res
     let mut names = Vec::with_capacity(hooks.len());
     for (i, w) in hooks.iter().enumerate() {
         let name = w.name_at(i);
-        let rank = w
-            .min_severity
-            .as_deref()
-            .and_then(|s| s.parse::<Severity>().ok())
-            .map_or(3, severity_rank);
+        let rank = w.min_severity.map_or(3, severity_rank);
         let resolve_wait = w.resolve_wait.unwrap_or(w.group_wait);
         sqlx::query(
             r#"insert into webhook_endpoints (name, kinds, groups, max_severity_rank,

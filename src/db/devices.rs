@@ -124,10 +124,10 @@ pub async fn sync_config(pool: &PgPool, cfg: &Config, identity: &Identity) -> sq
         )
         .bind(id)
         .bind(g.name.as_deref().unwrap_or(id))
-        .bind(g.time_zone.as_deref().unwrap_or(&cfg.fleet.time_zone))
+        .bind(g.time_zone.unwrap_or(cfg.fleet.time_zone).name())
         .bind(g.expected_interval.map(ms))
         .bind(g.grace.map(ms))
-        .bind(g.quiet_hours.as_deref().unwrap_or(""))
+        .bind(g.quiet_hours.as_ref().map(|q| q.to_string()).unwrap_or_default())
         .execute(&mut *tx)
         .await?;
     }

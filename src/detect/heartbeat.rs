@@ -18,11 +18,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use sqlx::PgPool;
 
-use super::schedule::QuietHours;
 use super::{at, Settings};
 use crate::alerts::lifecycle::{self, AlertSpec};
 use crate::db::{self, detector::GapMemory};
 use crate::domain::alert::Kind;
+use crate::domain::schedule::QuietHours;
 
 pub use crate::domain::device::{DeviceState as State, Gap};
 
@@ -257,6 +257,58 @@ pub struct Outcome {
     pub resolved: Vec<String>,
     /// Decisions skipped because ingest changed the device meanwhile (looked at next tick).
     pub raced: usize,
+    /// Groups (not from the configuration) whose stored time zone or quiet hours did not
+    /// parse, each with what it fell back to: the fleet's time zone, no quiet hours.
+    pub unusable_group_settings: Vec<String>,
+}
+
+/// A group's time zone and quiet hours, parsed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupSchedule {
+    pub time_zone: chrono_tz::Tz,
+    pub quiet_hours: QuietHours,
+}
+
+/// The schedule of a group that is not in the configuration (created from a telemetry topic,
+/// or left from an earlier configuration), from its stored row. Those values were valid when
+/// written, but nothing guarantees it: an unparsable one is a decision made here, on purpose,
+/// counted in the outcome and logged: the fleet's time zone, never quiet (alerting rather than
+/// silence when in doubt).
+fn stored_schedule(
+    group: &str,
+    row: &DueRow,
+    s: &Settings,
+    unusable: &mut Vec<String>,
+) -> GroupSchedule {
+    let mut problems = Vec::new();
+    let time_zone = match row.time_zone.as_deref() {
+        None => s.fleet_time_zone,
+        Some(t) => crate::config::parse_tz(t).unwrap_or_else(|e| {
+            problems.push(format!("time_zone: {e}"));
+            s.fleet_time_zone
+        }),
+    };
+    let quiet_hours = row
+        .quiet_hours
+        .as_deref()
+        .unwrap_or_default()
+        .parse::<QuietHours>()
+        .unwrap_or_else(|e| {
+            problems.push(format!("quiet_hours: {e}"));
+            QuietHours::default()
+        });
+    if !problems.is_empty() {
+        tracing::warn!(
+            group,
+            problems = problems.join("; "),
+            "stored group settings unusable: evaluating with the fleet's time zone and no quiet hours"
+        );
+        unusable.push(group.to_string());
+    }
+    GroupSchedule {
+        time_zone,
+        quiet_hours,
+    }
 }
 
 fn ms(v: Option<i64>, default: TimeDelta) -> TimeDelta {
@@ -331,7 +383,7 @@ pub async fn run_due(
     .bind(s.max_due_per_tick)
     .fetch_all(pool)
     .await?;
-    let mut quiet_cache: HashMap<(String, String), QuietHours> = HashMap::new();
+    let mut stored: HashMap<String, GroupSchedule> = HashMap::new();
     let mut out = Outcome::default();
     for row in rows {
         out.evaluated += 1;
@@ -341,16 +393,20 @@ pub async fn run_due(
             disconnect_grace: s.disconnect_grace,
             flush_allowance: s.flush_allowance,
         };
-        let tz = row
-            .time_zone
-            .as_deref()
-            .and_then(|t| t.parse::<chrono_tz::Tz>().ok())
-            .unwrap_or(s.fleet_time_zone);
-        let quiet_text = row.quiet_hours.clone().unwrap_or_default();
-        let quiet = quiet_cache
-            .entry((quiet_text.clone(), tz.name().to_string()))
-            .or_insert_with(|| quiet_text.parse().unwrap_or_default())
-            .clone();
+        let schedule = match row.group_id.as_deref() {
+            None => None,
+            // configured groups: the values parsed at load, whatever the row says
+            Some(g) => match s.groups.get(g) {
+                Some(c) => Some(c),
+                None => Some(&*stored.entry(g.to_string()).or_insert_with(|| {
+                    stored_schedule(g, &row, s, &mut out.unusable_group_settings)
+                })),
+            },
+        };
+        let (tz, quiet) = match schedule {
+            Some(c) => (c.time_zone, &c.quiet_hours),
+            None => (s.fleet_time_zone, &s.no_quiet_hours),
+        };
         let facts = Facts {
             last_data: row.last_impression_at,
             connected: row.connected,

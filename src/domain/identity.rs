@@ -62,8 +62,7 @@ impl Identity {
             .filter_map(|(id, g)| {
                 g.device_pattern.as_ref().map(|p| GroupRule {
                     group: id.clone(),
-                    // validated in Config::validate
-                    pattern: Regex::new(p).expect("validated group pattern"),
+                    pattern: p.0.clone(),
                 })
             })
             .collect();

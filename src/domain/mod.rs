@@ -13,6 +13,7 @@ pub mod drop_reason;
 pub mod identity;
 pub mod notification;
 pub mod presence;
+pub mod schedule;
 pub mod telemetry;
 pub mod topic;
 
