@@ -25,6 +25,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::alerts::lifecycle::{AlertRow, ALERT_COLUMNS};
 use crate::config::WebhookConfig;
+use crate::db::notifications::{self, NewNotification};
 use crate::domain::alert::Severity;
 
 pub use crate::domain::notification::{Event, NotificationStatus};
@@ -186,39 +187,14 @@ pub async fn notify(
             Change::Resolved => r.resolve_wait_ms,
             _ => 0,
         };
-        let due = now + TimeDelta::milliseconds(wait_ms);
-        if let Some(silence) = silenced_by {
-            sqlx::query(
-                r#"insert into notifications (alert_id, endpoint, event, body, next_attempt_at,
-                                              created_at, retry_since, status, finished_at,
-                                              last_error, silenced_by)
-                   values ($1, $2, $3, $4, $5, $5, $5, 'superseded', $5, $6, $7)"#,
-            )
-            .bind(alert_id)
-            .bind(&r.name)
-            .bind(event.as_str())
-            .bind(&body)
-            .bind(now)
-            .bind(format!("silenced by silence {silence}"))
-            .bind(silence)
-            .execute(&mut *conn)
-            .await?;
-            written += 1;
-            continue;
-        }
-        sqlx::query(
-            r#"insert into notifications (alert_id, endpoint, event, body, next_attempt_at,
-                                          created_at, retry_since)
-               values ($1, $2, $3, $4, $5, $6, $6)"#,
-        )
-        .bind(alert_id)
-        .bind(&r.name)
-        .bind(event.as_str())
-        .bind(&body)
-        .bind(due)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+        let n = NewNotification {
+            alert_id,
+            endpoint: &r.name,
+            event,
+            body: &body,
+            due: now + TimeDelta::milliseconds(wait_ms),
+        };
+        notifications::insert(&mut *conn, &n, silenced_by, now).await?;
         written += 1;
     }
     Ok(written)

@@ -20,6 +20,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::lifecycle::AlertRow;
 use super::outbox;
+use crate::db::notifications::{self, NewNotification};
 use crate::domain::actor::Actor;
 use crate::domain::alert::Kind;
 
@@ -247,7 +248,7 @@ pub async fn catch_up(
            order by a.id, t.endpoint"#,
         active = active_match("$2")
     );
-    let due: Vec<(i64, String, String)> = sqlx::query_as(&sql)
+    let due: Vec<(i64, String, outbox::Event)> = sqlx::query_as(&sql)
         .bind(endpoints)
         .bind(now)
         .bind(RESOLUTION_HORIZON)
@@ -258,18 +259,14 @@ pub async fn catch_up(
         let Some(alert) = outbox::snapshot(&mut *conn, alert_id).await? else {
             continue;
         };
-        sqlx::query(
-            r#"insert into notifications (alert_id, endpoint, event, body, next_attempt_at,
-                                          created_at, retry_since)
-               values ($1, $2, $3, $4, $5, $5, $5)"#,
-        )
-        .bind(alert_id)
-        .bind(&endpoint)
-        .bind(&event)
-        .bind(outbox::body_of(&alert)?)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+        let n = NewNotification {
+            alert_id,
+            endpoint: &endpoint,
+            event,
+            body: &outbox::body_of(&alert)?,
+            due: now,
+        };
+        notifications::insert(&mut *conn, &n, None, now).await?;
         tracing::info!(alert = alert_id, %endpoint, %event, "silence over: endpoint brought up to date");
         written += 1;
     }

@@ -63,6 +63,7 @@ use super::redact::UrlRedactor;
 use super::silences;
 use crate::clock::SharedClock;
 use crate::config::{Secret, WebhookConfig, WebhookFormat};
+use crate::db::notifications::{self, NewNotification};
 use crate::logging::RateLimitedWarn;
 
 /// How often the worker looks for due rows of every endpoint (and writes reminders, and
@@ -437,17 +438,14 @@ impl Worker {
                 let Some(alert) = outbox::snapshot(&mut tx, id).await? else {
                     continue;
                 };
-                sqlx::query(
-                    r#"insert into notifications (alert_id, endpoint, event, body,
-                                                  next_attempt_at, created_at, retry_since)
-                       values ($1, $2, 'alert.reminder', $3, $4, $4, $4)"#,
-                )
-                .bind(id)
-                .bind(&e.name)
-                .bind(outbox::body_of(&alert)?)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                let n = NewNotification {
+                    alert_id: id,
+                    endpoint: &e.name,
+                    event: Event::Reminder,
+                    body: &outbox::body_of(&alert)?,
+                    due: now,
+                };
+                notifications::insert(&mut *tx, &n, None, now).await?;
                 written += 1;
             }
         }

@@ -2,6 +2,7 @@
 
 pub mod detector;
 pub mod devices;
+pub mod notifications;
 pub mod presence;
 pub mod telemetry;
 
