@@ -1058,6 +1058,19 @@ impl Config {
     }
 }
 
+impl crate::domain::identity::Identity {
+    /// The identity rules of this configuration; group patterns are tried in group-id order.
+    pub fn from_config(cfg: &Config) -> Self {
+        Self::new(
+            cfg.mqtt.client_id_prefix.clone(),
+            cfg.client_ids.clone().into_iter().collect(),
+            cfg.groups
+                .iter()
+                .filter_map(|(id, g)| Some((id.clone(), g.device_pattern.as_ref()?.0.clone()))),
+        )
+    }
+}
+
 /// Parse an IANA time zone name.
 pub fn parse_tz(name: &str) -> Result<chrono_tz::Tz, String> {
     name.parse::<chrono_tz::Tz>()
