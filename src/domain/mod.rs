@@ -10,6 +10,7 @@ pub mod actor;
 pub mod alert;
 pub mod device;
 pub mod drop_reason;
+pub mod health;
 pub mod identity;
 pub mod notification;
 pub mod presence;
