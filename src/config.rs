@@ -1,7 +1,9 @@
 //! Typed configuration: a TOML file (every key optional) plus the environment overrides of
 //! DESIGN.md §4. Validation happens once, here, so that a wrong value stops the service at
 //! start-up with a message naming the key and what it expected, instead of surfacing later as
-//! odd behaviour. Secrets are wrapped in [`Secret`] so neither `Debug` nor logs can show them.
+//! odd behaviour. Values with a syntax of their own (durations, time zones, quiet hours, group
+//! patterns, alert kinds and severities) are kept parsed, so nothing downstream parses them a
+//! second time or needs a fallback. Secrets are wrapped in [`Secret`] so neither `Debug` nor logs can show them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,6 +13,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Deserializer};
+
+use crate::domain::alert::{Kind, Severity};
+use crate::domain::schedule::QuietHours;
 
 /// A string that must never appear in logs or `Debug` output.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -69,6 +74,70 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// An IANA time zone, parsed at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeZone(pub chrono_tz::Tz);
+
+impl Default for TimeZone {
+    fn default() -> Self {
+        TimeZone(chrono_tz::Tz::UTC)
+    }
+}
+
+impl TimeZone {
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+}
+
+impl FromStr for TimeZone {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_tz(s).map(TimeZone)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeZone {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A regular expression on device ids, compiled at load.
+#[derive(Debug, Clone)]
+pub struct Pattern(pub regex::Regex);
+
+impl FromStr for Pattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        regex::Regex::new(s)
+            .map(Pattern)
+            .map_err(|e| format!("expected a regular expression ({e})"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[detector.severities]`: kind = severity. By hand so that an error names the kind (serde
+/// cannot report a map key that is itself an enum).
+fn severities<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Kind, Severity>, D::Error> {
+    BTreeMap::<String, String>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| {
+            let kind = k.parse::<Kind>().map_err(|e| format!("{k}: {e}"))?;
+            let severity = v.parse::<Severity>().map_err(|e| format!("{k}: {e}"))?;
+            Ok((kind, severity))
+        })
+        .collect::<Result<_, String>>()
+        .map_err(serde::de::Error::custom)
 }
 
 fn dur(s: &str) -> HumanDuration {
@@ -238,14 +307,15 @@ pub struct DetectorConfig {
     /// ...and at least this many of them.
     pub fleet_outage_min_devices: i64,
     /// Severity per alert kind, overriding the defaults.
-    pub severities: BTreeMap<String, String>,
+    #[serde(deserialize_with = "severities")]
+    pub severities: BTreeMap<Kind, Severity>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FleetConfig {
     /// IANA time zone for devices without a group.
-    pub time_zone: String,
+    pub time_zone: TimeZone,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,14 +358,14 @@ pub struct GroupConfig {
     /// Human name (defaults to the id).
     pub name: Option<String>,
     /// IANA time zone, e.g. `Asia/Tokyo` (defaults to `fleet.time_zone`).
-    pub time_zone: Option<String>,
+    pub time_zone: Option<TimeZone>,
     /// Regular expression on the device id; a matching device belongs to this group.
-    pub device_pattern: Option<String>,
+    pub device_pattern: Option<Pattern>,
     /// Overrides of the fleet's expected interval and grace.
     pub expected_interval: Option<HumanDuration>,
     pub grace: Option<HumanDuration>,
     /// Daily local-time windows without expectations, e.g. `"00:30-05:30"`.
-    pub quiet_hours: Option<String>,
+    pub quiet_hours: Option<QuietHours>,
 }
 
 /// One `[[webhooks]]` endpoint (README "Webhooks").
@@ -316,9 +386,9 @@ pub struct WebhookConfig {
     /// PagerDuty integration key (required for `format = "pagerduty"`).
     pub routing_key: Option<Secret>,
     /// Only these alert kinds (empty: all).
-    pub kinds: Vec<String>,
+    pub kinds: Vec<Kind>,
     /// Only alerts at least this severe.
-    pub min_severity: Option<String>,
+    pub min_severity: Option<Severity>,
     /// Only alerts of these groups (empty: all, including alerts without a group).
     pub groups: Vec<String>,
     /// Per-request timeout.
@@ -547,14 +617,6 @@ impl Default for DetectorConfig {
     }
 }
 
-impl Default for FleetConfig {
-    fn default() -> Self {
-        Self {
-            time_zone: "UTC".into(),
-        }
-    }
-}
-
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
@@ -634,7 +696,8 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading config file {}", p.display()))?;
-                Self::from_toml(&text).with_context(|| format!("in config file {}", p.display()))?
+                Self::from_toml(&text)
+                    .map_err(|e| anyhow::anyhow!("{e} (in config file {})", p.display()))?
             }
             None => Config::default(),
         };
@@ -643,8 +706,21 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Parse a TOML document. Errors name the key (`groups.tokyo.time_zone: …`): values are
+    /// parsed here, not in a later validation pass that could say where.
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                // a syntax error: where in the file is what helps
+                anyhow::anyhow!("{inner}")
+            } else {
+                // a value: the key and what was wrong, without quoting the line (which may
+                // hold a secret)
+                anyhow::anyhow!("{path}: {}", inner.message())
+            }
+        })
     }
 
     fn apply_env(&mut self, env: &BTreeMap<String, String>) -> anyhow::Result<()> {
@@ -850,12 +926,6 @@ impl Config {
             }
         }
         crate::domain::inhibit::validate(&self.inhibit_rules()).map_err(anyhow::Error::msg)?;
-        for (k, v) in &self.detector.severities {
-            k.parse::<crate::domain::alert::Kind>()
-                .map_err(|e| anyhow::anyhow!("detector.severities: {e}"))?;
-            v.parse::<crate::domain::alert::Severity>()
-                .map_err(|e| anyhow::anyhow!("detector.severities.{k}: {e}"))?;
-        }
         for (k, n) in [
             (
                 "detector.flapping_disconnects",
@@ -922,26 +992,11 @@ impl Config {
         if self.presence.unknown_failed_window.0.is_zero() {
             bail!("presence.unknown_failed_window: expected a positive duration");
         }
-        parse_tz(&self.fleet.time_zone).map_err(|e| anyhow::anyhow!("fleet.time_zone: {e}"))?;
         for (id, g) in &self.groups {
             crate::domain::identity::validate_id(id)
                 .map_err(|e| anyhow::anyhow!("groups.{id}: {e}"))?;
-            if let Some(tz) = &g.time_zone {
-                parse_tz(tz).map_err(|e| anyhow::anyhow!("groups.{id}.time_zone: {e}"))?;
-            }
-            if let Some(q) = &g.quiet_hours {
-                q.parse::<crate::detect::schedule::QuietHours>()
-                    .map_err(|e| anyhow::anyhow!("groups.{id}.quiet_hours: {e}"))?;
-            }
             if g.expected_interval.is_some_and(|d| d.0.is_zero()) {
                 bail!("groups.{id}.expected_interval: expected a positive duration");
-            }
-            if let Some(p) = &g.device_pattern {
-                regex::Regex::new(p).map_err(|e| {
-                    anyhow::anyhow!(
-                        "groups.{id}.device_pattern: expected a regular expression ({e})"
-                    )
-                })?;
             }
         }
         for (id, o) in &self.devices.overrides {
@@ -979,14 +1034,6 @@ impl Config {
             {
                 bail!("webhooks[{i}].routing_key: expected a PagerDuty integration key for format = \"pagerduty\"");
             }
-            for k in &w.kinds {
-                k.parse::<crate::domain::alert::Kind>()
-                    .map_err(|e| anyhow::anyhow!("webhooks[{i}].kinds: {e}"))?;
-            }
-            if let Some(s) = &w.min_severity {
-                s.parse::<crate::domain::alert::Severity>()
-                    .map_err(|e| anyhow::anyhow!("webhooks[{i}].min_severity: {e}"))?;
-            }
             for (k, d) in [
                 ("timeout", w.timeout),
                 ("repeat_interval", w.repeat_interval),
@@ -1019,6 +1066,19 @@ impl Config {
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
                 .collect()
         })
+    }
+}
+
+impl crate::domain::identity::Identity {
+    /// The identity rules of this configuration; group patterns are tried in group-id order.
+    pub fn from_config(cfg: &Config) -> Self {
+        Self::new(
+            cfg.mqtt.client_id_prefix.clone(),
+            cfg.client_ids.clone().into_iter().collect(),
+            cfg.groups
+                .iter()
+                .filter_map(|(id, g)| Some((id.clone(), g.device_pattern.as_ref()?.0.clone()))),
+        )
     }
 }
 
@@ -1198,14 +1258,65 @@ mod tests {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("mqtt.backoff_reset_after"), "{e}");
 
-        let mut c = Config::from_toml("[groups.tokyo]\ntime_zone = \"Mars/Olympus\"\n").unwrap();
-        c.apply_env(&env(&[])).unwrap();
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("groups.tokyo.time_zone"), "{e}");
-
-        let c = Config::from_toml("[groups.b1]\ndevice_pattern = \"([\"\n").unwrap();
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("groups.b1.device_pattern"), "{e}");
+        // values with a syntax of their own are parsed at load, the error naming the key
+        for (toml, key, says) in [
+            (
+                "[groups.tokyo]\ntime_zone = \"Mars/Olympus\"\n",
+                "groups.tokyo.time_zone",
+                "IANA time zone",
+            ),
+            (
+                "[fleet]\ntime_zone = \"Nowhere\"\n",
+                "fleet.time_zone",
+                "IANA",
+            ),
+            (
+                "[groups.b1]\ndevice_pattern = \"([\"\n",
+                "groups.b1.device_pattern",
+                "regular expression",
+            ),
+            (
+                "[groups.b1]\nquiet_hours = \"25:00-03:00\"\n",
+                "groups.b1.quiet_hours",
+                "25:00",
+            ),
+            (
+                "[detector.severities]\nflapping = \"loud\"\n",
+                "detector.severities",
+                "flapping: expected one of critical,",
+            ),
+            (
+                "[detector.severities]\nflappy = \"info\"\n",
+                "detector.severities",
+                "flappy: expected one of heartbeat_gap,",
+            ),
+            (
+                "[[webhooks]]\nurl = \"http://x\"\nmin_severity = \"loud\"\n",
+                "webhooks[0].min_severity",
+                "critical",
+            ),
+            (
+                "[[webhooks]]\nurl = \"http://x\"\nkinds = [\"nope\"]\n",
+                "webhooks[0].kinds",
+                "heartbeat_gap",
+            ),
+        ] {
+            let e = format!("{:#}", Config::from_toml(toml).unwrap_err());
+            assert!(e.contains(key) && e.contains(says), "{toml}: {e}");
+        }
+        let c = Config::from_toml(
+            "[detector.severities]\nflapping = \"info\"\n[groups.t]\nquiet_hours = \"22:00-06:00\"\ntime_zone = \"Asia/Tokyo\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.detector.severities[&Kind::Flapping], Severity::Info);
+        assert_eq!(
+            c.groups["t"].time_zone,
+            Some(TimeZone(chrono_tz::Tz::Asia__Tokyo))
+        );
+        assert_eq!(
+            c.groups["t"].quiet_hours,
+            Some("22:00-06:00".parse().unwrap())
+        );
 
         let c = Config::from_toml("[mqtt]\ntelemetry_topics = [\"a/b#\"]\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("a/b#"));
@@ -1241,7 +1352,7 @@ mod tests {
         assert_eq!(c.mqtt.connections, 4);
         assert_eq!(c.client_ids["bridgeawsiot-7"], "screen-7");
         assert_eq!(
-            c.groups["tokyo-hq"].time_zone.as_deref(),
+            c.groups["tokyo-hq"].time_zone.map(TimeZone::name),
             Some("Asia/Tokyo")
         );
         assert_eq!(c.instance_id(), "eu1");

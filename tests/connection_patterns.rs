@@ -173,7 +173,7 @@ async fn alerts(pool: &PgPool, kind: Option<Kind>) -> Vec<AlertRow> {
     let mut rows = lifecycle::list(
         pool,
         &AlertFilter {
-            kind: kind.map(|k| k.as_str().to_string()),
+            kind,
             limit: 1000,
             ..AlertFilter::default()
         },

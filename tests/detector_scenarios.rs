@@ -486,7 +486,7 @@ async fn per_device_and_group_expectations_override_the_fleet(pool: PgPool) {
     cfg.groups.insert(
         "slow-bldg".into(),
         fleetwatch::config::GroupConfig {
-            device_pattern: Some("^slow-".into()),
+            device_pattern: Some("^slow-".parse().unwrap()),
             expected_interval: Some(HumanDuration(std::time::Duration::from_secs(3600))),
             ..Default::default()
         },
@@ -528,9 +528,9 @@ fn tokyo_fleet_config() -> Config {
     cfg.groups.insert(
         "tokyo".into(),
         fleetwatch::config::GroupConfig {
-            time_zone: Some("Asia/Tokyo".into()),
-            device_pattern: Some("^tky-".into()),
-            quiet_hours: Some("00:30-05:30".into()),
+            time_zone: Some("Asia/Tokyo".parse().unwrap()),
+            device_pattern: Some("^tky-".parse().unwrap()),
+            quiet_hours: Some("00:30-05:30".parse().unwrap()),
             ..Default::default()
         },
     );

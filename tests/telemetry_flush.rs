@@ -375,7 +375,7 @@ async fn topic_level_group_creates_the_group_and_sets_the_device_group(pool: PgP
     cfg.telemetry.group_level = Some(1);
     cfg.telemetry.device_id_level = 2;
     cfg.mqtt.telemetry_topics = vec!["dt/+/+/impressions".into()];
-    cfg.fleet.time_zone = "Asia/Tokyo".into();
+    cfg.fleet.time_zone = "Asia/Tokyo".parse().unwrap();
     let ctx = context(&cfg, &pool);
     feed(&ctx, "dt/bldg-7/s1/impressions", "{}", min(1));
     feed(&ctx, "dt/bldg-7/s2/impressions", "{}", min(2));

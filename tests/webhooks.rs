@@ -19,7 +19,7 @@ use fleetwatch::alerts::webhook::{Outcome, Worker};
 use fleetwatch::clock::{Clock, ManualClock};
 use fleetwatch::config::{Config, HumanDuration, Secret, WebhookConfig, WebhookFormat};
 use fleetwatch::domain::actor::Actor;
-use fleetwatch::domain::alert::Kind;
+use fleetwatch::domain::alert::{Kind, Severity};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -621,7 +621,9 @@ async fn dead_letter_after_max_attempt_age_then_redrive(pool: PgPool) {
     assert_eq!(attempts(&pool, id).await.len() as i32, r.attempts);
 
     // listed as dead, then re-driven from the API's function: same delivery id
-    let dead = outbox::list(&pool, Some("dead"), None, 10).await.unwrap();
+    let dead = outbox::list(&pool, Some(outbox::NotificationStatus::Dead), None, 10)
+        .await
+        .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, id);
     rx.up().await;
@@ -911,9 +913,9 @@ async fn pagerduty_and_slack_bodies(pool: PgPool) {
 async fn endpoint_filters(pool: PgPool) {
     let rx = Receiver::start().await;
     let mut only_ingest = endpoint("ingest-only", rx.url("/a"));
-    only_ingest.kinds = vec!["ingest_down".into()];
+    only_ingest.kinds = vec![Kind::IngestDown];
     let mut critical = endpoint("critical", rx.url("/b"));
-    critical.min_severity = Some("critical".into());
+    critical.min_severity = Some(Severity::Critical);
     let mut lobby = endpoint("lobby", rx.url("/c"));
     lobby.groups = vec!["lobby".into()];
     lobby.send_resolved = false;

@@ -10,7 +10,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::outbox::{self, Change};
 use crate::domain::actor::Actor;
-use crate::domain::alert::{Kind, Severity};
+use crate::domain::alert::{Kind, Severity, Status};
 
 /// What the detector wants to be firing.
 #[derive(Debug, Clone, PartialEq)]
@@ -379,12 +379,12 @@ pub async fn link_ticket(
 #[schema(as = Alert)]
 pub struct AlertRow {
     pub id: i64,
-    pub kind: String,
+    pub kind: Kind,
     pub subject: String,
     pub device_id: Option<String>,
     pub group: Option<String>,
-    pub severity: String,
-    pub status: String,
+    pub severity: Severity,
+    pub status: Status,
     pub opened_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub summary: String,
@@ -427,8 +427,8 @@ pub struct EventRow {
 /// Filters of `GET /alerts`.
 #[derive(Debug, Clone, Default)]
 pub struct AlertFilter {
-    pub status: Option<String>,
-    pub kind: Option<String>,
+    pub status: Option<Status>,
+    pub kind: Option<Kind>,
     pub device: Option<String>,
     pub group: Option<String>,
     /// Only alerts strictly before this (opened_at, id), newest first.
@@ -449,8 +449,8 @@ pub async fn list(pool: &PgPool, f: &AlertFilter) -> sqlx::Result<Vec<AlertRow>>
            limit $7"#
     );
     sqlx::query_as::<_, AlertRow>(&sql)
-        .bind(&f.status)
-        .bind(&f.kind)
+        .bind(f.status)
+        .bind(f.kind)
         .bind(&f.device)
         .bind(&f.group)
         .bind(ts)

@@ -25,38 +25,10 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::alerts::lifecycle::{AlertRow, ALERT_COLUMNS};
 use crate::config::WebhookConfig;
+use crate::db::notifications::{self, NewNotification};
 use crate::domain::alert::Severity;
 
-/// A notification's event, as receivers see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    Firing,
-    Resolved,
-    Reminder,
-    Acknowledged,
-}
-
-impl Event {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Event::Firing => "alert.firing",
-            Event::Resolved => "alert.resolved",
-            Event::Reminder => "alert.reminder",
-            Event::Acknowledged => "alert.acknowledged",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Event> {
-        [
-            Event::Firing,
-            Event::Resolved,
-            Event::Reminder,
-            Event::Acknowledged,
-        ]
-        .into_iter()
-        .find(|e| e.as_str() == s)
-    }
-}
+pub use crate::domain::notification::{Event, NotificationStatus};
 
 /// The alert change that may call for notifications.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,11 +66,7 @@ pub async fn sync_endpoints(pool: &PgPool, hooks: &[WebhookConfig]) -> sqlx::Res
     let mut names = Vec::with_capacity(hooks.len());
     for (i, w) in hooks.iter().enumerate() {
         let name = w.name_at(i);
-        let rank = w
-            .min_severity
-            .as_deref()
-            .and_then(|s| s.parse::<Severity>().ok())
-            .map_or(3, severity_rank);
+        let rank = w.min_severity.map_or(3, severity_rank);
         let resolve_wait = w.resolve_wait.unwrap_or(w.group_wait);
         sqlx::query(
             r#"insert into webhook_endpoints (name, kinds, groups, max_severity_rank,
@@ -189,7 +157,7 @@ pub async fn notify(
     let Some(alert) = snapshot(&mut *conn, alert_id).await? else {
         return Ok(0);
     };
-    let rank = alert.severity.parse::<Severity>().map_or(0, severity_rank);
+    let rank = severity_rank(alert.severity);
     let event = match change {
         Change::Fired | Change::Uncovered => Event::Firing,
         Change::Resolved => Event::Resolved,
@@ -202,7 +170,7 @@ pub async fn notify(
     let silenced_by = super::silences::is_silenced(&mut *conn, &alert, now).await?;
     let mut written = 0;
     for r in routes {
-        if !r.kinds.is_empty() && !r.kinds.contains(&alert.kind) {
+        if !r.kinds.is_empty() && !r.kinds.iter().any(|k| k == alert.kind.as_str()) {
             continue;
         }
         if rank > r.max_severity_rank {
@@ -219,39 +187,14 @@ pub async fn notify(
             Change::Resolved => r.resolve_wait_ms,
             _ => 0,
         };
-        let due = now + TimeDelta::milliseconds(wait_ms);
-        if let Some(silence) = silenced_by {
-            sqlx::query(
-                r#"insert into notifications (alert_id, endpoint, event, body, next_attempt_at,
-                                              created_at, retry_since, status, finished_at,
-                                              last_error, silenced_by)
-                   values ($1, $2, $3, $4, $5, $5, $5, 'superseded', $5, $6, $7)"#,
-            )
-            .bind(alert_id)
-            .bind(&r.name)
-            .bind(event.as_str())
-            .bind(&body)
-            .bind(now)
-            .bind(format!("silenced by silence {silence}"))
-            .bind(silence)
-            .execute(&mut *conn)
-            .await?;
-            written += 1;
-            continue;
-        }
-        sqlx::query(
-            r#"insert into notifications (alert_id, endpoint, event, body, next_attempt_at,
-                                          created_at, retry_since)
-               values ($1, $2, $3, $4, $5, $6, $6)"#,
-        )
-        .bind(alert_id)
-        .bind(&r.name)
-        .bind(event.as_str())
-        .bind(&body)
-        .bind(due)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+        let n = NewNotification {
+            alert_id,
+            endpoint: &r.name,
+            event,
+            body: &body,
+            due: now + TimeDelta::milliseconds(wait_ms),
+        };
+        notifications::insert(&mut *conn, &n, silenced_by, now).await?;
         written += 1;
     }
     Ok(written)
@@ -264,9 +207,9 @@ pub struct DeliveryRow {
     pub id: i64,
     pub alert_id: i64,
     pub endpoint: String,
-    pub event: String,
+    pub event: Event,
     pub delivery_id: String,
-    pub status: String,
+    pub status: NotificationStatus,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
@@ -278,7 +221,7 @@ pub struct DeliveryRow {
 /// Notifications newest first, optionally of one status, strictly before `before_id`.
 pub async fn list(
     pool: &PgPool,
-    status: Option<&str>,
+    status: Option<NotificationStatus>,
     before_id: Option<i64>,
     limit: i64,
 ) -> sqlx::Result<Vec<DeliveryRow>> {

@@ -20,7 +20,9 @@ use sqlx::{PgConnection, PgPool};
 
 use super::lifecycle::AlertRow;
 use super::outbox;
+use crate::db::notifications::{self, NewNotification};
 use crate::domain::actor::Actor;
+use crate::domain::alert::Kind;
 
 /// SQL: whether silence `s` is active at `now_param` and matches the alert aliased `a`
 /// (columns `device_id`, `group_id`, `kind`).
@@ -61,7 +63,7 @@ pub async fn is_silenced(
     .bind(now)
     .bind(&alert.device_id)
     .bind(&alert.group)
-    .bind(&alert.kind)
+    .bind(alert.kind)
     .fetch_optional(conn)
     .await
 }
@@ -76,7 +78,7 @@ pub struct SilenceRow {
     /// Matches alerts of this group (null: any).
     pub group_id: Option<String>,
     /// Matches alerts of this kind (null: any).
-    pub kind: Option<String>,
+    pub kind: Option<Kind>,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
     /// The principal that created it: `token:<id>:<name>` (or `user:<name>`).
@@ -103,7 +105,7 @@ const COLUMNS: &str = r#"id, device_id, group_id, kind, starts_at, ends_at, crea
 pub struct NewSilence {
     pub device_id: Option<String>,
     pub group_id: Option<String>,
-    pub kind: Option<String>,
+    pub kind: Option<Kind>,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
     pub created_by: Actor,
@@ -121,7 +123,7 @@ pub async fn create(pool: &PgPool, s: &NewSilence, now: DateTime<Utc>) -> sqlx::
         .bind(now)
         .bind(&s.device_id)
         .bind(&s.group_id)
-        .bind(&s.kind)
+        .bind(s.kind)
         .bind(s.starts_at)
         .bind(s.ends_at)
         .bind(&s.created_by.principal)
@@ -257,7 +259,7 @@ pub async fn catch_up(
            order by a.id, t.endpoint"#,
         active = active_match("$2")
     );
-    let due: Vec<(i64, String, String)> = sqlx::query_as(&sql)
+    let due: Vec<(i64, String, outbox::Event)> = sqlx::query_as(&sql)
         .bind(endpoints)
         .bind(now)
         .bind(RESOLUTION_HORIZON)
@@ -268,18 +270,14 @@ pub async fn catch_up(
         let Some(alert) = outbox::snapshot(&mut *conn, alert_id).await? else {
             continue;
         };
-        sqlx::query(
-            r#"insert into notifications (alert_id, endpoint, event, body, next_attempt_at,
-                                          created_at, retry_since)
-               values ($1, $2, $3, $4, $5, $5, $5)"#,
-        )
-        .bind(alert_id)
-        .bind(&endpoint)
-        .bind(&event)
-        .bind(outbox::body_of(&alert)?)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+        let n = NewNotification {
+            alert_id,
+            endpoint: &endpoint,
+            event,
+            body: &outbox::body_of(&alert)?,
+            due: now,
+        };
+        notifications::insert(&mut *conn, &n, None, now).await?;
         tracing::info!(alert = alert_id, %endpoint, %event, "silence over: endpoint brought up to date");
         written += 1;
     }

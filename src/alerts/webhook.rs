@@ -64,6 +64,7 @@ use super::redact::UrlRedactor;
 use super::silences;
 use crate::clock::SharedClock;
 use crate::config::{Secret, WebhookConfig, WebhookFormat};
+use crate::db::notifications::{self, NewNotification};
 use crate::logging::RateLimitedWarn;
 use crate::metrics::Metrics;
 
@@ -240,10 +241,10 @@ enum Decision {
 fn decide(c: &Claimed) -> Decision {
     let told_firing = c.last_told.as_deref() == Some(Event::Firing.as_str());
     let first = c.attempts == 0;
-    if let (true, Some(silence), Some(_)) = (first, c.silenced_by, Event::parse(&c.event)) {
+    if let (true, Some(silence), Some(_)) = (first, c.silenced_by, c.event.parse::<Event>().ok()) {
         return Decision::Silenced(silence);
     }
-    match Event::parse(&c.event) {
+    match c.event.parse::<Event>().ok() {
         Some(Event::Firing) => {
             if first {
                 if let Some(by) = c.covered_by {
@@ -468,17 +469,14 @@ impl Worker {
                 let Some(alert) = outbox::snapshot(&mut tx, id).await? else {
                     continue;
                 };
-                sqlx::query(
-                    r#"insert into notifications (alert_id, endpoint, event, body,
-                                                  next_attempt_at, created_at, retry_since)
-                       values ($1, $2, 'alert.reminder', $3, $4, $4, $4)"#,
-                )
-                .bind(id)
-                .bind(&e.name)
-                .bind(outbox::body_of(&alert)?)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                let n = NewNotification {
+                    alert_id: id,
+                    endpoint: &e.name,
+                    event: Event::Reminder,
+                    body: &outbox::body_of(&alert)?,
+                    due: now,
+                };
+                notifications::insert(&mut *tx, &n, None, now).await?;
                 written += 1;
             }
         }

@@ -6,6 +6,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::config::Config;
+use crate::domain::device::DeviceState;
 use crate::domain::identity::Identity;
 
 /// A device as the API shows it (DESIGN.md §4).
@@ -14,8 +15,7 @@ use crate::domain::identity::Identity;
 pub struct DeviceRow {
     pub id: String,
     pub group: Option<String>,
-    /// `never_seen`, `healthy`, `late`, `silent`, `offline`, `quiet` or `retired`.
-    pub state: String,
+    pub state: DeviceState,
     pub state_since: DateTime<Utc>,
     pub connected: Option<bool>,
     pub last_connected_at: Option<DateTime<Utc>>,
@@ -38,7 +38,7 @@ const DEVICE_COLUMNS: &str = r#"
 /// Filters of `GET /devices`.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceFilter {
-    pub state: Option<String>,
+    pub state: Option<DeviceState>,
     pub group: Option<String>,
     /// Substring of the id, case-insensitive.
     pub q: Option<String>,
@@ -73,7 +73,7 @@ pub async fn list(pool: &PgPool, f: &DeviceFilter) -> sqlx::Result<Vec<DeviceRow
         "#
     );
     sqlx::query_as::<_, DeviceRow>(&sql)
-        .bind(&f.state)
+        .bind(f.state)
         .bind(&f.group)
         .bind(f.q.as_deref().map(like_escape))
         .bind(&f.after)
@@ -124,10 +124,10 @@ pub async fn sync_config(pool: &PgPool, cfg: &Config, identity: &Identity) -> sq
         )
         .bind(id)
         .bind(g.name.as_deref().unwrap_or(id))
-        .bind(g.time_zone.as_deref().unwrap_or(&cfg.fleet.time_zone))
+        .bind(g.time_zone.unwrap_or(cfg.fleet.time_zone).name())
         .bind(g.expected_interval.map(ms))
         .bind(g.grace.map(ms))
-        .bind(g.quiet_hours.as_deref().unwrap_or(""))
+        .bind(g.quiet_hours.as_ref().map(|q| q.to_string()).unwrap_or_default())
         .execute(&mut *tx)
         .await?;
     }

@@ -1,6 +1,8 @@
 //! Postgres: the pool, database creation and migrations. Queries live in one file per table.
 
+pub mod detector;
 pub mod devices;
+pub mod notifications;
 pub mod presence;
 pub mod retirement;
 pub mod telemetry;

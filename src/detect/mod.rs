@@ -10,7 +10,6 @@ pub mod grouping;
 pub mod health;
 pub mod heartbeat;
 pub mod leader;
-pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -51,6 +50,10 @@ pub struct Settings {
     /// Inhibition rules, applied at the end of each connection-pattern pass.
     pub inhibit: Vec<crate::domain::inhibit::InhibitRule>,
     severities: BTreeMap<Kind, Severity>,
+    /// The configured groups' time zones and quiet hours, parsed at load.
+    pub groups: BTreeMap<String, heartbeat::GroupSchedule>,
+    /// What a device without a group (or a group without quiet hours) has.
+    pub no_quiet_hours: crate::domain::schedule::QuietHours,
 }
 
 fn td(d: crate::config::HumanDuration) -> TimeDelta {
@@ -68,8 +71,7 @@ impl Settings {
             reopen_window: td(d.reopen_window),
             inhibit: cfg.inhibit_rules(),
             max_due_per_tick: d.max_due_per_tick,
-            fleet_time_zone: crate::config::parse_tz(&cfg.fleet.time_zone)
-                .unwrap_or(chrono_tz::Tz::UTC),
+            fleet_time_zone: cfg.fleet.time_zone.0,
             flapping_disconnects: d.flapping_disconnects,
             flapping_window: td(d.flapping_window),
             conflict_disconnects: d.conflict_disconnects,
@@ -82,12 +84,19 @@ impl Settings {
             group_outage_window: td(d.group_outage_window),
             fleet_outage_fraction: d.fleet_outage_fraction,
             fleet_outage_min_devices: d.fleet_outage_min_devices,
-            // validated in Config::validate
-            severities: d
-                .severities
+            severities: d.severities.clone(),
+            groups: cfg
+                .groups
                 .iter()
-                .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
+                .map(|(id, g)| {
+                    let schedule = heartbeat::GroupSchedule {
+                        time_zone: g.time_zone.unwrap_or(cfg.fleet.time_zone).0,
+                        quiet_hours: g.quiet_hours.clone().unwrap_or_default(),
+                    };
+                    (id.clone(), schedule)
+                })
                 .collect(),
+            no_quiet_hours: Default::default(),
         }
     }
 

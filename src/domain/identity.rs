@@ -8,8 +8,6 @@ use std::collections::HashMap;
 
 use regex::Regex;
 
-use crate::config::Config;
-
 /// Longest id we accept; AWS IoT caps client IDs and thing names at 128.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -55,22 +53,21 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn from_config(cfg: &Config) -> Self {
-        let rules = cfg
-            .groups
-            .iter()
-            .filter_map(|(id, g)| {
-                g.device_pattern.as_ref().map(|p| GroupRule {
-                    group: id.clone(),
-                    // validated in Config::validate
-                    pattern: Regex::new(p).expect("validated group pattern"),
-                })
-            })
-            .collect();
+    /// The rules: our own client-ID prefix, client ID → device id, and (group, device-id
+    /// pattern) in the order they are tried. `Identity::from_config` (in `config`, so that this
+    /// module does not depend on the configuration) builds them from the file.
+    pub fn new(
+        own_prefix: String,
+        client_map: HashMap<String, String>,
+        rules: impl IntoIterator<Item = (String, Regex)>,
+    ) -> Self {
         Self {
-            own_prefix: cfg.mqtt.client_id_prefix.clone(),
-            client_map: cfg.client_ids.clone().into_iter().collect(),
-            rules,
+            own_prefix,
+            client_map,
+            rules: rules
+                .into_iter()
+                .map(|(group, pattern)| GroupRule { group, pattern })
+                .collect(),
         }
     }
 
@@ -113,6 +110,7 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn identity() -> Identity {
         let cfg = Config::from_toml(

@@ -72,3 +72,90 @@ impl Modify for BearerAuth {
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Follow a `$ref` within the document (or return the schema itself).
+    fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+        match schema["$ref"].as_str() {
+            Some(r) => {
+                let name = r.rsplit('/').next().unwrap();
+                &doc["components"]["schemas"][name]
+            }
+            None => schema,
+        }
+    }
+
+    /// The values of a (possibly nullable, possibly referenced) enum schema, sorted.
+    fn values(doc: &Value, schema: &Value) -> Vec<String> {
+        let s = resolve(doc, schema);
+        let candidates: Vec<&Value> = match s["oneOf"].as_array() {
+            Some(alts) => alts.iter().map(|a| resolve(doc, a)).collect(),
+            None => vec![s],
+        };
+        let mut out: Vec<String> = candidates
+            .iter()
+            .filter_map(|c| c["enum"].as_array())
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn sorted(names: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    fn param<'a>(doc: &'a Value, path: &str, name: &str) -> &'a Value {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| &p["schema"])
+            .unwrap_or_else(|| panic!("{path} has no parameter {name}"))
+    }
+
+    #[test]
+    fn closed_sets_list_their_values() {
+        use crate::domain::alert::{Kind, Severity, Status};
+        use crate::domain::device::DeviceState;
+        use crate::domain::notification::{Event, NotificationStatus};
+
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let states = sorted(&DeviceState::NAMES);
+        let kinds = sorted(&Kind::NAMES);
+        assert_eq!(
+            values(&doc, param(&doc, "/api/v1/devices", "state")),
+            states
+        );
+        assert_eq!(values(&doc, param(&doc, "/api/v1/alerts", "kind")), kinds);
+        assert_eq!(
+            values(&doc, param(&doc, "/api/v1/alerts", "status")),
+            sorted(&Status::NAMES)
+        );
+        assert_eq!(
+            values(&doc, param(&doc, "/api/v1/webhooks/deliveries", "status")),
+            sorted(&NotificationStatus::NAMES)
+        );
+        let schema = |name: &str| &doc["components"]["schemas"][name]["properties"];
+        assert_eq!(values(&doc, &schema("Device")["state"]), states);
+        assert_eq!(values(&doc, &schema("Alert")["kind"]), kinds);
+        assert_eq!(
+            values(&doc, &schema("Alert")["severity"]),
+            sorted(&Severity::NAMES)
+        );
+        assert_eq!(
+            values(&doc, &schema("Delivery")["event"]),
+            sorted(&Event::NAMES)
+        );
+        assert_eq!(values(&doc, &schema("Silence")["kind"]), kinds);
+    }
+}

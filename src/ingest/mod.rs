@@ -112,7 +112,7 @@ impl IngestContext {
             format: Arc::new(format),
             presence_filters: cfg.mqtt.presence_topics.clone().into(),
             telemetry_filters: cfg.mqtt.telemetry_topics.clone().into(),
-            fleet_time_zone: cfg.fleet.time_zone.clone().into(),
+            fleet_time_zone: cfg.fleet.time_zone.name().into(),
             warn: Arc::new(RateLimitedWarn::new(std::time::Duration::from_secs(10))),
             canary_topic: mqtt::canary_topic(cfg).into(),
             health,

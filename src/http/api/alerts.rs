@@ -5,9 +5,9 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{clean, Page, Paging};
+use super::{clean, parse_filter, Page, Paging};
 use crate::alerts::lifecycle::{self, AlertFilter, AlertRow, EventRow};
-use crate::domain::alert::Kind;
+use crate::domain::alert::{Kind, Status};
 use crate::domain::triage;
 use crate::http::auth::Principal;
 use crate::http::error::{ApiError, ApiResult};
@@ -18,12 +18,10 @@ use crate::http::AppState;
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// `firing` or `resolved`.
-    #[param(pattern = "^(firing|resolved)$")]
+    #[param(value_type = Option<Status>)]
     pub status: Option<String>,
     /// An alert kind, e.g. `heartbeat_gap`.
-    #[param(
-        pattern = "^(heartbeat_gap|flapping|client_id_conflict|throttled|auth_failure|address_drift|group_outage|fleet_outage|ingest_down|metric_threshold)$"
-    )]
+    #[param(value_type = Option<Kind>)]
     pub kind: Option<String>,
     /// Only alerts of this device.
     pub device: Option<String>,
@@ -43,25 +41,12 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<AlertRow>>> {
-    if let Some(s) = &q.status {
-        if s != "firing" && s != "resolved" {
-            return Err(ApiError::BadRequest(format!(
-                "status: expected firing or resolved, got {s:?}"
-            )));
-        }
-    }
-    if let Some(k) = &q.kind {
-        k.parse::<Kind>()
-            .map_err(|e| ApiError::BadRequest(format!("kind: {e}")))?;
-    }
-    let device = clean("device", q.device)?;
-    let group = clean("group", q.group)?;
     let paging = Paging::new(q.limit, q.cursor.as_deref())?;
     let filter = AlertFilter {
-        status: q.status,
-        kind: q.kind,
-        device,
-        group,
+        status: parse_filter("status", q.status.as_deref())?,
+        kind: parse_filter("kind", q.kind.as_deref())?,
+        device: clean("device", q.device)?,
+        group: clean("group", q.group)?,
         before: paging.after,
         limit: paging.fetch(),
     };

@@ -5,30 +5,24 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 
-use super::{clean, Page, Paging};
+use super::{clean, parse_filter, Page, Paging};
 use crate::db::devices::{self as db, DeviceFilter, DeviceRow};
 use crate::db::presence::{self, EventRow};
 use crate::db::retirement::{self, DeviceEventRow};
+use crate::domain::device::DeviceState;
 use crate::http::auth::Principal;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::AppState;
 
-pub const STATES: [&str; 7] = [
-    "never_seen",
-    "healthy",
-    "late",
-    "silent",
-    "offline",
-    "quiet",
-    "retired",
-];
+/// The values of `?state=`.
+pub const STATES: [&str; 7] = DeviceState::NAMES;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only devices in this health state.
-    #[param(pattern = "^(never_seen|healthy|late|silent|offline|quiet|retired)$")]
+    #[param(value_type = Option<DeviceState>)]
     pub state: Option<String>,
     /// Only devices of this group.
     pub group: Option<String>,
@@ -48,21 +42,11 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<DeviceRow>>> {
-    if let Some(s) = &q.state {
-        if !STATES.contains(&s.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "state: expected one of {}, got {s:?}",
-                STATES.join(", ")
-            )));
-        }
-    }
-    let group = clean("group", q.group)?;
-    let text = clean("q", q.q)?;
     let paging = Paging::<String>::new(q.limit, q.cursor.as_deref())?;
     let filter = DeviceFilter {
-        state: q.state,
-        group,
-        q: text,
+        state: parse_filter("state", q.state.as_deref())?,
+        group: clean("group", q.group)?,
+        q: clean("q", q.q)?,
         after: paging.after.clone(),
         limit: paging.fetch(),
     };

@@ -249,6 +249,17 @@ pub fn clean(name: &str, v: Option<String>) -> Result<Option<String>, ApiError> 
     }
 }
 
+/// A filter whose values are a closed set (a state, a kind, a status): parsed into its enum, so
+/// the accepted values are the enum's and the error lists them (`400`).
+pub fn parse_filter<T>(name: &str, v: Option<&str>) -> Result<Option<T>, ApiError>
+where
+    T: std::str::FromStr<Err = String>,
+{
+    v.map(|s| s.parse::<T>())
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("{name}: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,7 +92,7 @@ pub async fn create(
     let new = NewSilence {
         device_id: b.device_id,
         group_id: b.group_id,
-        kind: valid.kind.map(|k| k.as_str().to_string()),
+        kind: valid.kind,
         starts_at: valid.starts_at,
         ends_at: valid.ends_at,
         created_by: principal.acting_for(b.created_by),

@@ -5,19 +5,20 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 
-use super::{Page, Paging};
-use crate::alerts::outbox::{self, DeliveryRow};
+use super::{parse_filter, Page, Paging};
+use crate::alerts::outbox::{self, DeliveryRow, NotificationStatus};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ids, ApiQuery, PathId};
 use crate::http::AppState;
 
-pub const STATUSES: [&str; 4] = ["pending", "delivered", "dead", "superseded"];
+/// The values of `?status=`.
+pub const STATUSES: [&str; 4] = NotificationStatus::NAMES;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// `pending`, `delivered`, `dead` or `superseded`.
-    #[param(pattern = "^(pending|delivered|dead|superseded)$")]
+    #[param(value_type = Option<NotificationStatus>)]
     pub status: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -33,22 +34,9 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<DeliveryRow>>> {
-    if let Some(s) = &q.status {
-        if !STATUSES.contains(&s.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "status: expected one of {}, got {s:?}",
-                STATUSES.join(", ")
-            )));
-        }
-    }
+    let status = parse_filter("status", q.status.as_deref())?;
     let paging = Paging::new(q.limit, q.cursor.as_deref())?;
-    let rows = outbox::list(
-        &state.pool,
-        q.status.as_deref(),
-        paging.after,
-        paging.fetch(),
-    )
-    .await?;
+    let rows = outbox::list(&state.pool, status, paging.after, paging.fetch()).await?;
     Ok(Json(paging.page(rows, |d| d.id)))
 }
 
