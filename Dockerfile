@@ -10,6 +10,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src target/release/deps/fleetwatch* target/release/deps/libfleetwatch*
+COPY build.rs ./
 COPY migrations migrations
 COPY templates templates
 COPY static static
