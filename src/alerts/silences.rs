@@ -230,15 +230,8 @@ pub async fn catch_up(
                  and n.endpoint = any($1)),
            told as (
                select p.alert_id, p.endpoint,
-                      (select o.event from notifications o
-                       where o.alert_id = p.alert_id and o.endpoint = p.endpoint
-                         and o.status in ('delivered', 'dead')
-                         and o.event in ('alert.firing', 'alert.resolved')
-                       order by o.id desc limit 1) as last_event,
-                      (select coalesce(max(o.id), 0) from notifications o
-                       where o.alert_id = p.alert_id and o.endpoint = p.endpoint
-                         and o.status in ('delivered', 'dead')
-                         and o.event in ('alert.firing', 'alert.resolved')) as last_id
+                      {last_event} as last_event,
+                      {last_id} as last_id
                from pairs p)
            select a.id, t.endpoint,
                   case when a.status = 'firing' then 'alert.firing' else 'alert.resolved' end
@@ -257,7 +250,9 @@ pub async fn catch_up(
                   or (a.status = 'resolved' and t.last_event = 'alert.firing'
                       and e.send_resolved))
            order by a.id, t.endpoint"#,
-        active = active_match("$2")
+        active = active_match("$2"),
+        last_event = notifications::last_told("p.alert_id", "p.endpoint", None),
+        last_id = notifications::last_told_id("p.alert_id", "p.endpoint"),
     );
     let due: Vec<(i64, String, outbox::Event)> = sqlx::query_as(&sql)
         .bind(endpoints)
