@@ -18,8 +18,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use super::lifecycle::AlertRow;
 use super::outbox;
+use crate::db::alerts::{self, AlertRow};
 use crate::db::notifications::{self, NewNotification};
 use crate::domain::actor::Actor;
 use crate::domain::alert::Kind;
@@ -262,7 +262,7 @@ pub async fn catch_up(
         .await?;
     let mut written = 0;
     for (alert_id, endpoint, event) in due {
-        let Some(alert) = outbox::snapshot(&mut *conn, alert_id).await? else {
+        let Some(alert) = alerts::snapshot(&mut *conn, alert_id).await? else {
             continue;
         };
         let n = NewNotification {

@@ -64,6 +64,7 @@ use super::redact::UrlRedactor;
 use super::silences;
 use crate::clock::SharedClock;
 use crate::config::{Secret, WebhookConfig, WebhookFormat};
+use crate::db::alerts;
 use crate::db::notifications::{self, NewNotification};
 use crate::logging::RateLimitedWarn;
 use crate::metrics::Metrics;
@@ -462,7 +463,7 @@ impl Worker {
             .fetch_all(&mut *tx)
             .await?;
             for id in ids {
-                let Some(alert) = outbox::snapshot(&mut tx, id).await? else {
+                let Some(alert) = alerts::snapshot(&mut tx, id).await? else {
                     continue;
                 };
                 let n = NewNotification {

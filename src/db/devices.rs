@@ -187,3 +187,13 @@ pub async fn sync_config(pool: &PgPool, cfg: &Config, identity: &Identity) -> sq
     }
     tx.commit().await
 }
+
+/// Devices per state, retired devices counted as `retired` whatever their last state.
+pub async fn count_by_state(conn: impl sqlx::PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        r#"select case when retired_at is not null then 'retired' else state end, count(*)
+           from devices group by 1"#,
+    )
+    .fetch_all(conn)
+    .await
+}
