@@ -20,11 +20,10 @@
 //! has nothing but a connection to decide with.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 use crate::config::WebhookConfig;
-use crate::db::alerts::{snapshot, AlertRow};
+use crate::db::alerts::{body_of, snapshot};
 use crate::db::notifications::{self, NewNotification};
 use crate::domain::alert::Severity;
 
@@ -120,11 +119,6 @@ struct Route {
     send_resolved: bool,
     group_wait_ms: i64,
     resolve_wait_ms: i64,
-}
-
-/// The JSON snapshot stored in `notifications.body`.
-pub fn body_of(alert: &AlertRow) -> sqlx::Result<Value> {
-    serde_json::to_value(alert).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
 /// Record the notifications `change` of `alert_id` calls for, one per matching endpoint, in the

@@ -18,11 +18,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use super::outbox;
 use crate::db::alerts::{self, AlertRow};
 use crate::db::notifications::{self, NewNotification};
 use crate::domain::actor::Actor;
 use crate::domain::alert::Kind;
+use crate::domain::notification::Event;
 
 /// SQL: whether silence `s` is active at `now_param` and matches the alert aliased `a`
 /// (columns `device_id`, `group_id`, `kind`).
@@ -254,7 +254,7 @@ pub async fn catch_up(
         last_event = notifications::last_told("p.alert_id", "p.endpoint", None),
         last_id = notifications::last_told_id("p.alert_id", "p.endpoint"),
     );
-    let due: Vec<(i64, String, outbox::Event)> = sqlx::query_as(&sql)
+    let due: Vec<(i64, String, Event)> = sqlx::query_as(&sql)
         .bind(endpoints)
         .bind(now)
         .bind(RESOLUTION_HORIZON)
@@ -269,7 +269,7 @@ pub async fn catch_up(
             alert_id,
             endpoint: &endpoint,
             event,
-            body: &outbox::body_of(&alert)?,
+            body: &alerts::body_of(&alert)?,
             due: now,
         };
         notifications::insert(&mut *conn, &n, None, now).await?;

@@ -59,13 +59,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::formats::{self, Notification};
-use super::outbox::{self, Event};
 use super::redact::UrlRedactor;
 use super::silences;
 use crate::clock::SharedClock;
 use crate::config::{Secret, WebhookConfig, WebhookFormat};
 use crate::db::alerts;
 use crate::db::notifications::{self, NewNotification};
+use crate::domain::notification::Event;
 use crate::logging::RateLimitedWarn;
 use crate::metrics::Metrics;
 
@@ -470,7 +470,7 @@ impl Worker {
                     alert_id: id,
                     endpoint: &e.name,
                     event: Event::Reminder,
-                    body: &outbox::body_of(&alert)?,
+                    body: &alerts::body_of(&alert)?,
                     due: now,
                 };
                 notifications::insert(&mut *tx, &n, None, now).await?;

@@ -31,6 +31,11 @@ pub async fn insert_event(
     Ok(())
 }
 
+/// The JSON snapshot stored in `notifications.body`.
+pub fn body_of(alert: &AlertRow) -> sqlx::Result<Value> {
+    serde_json::to_value(alert).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
 /// The alert as the API shows it, read inside the caller's transaction.
 pub async fn snapshot(conn: &mut PgConnection, alert_id: i64) -> sqlx::Result<Option<AlertRow>> {
     let sql = format!("select {ALERT_COLUMNS} from alerts where id = $1");
