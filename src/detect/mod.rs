@@ -1,13 +1,13 @@
 //! Detection: turns what ingest stored into device health states and alerts.
 //!
 //! The supervisor (`app::tasks`) runs [`Detector::tick`] every `detector.tick` as a leader-only
-//! periodic task (a Postgres advisory lock on a dedicated connection, [`leader`]): first our own ingest health (`ingest_down`), then the heartbeat deadlines that
-//! are due, then connection patterns from new presence events, then grouping into group and
+//! periodic task (a Postgres advisory lock on a dedicated connection, [`leader`]): first our
+//! own ingest health (`ingest_down`, from the verdict `ingest::health` gives), then the heartbeat
+//! deadlines that are due, then connection patterns from new presence events, then grouping into group and
 //! fleet outages. Every decision takes `now` as an argument; tests drive `tick` with any clock.
 
 pub mod connection;
 pub mod grouping;
-pub mod health;
 pub mod heartbeat;
 pub mod leader;
 
@@ -21,7 +21,7 @@ use sqlx::PgPool;
 use crate::alerts::lifecycle::{self, AlertSpec};
 use crate::config::Config;
 use crate::domain::alert::{Kind, Severity};
-use health::IngestStatus;
+use crate::ingest::health::IngestStatus;
 
 /// Detection settings resolved from the configuration once.
 #[derive(Debug, Clone)]
