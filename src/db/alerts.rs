@@ -203,3 +203,17 @@ pub async fn firing_by_kind(
     .fetch_all(conn)
     .await
 }
+
+/// The ids of `device`'s firing alerts, locked for the caller's transaction, oldest first.
+pub async fn lock_firing_of_device(
+    conn: &mut PgConnection,
+    device: &str,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        r#"select id from alerts where device_id = $1 and status = 'firing' order by id
+           for update"#,
+    )
+    .bind(device)
+    .fetch_all(conn)
+    .await
+}
