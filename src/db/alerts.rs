@@ -1,11 +1,12 @@
 //! The `alerts` and `alert_events` tables: the trail insert, the alert as the API shows it
-//! (`AlertRow`, read in a transaction or from the pool), lists, counts and the inhibition link.
+//! (`AlertRow`, read in a transaction or from the pool), lists, counts, the inhibition link and
+//! the firing gaps and outages the grouping pass reads.
 //! The state machine that decides what to write is `alerts::lifecycle`.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use crate::domain::alert::{Kind, Severity, Status};
 
@@ -214,6 +215,79 @@ pub async fn lock_firing_of_device(
            for update"#,
     )
     .bind(device)
+    .fetch_all(conn)
+    .await
+}
+
+/// A firing heartbeat-gap alert, as grouping sees it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct FiringGap {
+    pub id: i64,
+    pub device_id: Option<String>,
+    pub group_id: Option<String>,
+    /// When it last became firing: a reopened alert keeps its original `opened_at`, and a
+    /// device whose short gap was reopened in the power cut went silent with the others.
+    pub since: DateTime<Utc>,
+    /// Whether its device counts towards the fleet's reporting devices.
+    pub reporting: bool,
+}
+
+/// A firing group or fleet outage.
+#[derive(Debug, sqlx::FromRow)]
+pub struct FiringOutage {
+    pub id: i64,
+    pub kind: String,
+    pub subject: String,
+    pub details: Value,
+}
+
+/// Firing alerts that grouping looks at: (heartbeat gaps, group and fleet outages). One
+/// aggregate over the partial index of firing alerts.
+pub async fn firing_gaps_and_outages(conn: impl PgExecutor<'_>) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(
+        r#"select count(*) filter (where kind = 'heartbeat_gap'),
+                  count(*) filter (where kind <> 'heartbeat_gap')
+           from alerts
+           where status = 'firing' and kind in ('heartbeat_gap', 'group_outage', 'fleet_outage')"#,
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Every firing heartbeat gap, oldest first, with when it last became firing and whether its
+/// device counts as reporting.
+pub async fn firing_gaps(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<FiringGap>> {
+    sqlx::query_as(
+        r#"select a.id, a.device_id, a.group_id,
+                  coalesce((select max(e.at) from alert_events e
+                            where e.alert_id = a.id and e.type = 'reopened'),
+                           a.opened_at) as since,
+                  coalesce(d.retired_at is null and d.state not in ('never_seen', 'retired'),
+                           false) as reporting
+           from alerts a left join devices d on d.id = a.device_id
+           where a.kind = 'heartbeat_gap' and a.status = 'firing'
+           order by a.id"#,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Every firing group or fleet outage, oldest first.
+pub async fn firing_outages(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<FiringOutage>> {
+    sqlx::query_as(
+        r#"select id, kind, subject, details from alerts
+           where status = 'firing' and kind in ('group_outage', 'fleet_outage')
+           order by id"#,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// The ids of the firing group outages, oldest first.
+pub async fn firing_group_outage_ids(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "select id from alerts where kind = 'group_outage' and status = 'firing' order by id",
+    )
     .fetch_all(conn)
     .await
 }

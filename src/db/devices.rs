@@ -197,3 +197,25 @@ pub async fn count_by_state(conn: impl sqlx::PgExecutor<'_>) -> sqlx::Result<Vec
     .fetch_all(conn)
     .await
 }
+
+/// Devices that count as reporting (for the fleet outage's share): not retired, seen at least
+/// once.
+pub async fn count_reporting(conn: impl sqlx::PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"select count(*) from devices
+           where retired_at is null and state not in ('never_seen', 'retired')"#,
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// (id, name, time zone) of each of the groups `ids` that exists.
+pub async fn group_names(
+    conn: impl sqlx::PgExecutor<'_>,
+    ids: &[&str],
+) -> sqlx::Result<Vec<(String, String, String)>> {
+    sqlx::query_as("select id, name, time_zone from groups where id = any($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
