@@ -291,3 +291,17 @@ pub async fn firing_group_outage_ids(conn: impl PgExecutor<'_>) -> sqlx::Result<
     .fetch_all(conn)
     .await
 }
+
+/// (kind, subject) of the firing alerts of `kinds`, in that order.
+pub async fn firing_subjects(
+    conn: impl PgExecutor<'_>,
+    kinds: &[&str],
+) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as(
+        r#"select kind, subject from alerts
+           where status = 'firing' and kind = any($1) order by kind, subject"#,
+    )
+    .bind(kinds)
+    .fetch_all(conn)
+    .await
+}

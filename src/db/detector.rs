@@ -159,3 +159,20 @@ pub async fn restart_at(conn: impl PgExecutor<'_>) -> sqlx::Result<Option<DateTi
         .fetch_one(conn)
         .await
 }
+
+/// The connection pass's cursor over `presence_events`, its row locked for the caller's
+/// transaction (so that concurrent passes take turns).
+pub async fn lock_presence_cursor(conn: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("select presence_cursor from detector_state where id for update")
+        .fetch_one(conn)
+        .await
+}
+
+/// Move the connection pass's cursor to `id`.
+pub async fn advance_presence_cursor(conn: impl PgExecutor<'_>, id: i64) -> sqlx::Result<()> {
+    sqlx::query("update detector_state set presence_cursor = $1 where id")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

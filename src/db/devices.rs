@@ -219,3 +219,14 @@ pub async fn group_names(
         .fetch_all(conn)
         .await
 }
+
+/// (id, group) of each of the devices `ids` that exists.
+pub async fn groups_of(
+    conn: impl sqlx::PgExecutor<'_>,
+    ids: &[String],
+) -> sqlx::Result<Vec<(String, Option<String>)>> {
+    sqlx::query_as("select id, group_id from devices where id = any($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
