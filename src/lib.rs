@@ -14,4 +14,5 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod retention;
+pub mod retirement;
 pub mod tokens;

@@ -7,8 +7,8 @@ mod common;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{connect_failed, connected, disconnected};
-use fleetwatch::alerts::lifecycle::{self, AlertFilter, AlertRow};
 use fleetwatch::config::Config;
+use fleetwatch::db::alerts::{self as alert_rows, AlertFilter, AlertRow};
 use fleetwatch::detect::connection::{tick, Outcome};
 use fleetwatch::detect::Settings;
 use fleetwatch::domain::alert::Kind;
@@ -170,7 +170,7 @@ async fn max_event_id(pool: &PgPool) -> i64 {
 }
 
 async fn alerts(pool: &PgPool, kind: Option<Kind>) -> Vec<AlertRow> {
-    let mut rows = lifecycle::list(
+    let mut rows = alert_rows::list(
         pool,
         &AlertFilter {
             kind,
@@ -185,7 +185,7 @@ async fn alerts(pool: &PgPool, kind: Option<Kind>) -> Vec<AlertRow> {
 }
 
 async fn trail(pool: &PgPool, id: i64) -> Vec<String> {
-    lifecycle::events(pool, id)
+    alert_rows::events(pool, id)
         .await
         .unwrap()
         .into_iter()
@@ -334,7 +334,7 @@ async fn a_flapping_modem_fires_once_updates_resolves_and_reopens(pool: PgPool) 
         a.details["count"], 13,
         "the details keep the last firing count"
     );
-    let events = lifecycle::events(&pool, id).await.unwrap();
+    let events = alert_rows::events(&pool, id).await.unwrap();
     assert_eq!(
         events.last().unwrap().details,
         json!({"resolved_count": 4, "window_seconds": 1800})

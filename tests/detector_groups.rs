@@ -4,9 +4,9 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use fleetwatch::config::{Config, GroupConfig};
-use fleetwatch::detect::health::IngestStatus;
 use fleetwatch::detect::{Detector, Settings};
 use fleetwatch::domain::identity::Identity;
+use fleetwatch::ingest::health::IngestStatus;
 use sqlx::PgPool;
 
 /// 02:00 in Tokyo: inside its quiet hours.

@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use fleetwatch::config::Config;
-use fleetwatch::detect::health::IngestStatus;
 use fleetwatch::detect::{Detector, Settings};
+use fleetwatch::ingest::health::IngestStatus;
 use serde_json::Value;
 use sqlx::PgPool;
 

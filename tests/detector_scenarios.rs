@@ -10,8 +10,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
 use fleetwatch::clock::{Clock, ManualClock};
 use fleetwatch::config::{Config, HumanDuration};
-use fleetwatch::detect::health::IngestStatus;
 use fleetwatch::detect::{Detector, Settings, TickOutcome};
+use fleetwatch::ingest::health::IngestStatus;
 use fleetwatch::ingest::{
     accept, presence, telemetry, Accepted, DeviceRegistry, IngestContext, TelemetryOutcome,
 };

@@ -4,13 +4,13 @@
 //! outbox rows ([`super::outbox`]) are written in that same transaction too.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 
 use super::outbox::{self, Change};
+use crate::db::alerts::insert_event as event;
 use crate::domain::actor::Actor;
-use crate::domain::alert::{Kind, Severity, Status};
+use crate::domain::alert::{Kind, Severity};
 
 /// What the detector wants to be firing.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,27 +43,6 @@ impl Fired {
             Fired::Opened(i) | Fired::Reopened(i) | Fired::Updated(i) | Fired::Unchanged(i) => i,
         }
     }
-}
-
-async fn event(
-    conn: &mut PgConnection,
-    alert_id: i64,
-    at: DateTime<Utc>,
-    kind: &str,
-    actor: &str,
-    details: Value,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "insert into alert_events (alert_id, at, type, actor, details) values ($1, $2, $3, $4, $5)",
-    )
-    .bind(alert_id)
-    .bind(at)
-    .bind(kind)
-    .bind(actor)
-    .bind(details)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Write `spec` over an existing alert and make it firing: an update of a firing alert, or the
@@ -372,107 +351,4 @@ pub async fn link_ticket(
     .await?;
     tx.commit().await?;
     Ok(Some(true))
-}
-
-/// An alert as the API shows it (DESIGN.md §4).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-#[schema(as = Alert)]
-pub struct AlertRow {
-    pub id: i64,
-    pub kind: Kind,
-    pub subject: String,
-    pub device_id: Option<String>,
-    pub group: Option<String>,
-    pub severity: Severity,
-    pub status: Status,
-    pub opened_at: DateTime<Utc>,
-    pub resolved_at: Option<DateTime<Utc>>,
-    pub summary: String,
-    #[schema(value_type = Object)]
-    pub details: Value,
-    pub covered_by: Option<i64>,
-    /// The firing alert that speaks for this one (inhibition rules): recorded, not notified.
-    pub inhibited_by: Option<i64>,
-    /// The principal that acknowledged: `token:<id>:<name>` (or `user:<name>`).
-    pub acknowledged_by: Option<String>,
-    /// The name the acknowledging request gave (`by`), if any: shown, not authenticated.
-    pub acknowledged_on_behalf_of: Option<String>,
-    pub acknowledged_at: Option<DateTime<Utc>>,
-    pub ack_note: Option<String>,
-    pub ticket_ref: Option<String>,
-    pub ticket_url: Option<String>,
-    pub updated_at: DateTime<Utc>,
-}
-
-pub(crate) const ALERT_COLUMNS: &str = r#"
-    id, kind, subject, device_id, group_id as "group", severity, status, opened_at, resolved_at,
-    summary, details, covered_by, inhibited_by, acknowledged_by, ack_on_behalf_of as acknowledged_on_behalf_of,
-    acknowledged_at, ack_note, ticket_ref, ticket_url, updated_at
-"#;
-
-/// One entry of an alert's trail.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-#[schema(as = AlertEvent)]
-pub struct EventRow {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    #[serde(rename = "type")]
-    #[sqlx(rename = "type")]
-    pub kind: String,
-    pub actor: String,
-    #[schema(value_type = Object)]
-    pub details: Value,
-}
-
-/// Filters of `GET /alerts`.
-#[derive(Debug, Clone, Default)]
-pub struct AlertFilter {
-    pub status: Option<Status>,
-    pub kind: Option<Kind>,
-    pub device: Option<String>,
-    pub group: Option<String>,
-    /// Only alerts strictly before this (opened_at, id), newest first.
-    pub before: Option<(DateTime<Utc>, i64)>,
-    pub limit: i64,
-}
-
-pub async fn list(pool: &PgPool, f: &AlertFilter) -> sqlx::Result<Vec<AlertRow>> {
-    let (ts, id) = f.before.unzip();
-    let sql = format!(
-        r#"select {ALERT_COLUMNS} from alerts
-           where ($1::text is null or status = $1)
-             and ($2::text is null or kind = $2)
-             and ($3::text is null or device_id = $3)
-             and ($4::text is null or group_id = $4)
-             and ($5::timestamptz is null or (opened_at, id) < ($5, $6))
-           order by opened_at desc, id desc
-           limit $7"#
-    );
-    sqlx::query_as::<_, AlertRow>(&sql)
-        .bind(f.status)
-        .bind(f.kind)
-        .bind(&f.device)
-        .bind(&f.group)
-        .bind(ts)
-        .bind(id)
-        .bind(f.limit)
-        .fetch_all(pool)
-        .await
-}
-
-pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<AlertRow>> {
-    let sql = format!("select {ALERT_COLUMNS} from alerts where id = $1");
-    sqlx::query_as::<_, AlertRow>(&sql)
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-}
-
-pub async fn events(pool: &PgPool, id: i64) -> sqlx::Result<Vec<EventRow>> {
-    sqlx::query_as::<_, EventRow>(
-        "select id, at, type, actor, details from alert_events where alert_id = $1 order by id",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await
 }

@@ -20,11 +20,10 @@
 //! has nothing but a connection to decide with.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
-use crate::alerts::lifecycle::{AlertRow, ALERT_COLUMNS};
 use crate::config::WebhookConfig;
+use crate::db::alerts::{body_of, snapshot};
 use crate::db::notifications::{self, NewNotification};
 use crate::domain::alert::Severity;
 
@@ -120,20 +119,6 @@ struct Route {
     send_resolved: bool,
     group_wait_ms: i64,
     resolve_wait_ms: i64,
-}
-
-/// The alert as the API shows it, read inside the caller's transaction.
-pub async fn snapshot(conn: &mut PgConnection, alert_id: i64) -> sqlx::Result<Option<AlertRow>> {
-    let sql = format!("select {ALERT_COLUMNS} from alerts where id = $1");
-    sqlx::query_as::<_, AlertRow>(&sql)
-        .bind(alert_id)
-        .fetch_optional(conn)
-        .await
-}
-
-/// The JSON snapshot stored in `notifications.body`.
-pub fn body_of(alert: &AlertRow) -> sqlx::Result<Value> {
-    serde_json::to_value(alert).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
 /// Record the notifications `change` of `alert_id` calls for, one per matching endpoint, in the

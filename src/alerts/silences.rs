@@ -18,11 +18,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use super::lifecycle::AlertRow;
-use super::outbox;
+use crate::db::alerts::{self, AlertRow};
 use crate::db::notifications::{self, NewNotification};
 use crate::domain::actor::Actor;
 use crate::domain::alert::Kind;
+use crate::domain::notification::Event;
 
 /// SQL: whether silence `s` is active at `now_param` and matches the alert aliased `a`
 /// (columns `device_id`, `group_id`, `kind`).
@@ -230,15 +230,8 @@ pub async fn catch_up(
                  and n.endpoint = any($1)),
            told as (
                select p.alert_id, p.endpoint,
-                      (select o.event from notifications o
-                       where o.alert_id = p.alert_id and o.endpoint = p.endpoint
-                         and o.status in ('delivered', 'dead')
-                         and o.event in ('alert.firing', 'alert.resolved')
-                       order by o.id desc limit 1) as last_event,
-                      (select coalesce(max(o.id), 0) from notifications o
-                       where o.alert_id = p.alert_id and o.endpoint = p.endpoint
-                         and o.status in ('delivered', 'dead')
-                         and o.event in ('alert.firing', 'alert.resolved')) as last_id
+                      {last_event} as last_event,
+                      {last_id} as last_id
                from pairs p)
            select a.id, t.endpoint,
                   case when a.status = 'firing' then 'alert.firing' else 'alert.resolved' end
@@ -257,9 +250,11 @@ pub async fn catch_up(
                   or (a.status = 'resolved' and t.last_event = 'alert.firing'
                       and e.send_resolved))
            order by a.id, t.endpoint"#,
-        active = active_match("$2")
+        active = active_match("$2"),
+        last_event = notifications::last_told("p.alert_id", "p.endpoint", None),
+        last_id = notifications::last_told_id("p.alert_id", "p.endpoint"),
     );
-    let due: Vec<(i64, String, outbox::Event)> = sqlx::query_as(&sql)
+    let due: Vec<(i64, String, Event)> = sqlx::query_as(&sql)
         .bind(endpoints)
         .bind(now)
         .bind(RESOLUTION_HORIZON)
@@ -267,14 +262,14 @@ pub async fn catch_up(
         .await?;
     let mut written = 0;
     for (alert_id, endpoint, event) in due {
-        let Some(alert) = outbox::snapshot(&mut *conn, alert_id).await? else {
+        let Some(alert) = alerts::snapshot(&mut *conn, alert_id).await? else {
             continue;
         };
         let n = NewNotification {
             alert_id,
             endpoint: &endpoint,
             event,
-            body: &outbox::body_of(&alert)?,
+            body: &alerts::body_of(&alert)?,
             due: now,
         };
         notifications::insert(&mut *conn, &n, None, now).await?;

@@ -59,12 +59,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::formats::{self, Notification};
-use super::outbox::{self, Event};
 use super::redact::UrlRedactor;
 use super::silences;
 use crate::clock::SharedClock;
 use crate::config::{Secret, WebhookConfig, WebhookFormat};
+use crate::db::alerts;
 use crate::db::notifications::{self, NewNotification};
+use crate::domain::notification::Event;
 use crate::logging::RateLimitedWarn;
 use crate::metrics::Metrics;
 
@@ -448,17 +449,13 @@ impl Worker {
                      and not exists (select 1 from notifications p
                                      where p.alert_id = a.id and p.endpoint = $1
                                        and p.status = 'pending')
-                     and (select o.event from notifications o
-                          where o.alert_id = a.id and o.endpoint = $1
-                            and o.status in ('delivered', 'dead')
-                            and o.event in ('alert.firing', 'alert.resolved')
-                          order by o.id desc limit 1) = 'alert.firing'
+                     and {last_told} = 'alert.firing'
                      and (select max(o.finished_at) from notifications o
-                          where o.alert_id = a.id and o.endpoint = $1
-                            and o.status in ('delivered', 'dead')
-                            and o.event in ('alert.firing', 'alert.reminder')) <= $2
+                          where {pinged}) <= $2
                    order by a.id"#,
-                silenced = silences::active_match("$3")
+                silenced = silences::active_match("$3"),
+                last_told = notifications::last_told("a.id", "$1", None),
+                pinged = notifications::told("a.id", "$1", &[Event::Firing, Event::Reminder]),
             ))
             .bind(&e.name)
             .bind(now - e.repeat_interval)
@@ -466,14 +463,14 @@ impl Worker {
             .fetch_all(&mut *tx)
             .await?;
             for id in ids {
-                let Some(alert) = outbox::snapshot(&mut tx, id).await? else {
+                let Some(alert) = alerts::snapshot(&mut tx, id).await? else {
                     continue;
                 };
                 let n = NewNotification {
                     alert_id: id,
                     endpoint: &e.name,
                     event: Event::Reminder,
-                    body: &outbox::body_of(&alert)?,
+                    body: &alerts::body_of(&alert)?,
                     due: now,
                 };
                 notifications::insert(&mut *tx, &n, None, now).await?;
@@ -561,17 +558,14 @@ impl Worker {
                       n.next_attempt_at, n.retry_since, a.status as alert_status,
                       a.resolved_at, a.covered_by, a.inhibited_by,
                       a.acknowledged_by is not null as acknowledged,
-                      (select o.event from notifications o
-                       where o.alert_id = n.alert_id and o.endpoint = n.endpoint
-                         and o.id < n.id and o.status in ('delivered', 'dead')
-                         and o.event in ('alert.firing', 'alert.resolved')
-                       order by o.id desc limit 1) as last_told,
+                      {last_told} as last_told,
                       (select s.id from silences s where {silenced}
                        order by s.id limit 1) as silenced_by
                from due join notifications n on n.id = due.id
                         join alerts a on a.id = n.alert_id
                order by n.next_attempt_at, n.id"#,
-            silenced = silences::active_match("$1")
+            silenced = silences::active_match("$1"),
+            last_told = notifications::last_told("n.alert_id", "n.endpoint", Some("n.id")),
         ))
         .bind(now)
         .bind(free as i64)

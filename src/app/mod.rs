@@ -158,7 +158,7 @@ impl App {
             tasks.periodic(
                 Periodic::new("canary", cfg.detector.canary_interval.0),
                 move |_| {
-                    crate::detect::health::publish_canary(&health, &first, &topic, clock.now());
+                    crate::ingest::health::publish_canary(&health, &first, &topic, clock.now());
                     std::future::ready(Ok(()))
                 },
             );

@@ -1,8 +1,9 @@
-//! The detector's own memory in Postgres: what the heartbeat pass remembers about an open gap
-//! (columns of `alerts` that only the detector reads; `details` is the API's).
+//! The detector's queries: the heartbeat pass's due devices and its conditional state update,
+//! the fleet-wide restart point (`detector_state`), and what the heartbeat pass remembers about
+//! an open gap (columns of `alerts` that only the detector reads; `details` is the API's).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
+use sqlx::{PgConnection, PgExecutor};
 
 use crate::domain::device::Gap;
 
@@ -32,5 +33,146 @@ pub async fn remember_gap(
     .bind(m.last_device_ts)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// A due device as read from Postgres: the facts the heartbeat rule needs, and the values its
+/// conditional update is conditioned on.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DueDevice {
+    pub id: String,
+    pub group_id: Option<String>,
+    pub state: String,
+    pub deadline_at: Option<DateTime<Utc>>,
+    pub connected: Option<bool>,
+    pub conn_event_ts: Option<DateTime<Utc>>,
+    pub conn_received_at: Option<DateTime<Utc>>,
+    pub last_impression_at: Option<DateTime<Utc>>,
+    pub last_device_ts: Option<DateTime<Utc>>,
+    pub gap_min_device_ts: Option<DateTime<Utc>>,
+    pub last_disconnect_reason: Option<String>,
+    pub last_ip: Option<String>,
+    pub interval_ms: Option<i64>,
+    pub grace_ms: Option<i64>,
+    pub time_zone: Option<String>,
+    pub quiet_hours: Option<String>,
+    pub first_reconnect: Option<DateTime<Utc>>,
+    pub alert_id: Option<i64>,
+    pub alert_class: Option<Gap>,
+    pub alert_last_data: Option<DateTime<Utc>>,
+    pub alert_last_device_ts: Option<DateTime<Utc>>,
+    /// A restart point of this device alone: it was returned to service then.
+    pub unretired_at: Option<DateTime<Utc>>,
+}
+
+/// Devices whose deadline passed at `now` (retired ones never), oldest deadline first, at most
+/// `limit`, with their group's settings, the first reconnect after their last data and their
+/// open gap alert's memory.
+pub async fn due_devices(
+    conn: impl PgExecutor<'_>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<DueDevice>> {
+    sqlx::query_as(
+        r#"
+        select d.id, d.group_id, d.state, d.deadline_at, d.connected, d.conn_event_ts,
+               d.conn_received_at,
+               d.last_impression_at, d.last_device_ts, d.gap_min_device_ts,
+               d.last_disconnect_reason, d.last_ip,
+               coalesce(d.expected_interval_ms, g.expected_interval_ms) as interval_ms,
+               coalesce(d.grace_ms, g.grace_ms) as grace_ms,
+               g.time_zone, g.quiet_hours,
+               (select min(e.received_at) from presence_events e
+                 where e.device_id = d.id and e.event_type = 'connected'
+                   and e.received_at > coalesce(d.last_impression_at, '-infinity')) as first_reconnect,
+               a.id as alert_id,
+               a.gap_class as alert_class,
+               a.gap_last_data_at as alert_last_data,
+               a.gap_last_device_ts as alert_last_device_ts,
+               d.unretired_at
+        from devices d
+        left join groups g on g.id = d.group_id
+        left join alerts a on a.kind = 'heartbeat_gap' and a.subject = d.id and a.status = 'firing'
+        where d.deadline_at <= $1 and d.retired_at is null
+        order by d.deadline_at
+        limit $2
+        "#,
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Write a decision's `state` and next `deadline` for `row`'s device, only if ingest did not
+/// move the device since `row` was read (deadline, last data, connectivity and state as read).
+/// `opening` (a gap alert opens) restarts the backlog's device-timestamp watermark. Returns the
+/// rows changed: 0 when the decision raced ingest.
+pub async fn set_state_if_unchanged(
+    conn: &mut PgConnection,
+    row: &DueDevice,
+    state: &str,
+    now: DateTime<Utc>,
+    deadline: Option<DateTime<Utc>>,
+    opening: bool,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        r#"
+        update devices set
+            state = $2,
+            state_since = case when state = $2 then state_since else $3 end,
+            deadline_at = $4,
+            gap_min_device_ts = case when $5 then null else gap_min_device_ts end
+        where id = $1
+          and deadline_at is not distinct from $6
+          and last_impression_at is not distinct from $7
+          and conn_event_ts is not distinct from $8
+          and state = $9
+        "#,
+    )
+    .bind(&row.id)
+    .bind(state)
+    .bind(now)
+    .bind(deadline)
+    .bind(opening)
+    .bind(row.deadline_at)
+    .bind(row.last_impression_at)
+    .bind(row.conn_event_ts)
+    .bind(&row.state)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Record a restart point for every device: our ingest recovered at `now`.
+pub async fn set_restart(conn: impl PgExecutor<'_>, now: DateTime<Utc>) -> sqlx::Result<()> {
+    sqlx::query("update detector_state set restart_at = $1")
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The last fleet-wide restart point (service start or ingest recovery), if any.
+pub async fn restart_at(conn: impl PgExecutor<'_>) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("select restart_at from detector_state")
+        .fetch_one(conn)
+        .await
+}
+
+/// The connection pass's cursor over `presence_events`, its row locked for the caller's
+/// transaction (so that concurrent passes take turns).
+pub async fn lock_presence_cursor(conn: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("select presence_cursor from detector_state where id for update")
+        .fetch_one(conn)
+        .await
+}
+
+/// Move the connection pass's cursor to `id`.
+pub async fn advance_presence_cursor(conn: impl PgExecutor<'_>, id: i64) -> sqlx::Result<()> {
+    sqlx::query("update detector_state set presence_cursor = $1 where id")
+        .bind(id)
+        .execute(conn)
+        .await?;
     Ok(())
 }

@@ -187,3 +187,46 @@ pub async fn sync_config(pool: &PgPool, cfg: &Config, identity: &Identity) -> sq
     }
     tx.commit().await
 }
+
+/// Devices per state, retired devices counted as `retired` whatever their last state.
+pub async fn count_by_state(conn: impl sqlx::PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        r#"select case when retired_at is not null then 'retired' else state end, count(*)
+           from devices group by 1"#,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Devices that count as reporting (for the fleet outage's share): not retired, seen at least
+/// once.
+pub async fn count_reporting(conn: impl sqlx::PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"select count(*) from devices
+           where retired_at is null and state not in ('never_seen', 'retired')"#,
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// (id, name, time zone) of each of the groups `ids` that exists.
+pub async fn group_names(
+    conn: impl sqlx::PgExecutor<'_>,
+    ids: &[&str],
+) -> sqlx::Result<Vec<(String, String, String)>> {
+    sqlx::query_as("select id, name, time_zone from groups where id = any($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
+/// (id, group) of each of the devices `ids` that exists.
+pub async fn groups_of(
+    conn: impl sqlx::PgExecutor<'_>,
+    ids: &[String],
+) -> sqlx::Result<Vec<(String, Option<String>)>> {
+    sqlx::query_as("select id, group_id from devices where id = any($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}

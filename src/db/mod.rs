@@ -1,5 +1,6 @@
 //! Postgres: the pool, database creation and migrations. Queries live in one file per table.
 
+pub mod alerts;
 pub mod detector;
 pub mod devices;
 pub mod notifications;

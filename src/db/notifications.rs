@@ -47,3 +47,44 @@ pub async fn insert(
     .await?;
     Ok(())
 }
+
+/// SQL: the rows of `notifications` aliased `o` that told endpoint `endpoint` something about
+/// alert `alert` (both SQL expressions), restricted to `events`: rows delivered, or given up
+/// on (`dead`: the receiver may well have seen it, so it counts as told). Superseded and
+/// pending rows told nothing. This is the one definition of "what an endpoint was told"; the
+/// fragments below and the reminder pass build on it.
+pub fn told(alert: &str, endpoint: &str, events: &[Event]) -> String {
+    let events = events
+        .iter()
+        .map(|e| format!("'{}'", e.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "o.alert_id = {alert} and o.endpoint = {endpoint} \
+         and o.status in ('delivered', 'dead') and o.event in ({events})"
+    )
+}
+
+/// The events that change what an endpoint believes about an alert (firing or not).
+const STATE_EVENTS: &[Event] = &[Event::Firing, Event::Resolved];
+
+/// SQL scalar subquery: the last state event (`alert.firing` or `alert.resolved`) endpoint
+/// `endpoint` was told about alert `alert`, null if none; with `before`, among rows whose id
+/// is below it (what the endpoint knew when that row was written).
+pub fn last_told(alert: &str, endpoint: &str, before: Option<&str>) -> String {
+    let before = before
+        .map(|b| format!(" and o.id < {b}"))
+        .unwrap_or_default();
+    format!(
+        "(select o.event from notifications o where {told}{before} order by o.id desc limit 1)",
+        told = told(alert, endpoint, STATE_EVENTS)
+    )
+}
+
+/// SQL scalar subquery: the id of the row behind [`last_told`] (without `before`), 0 if none.
+pub fn last_told_id(alert: &str, endpoint: &str) -> String {
+    format!(
+        "(select coalesce(max(o.id), 0) from notifications o where {told})",
+        told = told(alert, endpoint, STATE_EVENTS)
+    )
+}

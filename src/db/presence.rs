@@ -229,3 +229,31 @@ pub async fn delete_older_than(pool: &PgPool, cutoff: DateTime<Utc>) -> sqlx::Re
         }
     }
 }
+
+/// The columns of a new presence event that decide which subjects it touches.
+#[derive(Debug, sqlx::FromRow)]
+pub struct NewPresenceEvent {
+    pub id: i64,
+    pub client_id: String,
+    pub device_id: Option<String>,
+    pub event_type: String,
+    pub disconnect_reason: Option<String>,
+    pub event_ts: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Presence events stored after id `cursor`, in id order, at most `limit`.
+pub async fn events_after(
+    conn: impl sqlx::PgExecutor<'_>,
+    cursor: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<NewPresenceEvent>> {
+    sqlx::query_as(
+        r#"select id, client_id, device_id, event_type, disconnect_reason, event_ts, received_at
+           from presence_events where id > $1 order by id limit $2"#,
+    )
+    .bind(cursor)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

@@ -1,15 +1,15 @@
-//! Retiring and unretiring devices, and the per-device event history that records who did it
-//! and when (`device_events`). A retired device keeps its rows (presence, telemetry, alerts) and
-//! keeps being ingested; the detector skips it (`retired_at is not null`).
+//! The retirement columns of `devices` (`retired_at`, `unretired_at`) and the per-device event
+//! history that records who retired or unretired a device and when (`device_events`). A
+//! retired device keeps its rows (presence, telemetry, alerts) and keeps being ingested; the
+//! detector skips it (`retired_at is not null`). The transaction that retires a device and
+//! resolves its alerts is `crate::retirement`.
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
-
-use crate::alerts::lifecycle;
 
 /// One entry of a device's history.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -27,19 +27,8 @@ pub struct DeviceEventRow {
     pub details: Value,
 }
 
-/// What a retire or unretire request did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    NoSuchDevice,
-    /// Already in the requested state: nothing written.
-    Unchanged,
-    /// Changed; for a retirement, the firing alerts it resolved.
-    Changed {
-        resolved_alerts: Vec<i64>,
-    },
-}
-
-async fn record(
+/// Append an entry to `device`'s history, in the caller's transaction.
+pub async fn record(
     conn: &mut PgConnection,
     device: &str,
     at: DateTime<Utc>,
@@ -61,26 +50,25 @@ async fn record(
     Ok(())
 }
 
-/// Retire a device: state `retired` from now, out of evaluation (no deadline), and its firing
-/// alerts resolved (with their resolutions sent to whoever was told they fire): retiring says
-/// "we know, nobody will fix it". One transaction, so history, device and alerts agree.
-pub async fn retire(
-    pool: &PgPool,
+/// Lock `device`'s row and read its `retired_at`: `None` if there is no such device.
+pub async fn lock_retired_at(
+    conn: &mut PgConnection,
     device: &str,
-    actor: &str,
-    now: DateTime<Utc>,
-) -> sqlx::Result<Change> {
-    let mut tx = pool.begin().await?;
+) -> sqlx::Result<Option<Option<DateTime<Utc>>>> {
     let row: Option<(Option<DateTime<Utc>>,)> =
         sqlx::query_as("select retired_at from devices where id = $1 for update")
             .bind(device)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(conn)
             .await?;
-    match row {
-        None => return Ok(Change::NoSuchDevice),
-        Some((Some(_),)) => return Ok(Change::Unchanged),
-        Some((None,)) => {}
-    }
+    Ok(row.map(|(r,)| r))
+}
+
+/// State `retired` from `now`, out of evaluation (no deadline).
+pub async fn mark_retired(
+    conn: &mut PgConnection,
+    device: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
     sqlx::query(
         r#"update devices set retired_at = $2, state = 'retired', state_since = $2,
                deadline_at = null
@@ -88,56 +76,18 @@ pub async fn retire(
     )
     .bind(device)
     .bind(now)
-    .execute(&mut *tx)
+    .execute(conn)
     .await?;
-    let firing: Vec<i64> = sqlx::query_scalar(
-        r#"select id from alerts where device_id = $1 and status = 'firing' order by id
-           for update"#,
-    )
-    .bind(device)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut resolved = Vec::new();
-    for id in firing {
-        let outcome = json!({"resolution": "device_retired", "retired_by": actor});
-        if lifecycle::resolve(&mut tx, id, now, None, outcome).await? {
-            resolved.push(id);
-        }
-    }
-    record(
-        &mut tx,
-        device,
-        now,
-        "retired",
-        actor,
-        json!({"resolved_alerts": resolved}),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Change::Changed {
-        resolved_alerts: resolved,
-    })
+    Ok(())
 }
 
-/// Return a retired device to evaluation with a fresh clock: `unretired_at` is a restart point,
-/// and a deadline of now makes the next detector tick evaluate it.
-pub async fn unretire(
-    pool: &PgPool,
+/// Back to evaluation on a fresh clock: `unretired_at` is a restart point, a deadline of `now`
+/// makes the next detector tick evaluate it.
+pub async fn mark_unretired(
+    conn: &mut PgConnection,
     device: &str,
-    actor: &str,
     now: DateTime<Utc>,
-) -> sqlx::Result<Change> {
-    let mut tx = pool.begin().await?;
-    let row: Option<(Option<DateTime<Utc>>,)> =
-        sqlx::query_as("select retired_at from devices where id = $1 for update")
-            .bind(device)
-            .fetch_optional(&mut *tx)
-            .await?;
-    match row {
-        None => return Ok(Change::NoSuchDevice),
-        Some((None,)) => return Ok(Change::Unchanged),
-        Some((Some(_),)) => {}
-    }
+) -> sqlx::Result<()> {
     // A device that never reported goes back to never_seen; any other starts healthy on its
     // fresh clock and the detector takes it from there.
     sqlx::query(
@@ -149,13 +99,9 @@ pub async fn unretire(
     )
     .bind(device)
     .bind(now)
-    .execute(&mut *tx)
+    .execute(conn)
     .await?;
-    record(&mut tx, device, now, "unretired", actor, json!({})).await?;
-    tx.commit().await?;
-    Ok(Change::Changed {
-        resolved_alerts: vec![],
-    })
+    Ok(())
 }
 
 /// A device's history, oldest first.

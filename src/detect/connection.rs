@@ -33,6 +33,8 @@ use sqlx::{PgConnection, PgPool};
 
 use super::{at, Settings};
 use crate::alerts::lifecycle::{self, AlertSpec, Fired};
+use crate::db::presence::{self, NewPresenceEvent};
+use crate::db::{alerts, detector, devices};
 use crate::domain::alert::Kind;
 
 /// Presence events read per pass. A backlog larger than this (after an outage of the detector)
@@ -73,26 +75,18 @@ pub async fn tick(pool: &PgPool, s: &Settings, now: DateTime<Utc>) -> anyhow::Re
     let mut tx = pool.begin().await.context("connection patterns: begin")?;
     // The row lock makes concurrent passes (a standby that briefly believes it leads) take turns
     // instead of both reading the same batch and firing twice.
-    let cursor: i64 =
-        sqlx::query_scalar("select presence_cursor from detector_state where id for update")
-            .fetch_one(&mut *tx)
-            .await
-            .context("connection patterns: reading the cursor")?;
+    let cursor = detector::lock_presence_cursor(&mut *tx)
+        .await
+        .context("connection patterns: reading the cursor")?;
 
     // Identity values are handed out before commit: an ingest transaction still in flight may
     // hold a lower id than rows already visible here. So the cursor only advances over rows
     // that arrived more than SETTLE ago (presence transactions last milliseconds); younger ones
     // are read again next pass, which is harmless because counts come from the table and
     // firing an unchanged alert changes nothing.
-    let batch: Vec<NewEvent> = sqlx::query_as(
-        r#"select id, client_id, device_id, event_type, disconnect_reason, event_ts, received_at
-           from presence_events where id > $1 order by id limit $2"#,
-    )
-    .bind(cursor)
-    .bind(BATCH)
-    .fetch_all(&mut *tx)
-    .await
-    .context("connection patterns: reading new presence events")?;
+    let batch = presence::events_after(&mut *tx, cursor, BATCH)
+        .await
+        .context("connection patterns: reading new presence events")?;
 
     let mut out = Outcome {
         examined_events: batch.len(),
@@ -100,14 +94,9 @@ pub async fn tick(pool: &PgPool, s: &Settings, now: DateTime<Utc>) -> anyhow::Re
     };
     let touched = touched_subjects(&batch, s, now);
 
-    let firing: Vec<(String, String)> = sqlx::query_as(
-        r#"select kind, subject from alerts
-           where status = 'firing' and kind = any($1) order by kind, subject"#,
-    )
-    .bind(KINDS.map(Kind::as_str).to_vec())
-    .fetch_all(&mut *tx)
-    .await
-    .context("connection patterns: reading firing alerts")?;
+    let firing = alerts::firing_subjects(&mut *tx, &KINDS.map(Kind::as_str))
+        .await
+        .context("connection patterns: reading firing alerts")?;
 
     for kind in KINDS {
         let rule = Rule::of(kind, s);
@@ -188,9 +177,7 @@ pub async fn tick(pool: &PgPool, s: &Settings, now: DateTime<Utc>) -> anyhow::Re
         .take_while(|e| e.received_at <= now - SETTLE)
         .last();
     if let Some(last) = settled {
-        sqlx::query("update detector_state set presence_cursor = $1 where id")
-            .bind(last.id)
-            .execute(&mut *tx)
+        detector::advance_presence_cursor(&mut *tx, last.id)
             .await
             .context("connection patterns: advancing the cursor")?;
     }
@@ -203,22 +190,10 @@ pub async fn tick(pool: &PgPool, s: &Settings, now: DateTime<Utc>) -> anyhow::Re
     Ok(out)
 }
 
-/// The columns of a new presence event that decide which subjects it touches.
-#[derive(Debug, sqlx::FromRow)]
-struct NewEvent {
-    id: i64,
-    client_id: String,
-    device_id: Option<String>,
-    event_type: String,
-    disconnect_reason: Option<String>,
-    event_ts: DateTime<Utc>,
-    received_at: DateTime<Utc>,
-}
-
 /// Per kind, the subjects whose count new events may have raised. An event outside its kind's
 /// window (a replay, a late redelivery) cannot raise a count, so it touches nothing.
 fn touched_subjects(
-    batch: &[NewEvent],
+    batch: &[NewPresenceEvent],
     s: &Settings,
     now: DateTime<Utc>,
 ) -> BTreeMap<Kind, BTreeSet<String>> {
@@ -512,12 +487,9 @@ async fn devices_of(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let rows: Vec<(String, Option<String>)> =
-        sqlx::query_as("select id, group_id from devices where id = any($1)")
-            .bind(&ids)
-            .fetch_all(conn)
-            .await
-            .context("connection patterns: reading devices")?;
+    let rows = devices::groups_of(conn, &ids)
+        .await
+        .context("connection patterns: reading devices")?;
     Ok(rows
         .into_iter()
         .map(|(id, group)| (id.clone(), (id, group)))

@@ -28,6 +28,8 @@ use sqlx::{PgConnection, PgPool};
 
 use super::{at, Settings};
 use crate::alerts::lifecycle::{self, AlertSpec, Fired};
+use crate::db::alerts::{self, FiringGap as Gap, FiringOutage as Outage};
+use crate::db::devices;
 use crate::domain::alert::Kind;
 
 /// What one grouping tick did.
@@ -49,28 +51,6 @@ const FLEET: &str = "fleet";
 /// bodies and the dashboard must stay small when thousands of screens are dark.
 const MAX_LISTED: usize = 100;
 
-/// A firing heartbeat-gap alert.
-#[derive(Debug, sqlx::FromRow)]
-struct Gap {
-    id: i64,
-    device_id: Option<String>,
-    group_id: Option<String>,
-    /// When it last became firing: a reopened alert keeps its original `opened_at`, and a
-    /// device whose short gap was reopened in the power cut went silent with the others.
-    since: DateTime<Utc>,
-    /// Whether its device counts towards the fleet's reporting devices.
-    reporting: bool,
-}
-
-/// A firing group or fleet outage.
-#[derive(Debug, sqlx::FromRow)]
-struct Outage {
-    id: i64,
-    kind: String,
-    subject: String,
-    details: Value,
-}
-
 /// Group per-device heartbeat gaps into group and fleet outages. Runs after the heartbeat pass
 /// of each detector tick; `now` is injected. One transaction.
 pub async fn tick(pool: &PgPool, s: &Settings, now: DateTime<Utc>) -> anyhow::Result<Outcome> {
@@ -89,14 +69,7 @@ async fn tick_in(
 
     // The common case is a healthy fleet with a few broken screens: one aggregate over the
     // partial index of firing alerts decides that nothing can fire or resolve.
-    let (gaps, outages): (i64, i64) = sqlx::query_as(
-        r#"select count(*) filter (where kind = 'heartbeat_gap'),
-                  count(*) filter (where kind <> 'heartbeat_gap')
-           from alerts
-           where status = 'firing' and kind in ('heartbeat_gap', 'group_outage', 'fleet_outage')"#,
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+    let (gaps, outages) = alerts::firing_gaps_and_outages(&mut *conn).await?;
     if outages == 0
         && gaps
             < s.group_outage_devices
@@ -106,26 +79,8 @@ async fn tick_in(
         return Ok(out);
     }
 
-    let gaps: Vec<Gap> = sqlx::query_as(
-        r#"select a.id, a.device_id, a.group_id,
-                  coalesce((select max(e.at) from alert_events e
-                            where e.alert_id = a.id and e.type = 'reopened'),
-                           a.opened_at) as since,
-                  coalesce(d.retired_at is null and d.state not in ('never_seen', 'retired'),
-                           false) as reporting
-           from alerts a left join devices d on d.id = a.device_id
-           where a.kind = 'heartbeat_gap' and a.status = 'firing'
-           order by a.id"#,
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let firing: Vec<Outage> = sqlx::query_as(
-        r#"select id, kind, subject, details from alerts
-           where status = 'firing' and kind in ('group_outage', 'fleet_outage')
-           order by id"#,
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let gaps = alerts::firing_gaps(&mut *conn).await?;
+    let firing = alerts::firing_outages(&mut *conn).await?;
     let mut group_outages: BTreeMap<String, Outage> = BTreeMap::new();
     let mut fleet_outage: Option<Outage> = None;
     for o in firing {
@@ -136,12 +91,7 @@ async fn tick_in(
         }
     }
 
-    let reporting: i64 = sqlx::query_scalar(
-        r#"select count(*) from devices
-           where retired_at is null and state not in ('never_seen', 'retired')"#,
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+    let reporting = devices::count_reporting(&mut *conn).await?;
     let fleet = FleetCount::new(&gaps, reporting, s);
 
     // A fleet outage that ends releases its alerts first, so that the group pass below can
@@ -185,11 +135,7 @@ async fn tick_in(
         // Building outages are covered too: a gap already covered by its building keeps that
         // cover (`cover` skips it) and the building is covered by the fleet, so one
         // notification still speaks for all of them.
-        let mut ids: Vec<i64> = sqlx::query_scalar(
-            "select id from alerts where kind = 'group_outage' and status = 'firing' order by id",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
+        let mut ids = alerts::firing_group_outage_ids(&mut *conn).await?;
         ids.extend(gaps.iter().map(|g| g.id));
         out.covered += lifecycle::cover(conn, &ids, id, now).await?.len();
     }
@@ -433,11 +379,7 @@ async fn group_names(
     groups: &BTreeSet<&str>,
 ) -> sqlx::Result<BTreeMap<String, (String, String)>> {
     let ids: Vec<&str> = groups.iter().copied().collect();
-    let rows: Vec<(String, String, String)> =
-        sqlx::query_as("select id, name, time_zone from groups where id = any($1)")
-            .bind(&ids)
-            .fetch_all(conn)
-            .await?;
+    let rows = devices::group_names(conn, &ids).await?;
     Ok(rows
         .into_iter()
         .map(|(id, name, tz)| (id, (name, tz)))

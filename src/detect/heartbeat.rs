@@ -9,8 +9,9 @@
 //! `max(due, d + disconnect_grace)`. An open alert stays open until data returns (also through
 //! quiet hours); meanwhile presence changes reclassify it silent ⇄ offline in place.
 //!
-//! [`evaluate`] (the pure rule, in `domain::health`) decides; [`run_due`] selects the devices whose deadline passed, evaluates them
-//! and applies each decision with a conditional update in its own transaction.
+//! [`evaluate`] (the pure rule, in `domain::health`) decides; [`run_due`] takes the devices whose
+//! deadline passed (`db::detector::due_devices`), evaluates them and applies each decision
+//! with a conditional update in its own transaction (the queries are in `db::detector`).
 
 use std::collections::HashMap;
 
@@ -20,41 +21,13 @@ use sqlx::PgPool;
 
 use super::{at, Settings};
 use crate::alerts::lifecycle::{self, AlertSpec};
-use crate::db::{self, detector::GapMemory};
+use crate::db::detector::{self, DueDevice, GapMemory};
 use crate::domain::alert::Kind;
 use crate::domain::schedule::QuietHours;
 
 pub use crate::domain::health::{
     evaluate, Action, Decision, Expectations, Facts, Gap, OpenGap, State,
 };
-
-/// A due device as read from Postgres.
-#[derive(Debug, sqlx::FromRow)]
-struct DueRow {
-    id: String,
-    group_id: Option<String>,
-    state: String,
-    deadline_at: Option<DateTime<Utc>>,
-    connected: Option<bool>,
-    conn_event_ts: Option<DateTime<Utc>>,
-    conn_received_at: Option<DateTime<Utc>>,
-    last_impression_at: Option<DateTime<Utc>>,
-    last_device_ts: Option<DateTime<Utc>>,
-    gap_min_device_ts: Option<DateTime<Utc>>,
-    last_disconnect_reason: Option<String>,
-    last_ip: Option<String>,
-    interval_ms: Option<i64>,
-    grace_ms: Option<i64>,
-    time_zone: Option<String>,
-    quiet_hours: Option<String>,
-    first_reconnect: Option<DateTime<Utc>>,
-    alert_id: Option<i64>,
-    alert_class: Option<Gap>,
-    alert_last_data: Option<DateTime<Utc>>,
-    alert_last_device_ts: Option<DateTime<Utc>>,
-    /// A restart point of this device alone: it was returned to service then.
-    unretired_at: Option<DateTime<Utc>>,
-}
 
 /// What a heartbeat pass did.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -84,7 +57,7 @@ pub struct GroupSchedule {
 /// silence when in doubt).
 fn stored_schedule(
     group: &str,
-    row: &DueRow,
+    row: &DueDevice,
     s: &Settings,
     unusable: &mut Vec<String>,
 ) -> GroupSchedule {
@@ -123,7 +96,7 @@ fn ms(v: Option<i64>, default: TimeDelta) -> TimeDelta {
     v.map(TimeDelta::milliseconds).unwrap_or(default)
 }
 
-fn describe(row: &DueRow, class: Gap) -> String {
+fn describe(row: &DueDevice, class: Gap) -> String {
     let last = row
         .last_impression_at
         .map(|t| format!("last impression {}", at(t)))
@@ -141,7 +114,7 @@ fn describe(row: &DueRow, class: Gap) -> String {
     }
 }
 
-fn gap_details(row: &DueRow, class: Gap, e: &Expectations) -> serde_json::Value {
+fn gap_details(row: &DueDevice, class: Gap, e: &Expectations) -> serde_json::Value {
     json!({
         "classification": class.as_str(),
         "since": row.last_impression_at,
@@ -163,35 +136,7 @@ pub async fn run_due(
     service_restart: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Outcome> {
-    let rows: Vec<DueRow> = sqlx::query_as(
-        r#"
-        select d.id, d.group_id, d.state, d.deadline_at, d.connected, d.conn_event_ts,
-               d.conn_received_at,
-               d.last_impression_at, d.last_device_ts, d.gap_min_device_ts,
-               d.last_disconnect_reason, d.last_ip,
-               coalesce(d.expected_interval_ms, g.expected_interval_ms) as interval_ms,
-               coalesce(d.grace_ms, g.grace_ms) as grace_ms,
-               g.time_zone, g.quiet_hours,
-               (select min(e.received_at) from presence_events e
-                 where e.device_id = d.id and e.event_type = 'connected'
-                   and e.received_at > coalesce(d.last_impression_at, '-infinity')) as first_reconnect,
-               a.id as alert_id,
-               a.gap_class as alert_class,
-               a.gap_last_data_at as alert_last_data,
-               a.gap_last_device_ts as alert_last_device_ts,
-               d.unretired_at
-        from devices d
-        left join groups g on g.id = d.group_id
-        left join alerts a on a.kind = 'heartbeat_gap' and a.subject = d.id and a.status = 'firing'
-        where d.deadline_at <= $1 and d.retired_at is null
-        order by d.deadline_at
-        limit $2
-        "#,
-    )
-    .bind(now)
-    .bind(s.max_due_per_tick)
-    .fetch_all(pool)
-    .await?;
+    let rows = detector::due_devices(pool, now, s.max_due_per_tick).await?;
     let mut stored: HashMap<String, GroupSchedule> = HashMap::new();
     let mut out = Outcome::default();
     for row in rows {
@@ -256,7 +201,7 @@ pub async fn run_due(
 async fn apply(
     pool: &PgPool,
     s: &Settings,
-    row: &DueRow,
+    row: &DueDevice,
     facts: &Facts,
     e: &Expectations,
     d: &Decision,
@@ -264,32 +209,9 @@ async fn apply(
 ) -> anyhow::Result<bool> {
     let mut tx = pool.begin().await?;
     let opening = matches!(d.action, Action::Open(_));
-    let updated = sqlx::query(
-        r#"
-        update devices set
-            state = $2,
-            state_since = case when state = $2 then state_since else $3 end,
-            deadline_at = $4,
-            gap_min_device_ts = case when $5 then null else gap_min_device_ts end
-        where id = $1
-          and deadline_at is not distinct from $6
-          and last_impression_at is not distinct from $7
-          and conn_event_ts is not distinct from $8
-          and state = $9
-        "#,
-    )
-    .bind(&row.id)
-    .bind(d.state.as_str())
-    .bind(now)
-    .bind(d.deadline)
-    .bind(opening)
-    .bind(row.deadline_at)
-    .bind(row.last_impression_at)
-    .bind(row.conn_event_ts)
-    .bind(&row.state)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let updated =
+        detector::set_state_if_unchanged(&mut tx, row, d.state.as_str(), now, d.deadline, opening)
+            .await?;
     if updated == 0 {
         return Ok(false);
     }
@@ -312,7 +234,7 @@ async fn apply(
                 last_data_at: row.last_impression_at,
                 last_device_ts: row.last_device_ts,
             };
-            db::detector::remember_gap(&mut *tx, fired.id(), &memory).await?;
+            detector::remember_gap(&mut *tx, fired.id(), &memory).await?;
         }
         Action::Reclassify { from, to } => {
             let open = facts
@@ -338,7 +260,7 @@ async fn apply(
                 last_data_at: open.last_data_before,
                 last_device_ts: open.last_device_ts_before,
             };
-            db::detector::remember_gap(&mut *tx, open.id, &memory).await?;
+            detector::remember_gap(&mut *tx, open.id, &memory).await?;
         }
         Action::Resolve { covered } => {
             let open = facts.open.as_ref().expect("resolve implies an open alert");

@@ -1,13 +1,13 @@
 //! Detection: turns what ingest stored into device health states and alerts.
 //!
 //! The supervisor (`app::tasks`) runs [`Detector::tick`] every `detector.tick` as a leader-only
-//! periodic task (a Postgres advisory lock on a dedicated connection, [`leader`]): first our own ingest health (`ingest_down`), then the heartbeat deadlines that
-//! are due, then connection patterns from new presence events, then grouping into group and
+//! periodic task (a Postgres advisory lock on a dedicated connection, [`leader`]): first our
+//! own ingest health (`ingest_down`, from the verdict `ingest::health` gives), then the heartbeat
+//! deadlines that are due, then connection patterns from new presence events, then grouping into group and
 //! fleet outages. Every decision takes `now` as an argument; tests drive `tick` with any clock.
 
 pub mod connection;
 pub mod grouping;
-pub mod health;
 pub mod heartbeat;
 pub mod leader;
 
@@ -20,8 +20,9 @@ use sqlx::PgPool;
 
 use crate::alerts::lifecycle::{self, AlertSpec};
 use crate::config::Config;
+use crate::db;
 use crate::domain::alert::{Kind, Severity};
-use health::IngestStatus;
+use crate::ingest::health::IngestStatus;
 
 /// Detection settings resolved from the configuration once.
 #[derive(Debug, Clone)]
@@ -209,10 +210,7 @@ impl Detector {
         }
         if recovered {
             let mut tx = self.pool.begin().await?;
-            sqlx::query("update detector_state set restart_at = $1")
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            db::detector::set_restart(&mut *tx, now).await?;
             if let Some(id) = lifecycle::firing_id(&mut tx, Kind::IngestDown, "ingest").await? {
                 lifecycle::resolve(
                     &mut tx,
@@ -225,10 +223,7 @@ impl Detector {
             }
             tx.commit().await?;
         }
-        let restart: Option<DateTime<Utc>> =
-            sqlx::query_scalar("select restart_at from detector_state")
-                .fetch_one(&self.pool)
-                .await?;
+        let restart = db::detector::restart_at(&self.pool).await?;
         out.heartbeat = heartbeat::run_due(&self.pool, &self.settings, restart, now).await?;
         out.connection = connection::tick(&self.pool, &self.settings, now).await?;
         out.grouping = grouping::tick(&self.pool, &self.settings, now).await?;

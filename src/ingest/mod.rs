@@ -7,9 +7,12 @@
 //! ```
 //!
 //! `accept(ctx, topic, payload, received_at)` is the one entry point that needs no broker.
+//! `health` is our own ingest health (connections up, canary round trip), which the detector
+//! reads; ingest depends on no detector code.
 
 pub mod accept;
 pub mod dispatch;
+pub mod health;
 pub mod mqtt;
 pub mod presence;
 pub mod registry;
@@ -71,7 +74,7 @@ pub struct IngestContext {
     pub warn: Arc<RateLimitedWarn>,
     /// Our canary's topic and where its return is recorded.
     pub canary_topic: Arc<str>,
-    pub health: Arc<crate::detect::health::IngestHealth>,
+    pub health: Arc<health::IngestHealth>,
     /// Ends retries of presence writes that cannot succeed (their messages are then left
     /// unacknowledged for redelivery). A fresh token by default; the dispatcher puts in the
     /// process's shutdown token.
@@ -92,8 +95,7 @@ impl IngestContext {
             device_ts_field: Some(cfg.telemetry.device_ts_field.clone()).filter(|f| !f.is_empty()),
             group_level: cfg.telemetry.group_level,
         };
-        let health =
-            crate::detect::health::IngestHealth::new(clock.now(), cfg.detector.canary_timeout.0);
+        let health = health::IngestHealth::new(clock.now(), cfg.detector.canary_timeout.0);
         Self {
             pool,
             buffer: Arc::new(TelemetryBuffer::new(

@@ -6,7 +6,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{clean, parse_filter, Page, Paging};
-use crate::alerts::lifecycle::{self, AlertFilter, AlertRow, EventRow};
+use crate::alerts::lifecycle;
+use crate::db::alerts::{self as alert_rows, AlertFilter, AlertRow, EventRow};
 use crate::domain::alert::{Kind, Status};
 use crate::domain::triage;
 use crate::http::auth::Principal;
@@ -50,7 +51,7 @@ pub async fn list(
         before: paging.after,
         limit: paging.fetch(),
     };
-    let rows = lifecycle::list(&state.pool, &filter).await?;
+    let rows = alert_rows::list(&state.pool, &filter).await?;
     Ok(Json(paging.page(rows, |a| (a.opened_at, a.id))))
 }
 
@@ -63,10 +64,10 @@ pub struct AlertWithTrail {
 }
 
 async fn with_trail(state: &AppState, id: i64) -> ApiResult<AlertWithTrail> {
-    let alert = lifecycle::get(&state.pool, id)
+    let alert = alert_rows::get(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no alert {id}")))?;
-    let events = lifecycle::events(&state.pool, id).await?;
+    let events = alert_rows::events(&state.pool, id).await?;
     Ok(AlertWithTrail { alert, events })
 }
 

@@ -8,12 +8,13 @@ use serde::Deserialize;
 use super::{clean, parse_filter, Page, Paging};
 use crate::db::devices::{self as db, DeviceFilter, DeviceRow};
 use crate::db::presence::{self, EventRow};
-use crate::db::retirement::{self, DeviceEventRow};
+use crate::db::retirement::{self as device_events, DeviceEventRow};
 use crate::domain::device::DeviceState;
 use crate::http::auth::Principal;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::AppState;
+use crate::retirement;
 
 /// The values of `?state=`.
 pub const STATES: [&str; 7] = DeviceState::NAMES;
@@ -156,7 +157,7 @@ pub async fn history(
     if !db::exists(&state.pool, &id).await? {
         return Err(ApiError::NotFound(format!("no device {id:?}")));
     }
-    let items = retirement::history(&state.pool, &id).await?;
+    let items = device_events::history(&state.pool, &id).await?;
     Ok(Json(Page {
         items,
         next_cursor: None,

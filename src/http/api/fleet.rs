@@ -7,6 +7,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::devices::STATES;
+use crate::db;
 use crate::domain::alert::Kind;
 use crate::http::error::ApiResult;
 use crate::http::AppState;
@@ -27,18 +28,8 @@ pub struct Summary {
 #[utoipa::path(get, path = "/api/v1/fleet/summary", tag = "fleet",
     responses((status = 200, body = Summary), super::ErrorsList))]
 pub async fn summary(State(state): State<AppState>) -> ApiResult<Json<Summary>> {
-    let by_state: Vec<(String, i64)> = sqlx::query_as(
-        r#"select case when retired_at is not null then 'retired' else state end, count(*)
-           from devices group by 1"#,
-    )
-    .fetch_all(&state.pool)
-    .await?;
-    let by_kind: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        r#"select kind, count(*), count(covered_by), count(*) filter (where acknowledged_by is null)
-           from alerts where status = 'firing' group by kind"#,
-    )
-    .fetch_all(&state.pool)
-    .await?;
+    let by_state = db::devices::count_by_state(&state.pool).await?;
+    let by_kind = db::alerts::firing_by_kind(&state.pool).await?;
     let mut devices_by_state: BTreeMap<String, i64> =
         STATES.iter().map(|s| (s.to_string(), 0)).collect();
     for (s, n) in by_state {

@@ -2,14 +2,15 @@
 //! connection is up and the canary message we publish to our own topic every few seconds came
 //! back through the whole pipeline (broker → poll loop → channel → dispatcher) within
 //! `canary_timeout`. While it is not, no device is evaluated: a broker outage or a stalled
-//! pipeline must never turn into device alerts.
+//! pipeline must never turn into device alerts. Ingest keeps the bookkeeping (the canary goes
+//! out and comes back through it); the detector only reads the verdict, [`IngestStatus`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::ingest::mqtt::ConnectionStatus;
+use super::mqtt::ConnectionStatus;
 
 /// The verdict a detector tick works with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +127,7 @@ impl IngestHealth {
             return IngestStatus::Down(match c.last_returned_at {
                 Some(t) => format!(
                     "canary not returned since {} (ingest stalled or lagging)",
-                    super::at(t)
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 ),
                 None => "no canary returned since start".to_string(),
             });
