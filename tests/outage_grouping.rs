@@ -81,7 +81,7 @@ async fn gap(pool: &PgPool, device: &str, at: DateTime<Utc>) -> i64 {
 /// Data came back for `device`: its gap alert resolves.
 async fn recover(pool: &PgPool, device: &str, at: DateTime<Utc>) {
     let mut tx = pool.begin().await.unwrap();
-    let id = lifecycle::firing_id(&mut tx, Kind::HeartbeatGap, device)
+    let id = fleetwatch::db::alerts::firing_id(&mut tx, Kind::HeartbeatGap, device)
         .await
         .unwrap()
         .expect("a firing gap alert");

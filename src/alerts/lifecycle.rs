@@ -1,4 +1,5 @@
-//! The alert state machine in Postgres. Every change writes an `alert_events` row in the same
+//! The alert state machine: what to write when an alert fires, reopens, resolves, is covered,
+//! acknowledged or ticketed (the queries are `db::alerts`). Every change writes an `alert_events` row in the same
 //! transaction, so the trail can never disagree with the alert. The detector calls these inside
 //! its own transaction (with the device state change that caused them); later the notification
 //! outbox rows ([`super::outbox`]) are written in that same transaction too.
@@ -8,7 +9,7 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 
 use super::outbox::{self, Change};
-use crate::db::alerts::insert_event as event;
+use crate::db::alerts::{self, insert_event as event};
 use crate::domain::actor::Actor;
 use crate::domain::alert::{Kind, Severity};
 
@@ -55,20 +56,7 @@ async fn refire(
     now: DateTime<Utc>,
     trail: &str,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        r#"update alerts set status = 'firing', resolved_at = null, summary = $2, details = $3,
-               severity = $4, updated_at = $5,
-               covered_by = case when status = 'resolved' then null else covered_by end,
-               inhibited_by = case when status = 'resolved' then null else inhibited_by end
-           where id = $1"#,
-    )
-    .bind(id)
-    .bind(&spec.summary)
-    .bind(&spec.details)
-    .bind(spec.severity.as_str())
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+    alerts::refire(conn, id, &spec.summary, &spec.details, spec.severity, now).await?;
     event(
         conn,
         id,
@@ -88,14 +76,7 @@ pub async fn fire(
     now: DateTime<Utc>,
     reopen_window: TimeDelta,
 ) -> sqlx::Result<Fired> {
-    let firing: Option<(i64, String, Value, String)> = sqlx::query_as(
-        r#"select id, summary, details, severity from alerts
-           where kind = $1 and subject = $2 and status = 'firing' for update"#,
-    )
-    .bind(spec.kind.as_str())
-    .bind(&spec.subject)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let firing = alerts::lock_firing(conn, spec.kind, &spec.subject).await?;
     if let Some((id, summary, details, severity)) = firing {
         if summary == spec.summary && details == spec.details && severity == spec.severity.as_str()
         {
@@ -105,37 +86,25 @@ pub async fn fire(
         return Ok(Fired::Updated(id));
     }
 
-    let recent: Option<i64> = sqlx::query_scalar(
-        r#"select id from alerts
-           where kind = $1 and subject = $2 and status = 'resolved' and resolved_at >= $3
-           order by resolved_at desc limit 1 for update"#,
-    )
-    .bind(spec.kind.as_str())
-    .bind(&spec.subject)
-    .bind(now - reopen_window)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let recent =
+        alerts::lock_resolved_since(conn, spec.kind, &spec.subject, now - reopen_window).await?;
     if let Some(id) = recent {
         refire(conn, id, spec, now, "reopened").await?;
         outbox::notify(conn, id, Change::Fired, now).await?;
         return Ok(Fired::Reopened(id));
     }
 
-    let id: i64 = sqlx::query_scalar(
-        r#"insert into alerts (kind, subject, device_id, group_id, severity, status, opened_at,
-                               summary, details, updated_at)
-           values ($1, $2, $3, $4, $5, 'firing', $6, $7, $8, $6)
-           returning id"#,
+    let id = alerts::insert_firing(
+        conn,
+        spec.kind,
+        &spec.subject,
+        spec.device_id.as_deref(),
+        spec.group_id.as_deref(),
+        spec.severity,
+        now,
+        &spec.summary,
+        &spec.details,
     )
-    .bind(spec.kind.as_str())
-    .bind(&spec.subject)
-    .bind(&spec.device_id)
-    .bind(&spec.group_id)
-    .bind(spec.severity.as_str())
-    .bind(now)
-    .bind(&spec.summary)
-    .bind(&spec.details)
-    .fetch_one(&mut *conn)
     .await?;
     event(
         conn,
@@ -160,13 +129,7 @@ pub async fn reclassify(
     now: DateTime<Utc>,
     change: Value,
 ) -> sqlx::Result<()> {
-    sqlx::query("update alerts set summary = $2, details = $3, updated_at = $4 where id = $1")
-        .bind(id)
-        .bind(summary)
-        .bind(details)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+    alerts::set_summary(conn, id, summary, details, now).await?;
     event(conn, id, now, "reclassified", "fleetwatch", change).await
 }
 
@@ -179,38 +142,12 @@ pub async fn resolve(
     summary: Option<&str>,
     outcome: Value,
 ) -> sqlx::Result<bool> {
-    let n = sqlx::query(
-        r#"update alerts set status = 'resolved', resolved_at = $2,
-               summary = coalesce($3, summary), details = details || $4, updated_at = $2
-           where id = $1 and status = 'firing'"#,
-    )
-    .bind(id)
-    .bind(now)
-    .bind(summary)
-    .bind(&outcome)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if n == 1 {
+    let resolved = alerts::resolve(conn, id, now, summary, &outcome).await?;
+    if resolved {
         event(conn, id, now, "resolved", "fleetwatch", outcome).await?;
         outbox::notify(conn, id, Change::Resolved, now).await?;
     }
-    Ok(n == 1)
-}
-
-/// The firing alert of a (kind, subject), if any.
-pub async fn firing_id(
-    conn: &mut PgConnection,
-    kind: Kind,
-    subject: &str,
-) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar(
-        "select id from alerts where kind = $1 and subject = $2 and status = 'firing'",
-    )
-    .bind(kind.as_str())
-    .bind(subject)
-    .fetch_optional(conn)
-    .await
+    Ok(resolved)
 }
 
 /// Mark firing alerts as covered by a group or fleet outage (their notification speaks for
@@ -221,16 +158,7 @@ pub async fn cover(
     by: i64,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Vec<i64>> {
-    let covered: Vec<i64> = sqlx::query_scalar(
-        r#"update alerts set covered_by = $2, updated_at = $3
-           where id = any($1) and covered_by is null and status = 'firing' and id <> $2
-           returning id"#,
-    )
-    .bind(ids)
-    .bind(by)
-    .bind(now)
-    .fetch_all(&mut *conn)
-    .await?;
+    let covered = alerts::cover(conn, ids, by, now).await?;
     for id in &covered {
         event(conn, *id, now, "covered", "fleetwatch", json!({"by": by})).await?;
     }
@@ -244,14 +172,7 @@ pub async fn uncover(
     by: i64,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Vec<i64>> {
-    let ids: Vec<i64> = sqlx::query_scalar(
-        r#"update alerts set covered_by = null, updated_at = $2
-           where covered_by = $1 and status = 'firing' returning id"#,
-    )
-    .bind(by)
-    .bind(now)
-    .fetch_all(&mut *conn)
-    .await?;
+    let ids = alerts::uncover(conn, by, now).await?;
     for id in &ids {
         event(conn, *id, now, "uncovered", "fleetwatch", json!({"by": by})).await?;
         outbox::notify(conn, *id, Change::Uncovered, now).await?;
@@ -269,27 +190,21 @@ pub async fn acknowledge(
     now: DateTime<Utc>,
 ) -> sqlx::Result<Option<bool>> {
     let mut tx = pool.begin().await?;
-    let current: Option<Option<String>> =
-        sqlx::query_scalar("select acknowledged_by from alerts where id = $1 for update")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let current = alerts::lock_acknowledged_by(&mut tx, id).await?;
     let Some(already) = current else {
         return Ok(None);
     };
     if already.is_some() {
         return Ok(Some(false));
     }
-    sqlx::query(
-        r#"update alerts set acknowledged_by = $2, acknowledged_at = $3, ack_note = $4,
-               ack_on_behalf_of = $5, updated_at = $3 where id = $1"#,
+    alerts::set_acknowledged(
+        &mut tx,
+        id,
+        &by.principal,
+        now,
+        note,
+        by.on_behalf_of.as_deref(),
     )
-    .bind(id)
-    .bind(&by.principal)
-    .bind(now)
-    .bind(note)
-    .bind(&by.on_behalf_of)
-    .execute(&mut *tx)
     .await?;
     let mut details = serde_json::Map::new();
     details.insert("note".into(), json!(note));
@@ -317,26 +232,14 @@ pub async fn link_ticket(
     now: DateTime<Utc>,
 ) -> sqlx::Result<Option<bool>> {
     let mut tx = pool.begin().await?;
-    let current: Option<(Option<String>, Option<String>)> =
-        sqlx::query_as("select ticket_ref, ticket_url from alerts where id = $1 for update")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let current = alerts::lock_ticket(&mut tx, id).await?;
     let Some((r, u)) = current else {
         return Ok(None);
     };
     if r.as_deref() == Some(reference) && u.as_deref() == url {
         return Ok(Some(false));
     }
-    sqlx::query(
-        "update alerts set ticket_ref = $2, ticket_url = $3, updated_at = $4 where id = $1",
-    )
-    .bind(id)
-    .bind(reference)
-    .bind(url)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
+    alerts::set_ticket(&mut tx, id, reference, url, now).await?;
     let mut details = serde_json::Map::new();
     details.insert("ref".into(), json!(reference));
     details.insert("url".into(), json!(url));

@@ -1,7 +1,8 @@
 //! The `alerts` and `alert_events` tables: the trail insert, the alert as the API shows it
 //! (`AlertRow`, read in a transaction or from the pool), lists, counts, the inhibition link and
-//! the firing gaps and outages the grouping pass reads.
-//! The state machine that decides what to write is `alerts::lifecycle`.
+//! the firing gaps and outages the grouping pass reads, and the state machine's writes (fire,
+//! reopen, resolve, cover, acknowledge, ticket). The state machine that decides what to write,
+//! and which trail and outbox rows go with it, is `alerts::lifecycle`.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -304,4 +305,260 @@ pub async fn firing_subjects(
     .bind(kinds)
     .fetch_all(conn)
     .await
+}
+
+// The writes of the alert state machine (`alerts::lifecycle`), each in the caller's
+// transaction. The decisions (which of these, and the trail and outbox rows that go with them)
+// stay in `lifecycle`.
+
+/// The firing alert of a (kind, subject) with what `fire` compares (summary, details,
+/// severity), locked for the caller's transaction.
+pub async fn lock_firing(
+    conn: &mut PgConnection,
+    kind: Kind,
+    subject: &str,
+) -> sqlx::Result<Option<(i64, String, Value, String)>> {
+    sqlx::query_as(
+        r#"select id, summary, details, severity from alerts
+           where kind = $1 and subject = $2 and status = 'firing' for update"#,
+    )
+    .bind(kind.as_str())
+    .bind(subject)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The last alert of a (kind, subject) that resolved at or after `since`, locked.
+pub async fn lock_resolved_since(
+    conn: &mut PgConnection,
+    kind: Kind,
+    subject: &str,
+    since: DateTime<Utc>,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        r#"select id from alerts
+           where kind = $1 and subject = $2 and status = 'resolved' and resolved_at >= $3
+           order by resolved_at desc limit 1 for update"#,
+    )
+    .bind(kind.as_str())
+    .bind(subject)
+    .bind(since)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Make an existing alert firing with new text: an update of a firing alert or the reopening
+/// of a resolved one (which drops the outage cover and inhibition it had when it resolved).
+pub async fn refire(
+    conn: &mut PgConnection,
+    id: i64,
+    summary: &str,
+    details: &Value,
+    severity: Severity,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"update alerts set status = 'firing', resolved_at = null, summary = $2, details = $3,
+               severity = $4, updated_at = $5,
+               covered_by = case when status = 'resolved' then null else covered_by end,
+               inhibited_by = case when status = 'resolved' then null else inhibited_by end
+           where id = $1"#,
+    )
+    .bind(id)
+    .bind(summary)
+    .bind(details)
+    .bind(severity.as_str())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A new firing alert. Returns its id.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_firing(
+    conn: &mut PgConnection,
+    kind: Kind,
+    subject: &str,
+    device_id: Option<&str>,
+    group_id: Option<&str>,
+    severity: Severity,
+    now: DateTime<Utc>,
+    summary: &str,
+    details: &Value,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"insert into alerts (kind, subject, device_id, group_id, severity, status, opened_at,
+                               summary, details, updated_at)
+           values ($1, $2, $3, $4, $5, 'firing', $6, $7, $8, $6)
+           returning id"#,
+    )
+    .bind(kind.as_str())
+    .bind(subject)
+    .bind(device_id)
+    .bind(group_id)
+    .bind(severity.as_str())
+    .bind(now)
+    .bind(summary)
+    .bind(details)
+    .fetch_one(conn)
+    .await
+}
+
+/// Replace an alert's summary and details (a reclassification).
+pub async fn set_summary(
+    conn: &mut PgConnection,
+    id: i64,
+    summary: &str,
+    details: &Value,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query("update alerts set summary = $2, details = $3, updated_at = $4 where id = $1")
+        .bind(id)
+        .bind(summary)
+        .bind(details)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Resolve a firing alert, merging `outcome` into its details. Returns false if it was not
+/// firing.
+pub async fn resolve(
+    conn: &mut PgConnection,
+    id: i64,
+    now: DateTime<Utc>,
+    summary: Option<&str>,
+    outcome: &Value,
+) -> sqlx::Result<bool> {
+    let n = sqlx::query(
+        r#"update alerts set status = 'resolved', resolved_at = $2,
+               summary = coalesce($3, summary), details = details || $4, updated_at = $2
+           where id = $1 and status = 'firing'"#,
+    )
+    .bind(id)
+    .bind(now)
+    .bind(summary)
+    .bind(outcome)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// The firing alert of a (kind, subject), if any.
+pub async fn firing_id(
+    conn: &mut PgConnection,
+    kind: Kind,
+    subject: &str,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "select id from alerts where kind = $1 and subject = $2 and status = 'firing'",
+    )
+    .bind(kind.as_str())
+    .bind(subject)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Cover the firing alerts among `ids` not yet covered by outage `by`. Returns the ids newly
+/// covered.
+pub async fn cover(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    by: i64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        r#"update alerts set covered_by = $2, updated_at = $3
+           where id = any($1) and covered_by is null and status = 'firing' and id <> $2
+           returning id"#,
+    )
+    .bind(ids)
+    .bind(by)
+    .bind(now)
+    .fetch_all(conn)
+    .await
+}
+
+/// Release the still-firing alerts outage `by` covered. Returns their ids.
+pub async fn uncover(
+    conn: &mut PgConnection,
+    by: i64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        r#"update alerts set covered_by = null, updated_at = $2
+           where covered_by = $1 and status = 'firing' returning id"#,
+    )
+    .bind(by)
+    .bind(now)
+    .fetch_all(conn)
+    .await
+}
+
+/// Who acknowledged alert `id` (None inside: nobody yet), locked; None for an unknown alert.
+pub async fn lock_acknowledged_by(
+    conn: &mut PgConnection,
+    id: i64,
+) -> sqlx::Result<Option<Option<String>>> {
+    sqlx::query_scalar("select acknowledged_by from alerts where id = $1 for update")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Record an acknowledgement.
+pub async fn set_acknowledged(
+    conn: &mut PgConnection,
+    id: i64,
+    principal: &str,
+    now: DateTime<Utc>,
+    note: Option<&str>,
+    on_behalf_of: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"update alerts set acknowledged_by = $2, acknowledged_at = $3, ack_note = $4,
+               ack_on_behalf_of = $5, updated_at = $3 where id = $1"#,
+    )
+    .bind(id)
+    .bind(principal)
+    .bind(now)
+    .bind(note)
+    .bind(on_behalf_of)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Alert `id`'s ticket (reference, URL), locked; None for an unknown alert.
+pub async fn lock_ticket(
+    conn: &mut PgConnection,
+    id: i64,
+) -> sqlx::Result<Option<(Option<String>, Option<String>)>> {
+    sqlx::query_as("select ticket_ref, ticket_url from alerts where id = $1 for update")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Attach (or replace) alert `id`'s ticket.
+pub async fn set_ticket(
+    conn: &mut PgConnection,
+    id: i64,
+    reference: &str,
+    url: Option<&str>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "update alerts set ticket_ref = $2, ticket_url = $3, updated_at = $4 where id = $1",
+    )
+    .bind(id)
+    .bind(reference)
+    .bind(url)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -153,7 +153,7 @@ pub async fn tick(pool: &PgPool, s: &Settings, now: DateTime<Utc>) -> anyhow::Re
             if n * 2 >= rule.threshold {
                 continue;
             }
-            let Some(id) = lifecycle::firing_id(&mut tx, kind, subject).await? else {
+            let Some(id) = crate::db::alerts::firing_id(&mut tx, kind, subject).await? else {
                 continue;
             };
             // `resolved_count` rather than `count`: the details keep the count the alert last

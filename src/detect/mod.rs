@@ -211,7 +211,9 @@ impl Detector {
         if recovered {
             let mut tx = self.pool.begin().await?;
             db::detector::set_restart(&mut *tx, now).await?;
-            if let Some(id) = lifecycle::firing_id(&mut tx, Kind::IngestDown, "ingest").await? {
+            if let Some(id) =
+                crate::db::alerts::firing_id(&mut tx, Kind::IngestDown, "ingest").await?
+            {
                 lifecycle::resolve(
                     &mut tx,
                     id,
