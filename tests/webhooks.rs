@@ -18,6 +18,7 @@ use fleetwatch::alerts::outbox;
 use fleetwatch::alerts::webhook::{Outcome, Worker};
 use fleetwatch::clock::{Clock, ManualClock};
 use fleetwatch::config::{Config, HumanDuration, Secret, WebhookConfig, WebhookFormat};
+use fleetwatch::db::notifications;
 use fleetwatch::domain::actor::Actor;
 use fleetwatch::domain::alert::{Kind, Severity};
 use serde_json::{json, Value};
@@ -621,14 +622,18 @@ async fn dead_letter_after_max_attempt_age_then_redrive(pool: PgPool) {
     assert_eq!(attempts(&pool, id).await.len() as i32, r.attempts);
 
     // listed as dead, then re-driven from the API's function: same delivery id
-    let dead = outbox::list(&pool, Some(outbox::NotificationStatus::Dead), None, 10)
+    let dead = notifications::list(&pool, Some(outbox::NotificationStatus::Dead), None, 10)
         .await
         .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, id);
     rx.up().await;
-    assert!(outbox::redrive(&pool, id, clock.now()).await.unwrap());
-    assert!(!outbox::redrive(&pool, id, clock.now()).await.unwrap());
+    assert!(notifications::redrive(&pool, id, clock.now())
+        .await
+        .unwrap());
+    assert!(!notifications::redrive(&pool, id, clock.now())
+        .await
+        .unwrap());
     assert_eq!(tick(&w, &clock).await.delivered, 1);
     let seen = rx.accepted();
     assert_eq!(seen.len(), 1);

@@ -25,6 +25,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::config::WebhookConfig;
 use crate::db::alerts::{body_of, snapshot};
 use crate::db::notifications::{self, NewNotification};
+use crate::db::webhooks;
 use crate::domain::alert::Severity;
 
 pub use crate::domain::notification::{Event, NotificationStatus};
@@ -67,58 +68,25 @@ pub async fn sync_endpoints(pool: &PgPool, hooks: &[WebhookConfig]) -> sqlx::Res
         let name = w.name_at(i);
         let rank = w.min_severity.map_or(3, severity_rank);
         let resolve_wait = w.resolve_wait.unwrap_or(w.group_wait);
-        sqlx::query(
-            r#"insert into webhook_endpoints (name, kinds, groups, max_severity_rank,
-                   send_resolved, send_reminders, group_wait_ms, resolve_wait_ms,
-                   repeat_interval_ms, updated_at)
-               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
-               on conflict (name) do update set kinds = excluded.kinds, groups = excluded.groups,
-                   max_severity_rank = excluded.max_severity_rank,
-                   send_resolved = excluded.send_resolved,
-                   send_reminders = excluded.send_reminders,
-                   group_wait_ms = excluded.group_wait_ms,
-                   resolve_wait_ms = excluded.resolve_wait_ms,
-                   repeat_interval_ms = excluded.repeat_interval_ms, updated_at = now()"#,
-        )
-        .bind(&name)
-        .bind(&w.kinds)
-        .bind(&w.groups)
-        .bind(rank)
-        .bind(w.send_resolved)
-        .bind(w.send_reminders)
-        .bind(ms(w.group_wait.0))
-        .bind(ms(resolve_wait.0))
-        .bind(ms(w.repeat_interval.0).max(1))
-        .execute(&mut *tx)
-        .await?;
+        let rules = webhooks::EndpointRules {
+            name: &name,
+            kinds: &w.kinds,
+            groups: &w.groups,
+            max_severity_rank: rank,
+            send_resolved: w.send_resolved,
+            send_reminders: w.send_reminders,
+            group_wait_ms: ms(w.group_wait.0),
+            resolve_wait_ms: ms(resolve_wait.0),
+            repeat_interval_ms: ms(w.repeat_interval.0).max(1),
+        };
+        webhooks::upsert(&mut tx, &rules).await?;
         names.push(name);
     }
-    sqlx::query("delete from webhook_endpoints where not (name = any($1))")
-        .bind(&names)
-        .execute(&mut *tx)
-        .await?;
+    webhooks::delete_except(&mut tx, &names).await?;
     // A worker only claims rows of the endpoints it knows (a replica still on the previous
     // configuration must not dead-letter a new endpoint's rows); removal is decided here.
-    sqlx::query(
-        r#"update notifications set status = 'dead', finished_at = now(),
-               last_error = 'endpoint no longer configured'
-           where status = 'pending' and not (endpoint = any($1))"#,
-    )
-    .bind(&names)
-    .execute(&mut *tx)
-    .await?;
+    notifications::dead_letter_unconfigured(&mut *tx, &names).await?;
     tx.commit().await
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct Route {
-    name: String,
-    kinds: Vec<String>,
-    groups: Vec<String>,
-    max_severity_rank: i32,
-    send_resolved: bool,
-    group_wait_ms: i64,
-    resolve_wait_ms: i64,
 }
 
 /// Record the notifications `change` of `alert_id` calls for, one per matching endpoint, in the
@@ -129,13 +97,7 @@ pub async fn notify(
     change: Change,
     now: DateTime<Utc>,
 ) -> sqlx::Result<usize> {
-    let routes: Vec<Route> = sqlx::query_as(
-        r#"select name, kinds, groups, max_severity_rank, send_resolved, group_wait_ms,
-                  resolve_wait_ms
-           from webhook_endpoints order by name"#,
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let routes = webhooks::routes(&mut *conn).await?;
     if routes.is_empty() {
         return Ok(0);
     }
@@ -183,72 +145,4 @@ pub async fn notify(
         written += 1;
     }
     Ok(written)
-}
-
-/// A notification as the deliveries list shows it.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
-#[schema(as = Delivery)]
-pub struct DeliveryRow {
-    pub id: i64,
-    pub alert_id: i64,
-    pub endpoint: String,
-    pub event: Event,
-    pub delivery_id: String,
-    pub status: NotificationStatus,
-    pub attempts: i32,
-    pub next_attempt_at: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
-    pub delivered_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-}
-
-/// Notifications newest first, optionally of one status, strictly before `before_id`.
-pub async fn list(
-    pool: &PgPool,
-    status: Option<NotificationStatus>,
-    before_id: Option<i64>,
-    limit: i64,
-) -> sqlx::Result<Vec<DeliveryRow>> {
-    sqlx::query_as(
-        r#"select id, alert_id, endpoint, event, delivery_id, status, attempts, next_attempt_at,
-                  created_at, delivered_at, finished_at, last_error
-           from notifications
-           where ($1::text is null or status = $1) and ($2::bigint is null or id < $2)
-           order by id desc limit $3"#,
-    )
-    .bind(status)
-    .bind(before_id)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
-
-/// Re-drive a dead notification: pending again, due now, with a fresh retry schedule (its age
-/// counts from now). The delivery id stays, so receivers can still drop a duplicate. Returns
-/// false if it is not dead.
-/// One notification.
-pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeliveryRow>> {
-    sqlx::query_as(
-        r#"select id, alert_id, endpoint, event, delivery_id, status, attempts, next_attempt_at,
-                  created_at, delivered_at, finished_at, last_error
-           from notifications where id = $1"#,
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
-}
-
-pub async fn redrive(pool: &PgPool, id: i64, now: DateTime<Utc>) -> sqlx::Result<bool> {
-    let n = sqlx::query(
-        r#"update notifications set status = 'pending', next_attempt_at = $2, retry_since = $2,
-               finished_at = null
-           where id = $1 and status = 'dead'"#,
-    )
-    .bind(id)
-    .bind(now)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
 }

@@ -7,6 +7,7 @@ pub mod notifications;
 pub mod presence;
 pub mod retirement;
 pub mod telemetry;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -1,10 +1,12 @@
-//! The notification outbox's rows: the one place a notification is written.
+//! The `notifications` table: the one place a notification is written, "what was this endpoint
+//! last told" (`told`, `last_told`, `last_told_id`), the deliveries list and re-drive, and the
+//! dead-lettering of endpoints no longer configured.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, PgPool};
 
-use crate::domain::notification::Event;
+use crate::domain::notification::{Event, NotificationStatus};
 
 /// A notification to queue for one endpoint.
 #[derive(Debug, Clone)]
@@ -87,4 +89,88 @@ pub fn last_told_id(alert: &str, endpoint: &str) -> String {
         "(select coalesce(max(o.id), 0) from notifications o where {told})",
         told = told(alert, endpoint, STATE_EVENTS)
     )
+}
+
+/// Dead-letter the pending rows of endpoints not named in `names` (no longer configured).
+pub async fn dead_letter_unconfigured(
+    conn: impl PgExecutor<'_>,
+    names: &[String],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"update notifications set status = 'dead', finished_at = now(),
+               last_error = 'endpoint no longer configured'
+           where status = 'pending' and not (endpoint = any($1))"#,
+    )
+    .bind(names)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A notification as the deliveries list shows it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = Delivery)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub alert_id: i64,
+    pub endpoint: String,
+    pub event: Event,
+    pub delivery_id: String,
+    pub status: NotificationStatus,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// Notifications newest first, optionally of one status, strictly before `before_id`.
+pub async fn list(
+    pool: &PgPool,
+    status: Option<NotificationStatus>,
+    before_id: Option<i64>,
+    limit: i64,
+) -> sqlx::Result<Vec<DeliveryRow>> {
+    sqlx::query_as(
+        r#"select id, alert_id, endpoint, event, delivery_id, status, attempts, next_attempt_at,
+                  created_at, delivered_at, finished_at, last_error
+           from notifications
+           where ($1::text is null or status = $1) and ($2::bigint is null or id < $2)
+           order by id desc limit $3"#,
+    )
+    .bind(status)
+    .bind(before_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// One notification.
+pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeliveryRow>> {
+    sqlx::query_as(
+        r#"select id, alert_id, endpoint, event, delivery_id, status, attempts, next_attempt_at,
+                  created_at, delivered_at, finished_at, last_error
+           from notifications where id = $1"#,
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Re-drive a dead notification: pending again, due now, with a fresh retry schedule (its age
+/// counts from now). The delivery id stays, so receivers can still drop a duplicate. Returns
+/// false if it is not dead.
+pub async fn redrive(pool: &PgPool, id: i64, now: DateTime<Utc>) -> sqlx::Result<bool> {
+    let n = sqlx::query(
+        r#"update notifications set status = 'pending', next_attempt_at = $2, retry_since = $2,
+               finished_at = null
+           where id = $1 and status = 'dead'"#,
+    )
+    .bind(id)
+    .bind(now)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
 }

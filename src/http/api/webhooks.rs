@@ -6,7 +6,8 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::{parse_filter, Page, Paging};
-use crate::alerts::outbox::{self, DeliveryRow, NotificationStatus};
+use crate::alerts::outbox::NotificationStatus;
+use crate::db::notifications::{self, DeliveryRow};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ids, ApiQuery, PathId};
 use crate::http::AppState;
@@ -36,7 +37,7 @@ pub async fn list(
 ) -> ApiResult<Json<Page<DeliveryRow>>> {
     let status = parse_filter("status", q.status.as_deref())?;
     let paging = Paging::new(q.limit, q.cursor.as_deref())?;
-    let rows = outbox::list(&state.pool, status, paging.after, paging.fetch()).await?;
+    let rows = notifications::list(&state.pool, status, paging.after, paging.fetch()).await?;
     Ok(Json(paging.page(rows, |d| d.id)))
 }
 
@@ -53,15 +54,15 @@ pub async fn redrive(
     id: PathId<ids::Delivery>,
 ) -> ApiResult<Json<DeliveryRow>> {
     let id = id.get();
-    if !outbox::redrive(&state.pool, id, state.clock.now()).await? {
-        let exists = outbox::get(&state.pool, id).await?.is_some();
+    if !notifications::redrive(&state.pool, id, state.clock.now()).await? {
+        let exists = notifications::get(&state.pool, id).await?.is_some();
         return Err(if exists {
             ApiError::Conflict(format!("delivery {id} is not dead"))
         } else {
             ApiError::NotFound(format!("no delivery {id}"))
         });
     }
-    outbox::get(&state.pool, id)
+    notifications::get(&state.pool, id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no delivery {id}")))
