@@ -114,7 +114,7 @@ pub async fn notify(
     // While a silence matches, the rows are still written (history: why nothing was sent)
     // but finished at once, `superseded` and naming the silence; the worker's "silence ended"
     // pass ([`super::silences::catch_up`]) brings the endpoint up to date afterwards.
-    let silenced_by = super::silences::is_silenced(&mut *conn, &alert, now).await?;
+    let silenced_by = crate::db::silences::is_silenced(&mut *conn, &alert, now).await?;
     let mut written = 0;
     for r in routes {
         if !r.kinds.is_empty() && !r.kinds.iter().any(|k| k == alert.kind.as_str()) {

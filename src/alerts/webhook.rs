@@ -453,7 +453,7 @@ impl Worker {
                      and (select max(o.finished_at) from notifications o
                           where {pinged}) <= $2
                    order by a.id"#,
-                silenced = silences::active_match("$3"),
+                silenced = crate::db::silences::active_match("$3"),
                 last_told = notifications::last_told("a.id", "$1", None),
                 pinged = notifications::told("a.id", "$1", &[Event::Firing, Event::Reminder]),
             ))
@@ -564,7 +564,7 @@ impl Worker {
                from due join notifications n on n.id = due.id
                         join alerts a on a.id = n.alert_id
                order by n.next_attempt_at, n.id"#,
-            silenced = silences::active_match("$1"),
+            silenced = crate::db::silences::active_match("$1"),
             last_told = notifications::last_told("n.alert_id", "n.endpoint", Some("n.id")),
         ))
         .bind(now)

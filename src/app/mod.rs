@@ -186,7 +186,7 @@ impl App {
                 move |_| {
                     let (pool, clock, metrics) = (pool.clone(), clock.clone(), metrics.clone());
                     async move {
-                        let n = crate::alerts::silences::active_count(&pool, clock.now())
+                        let n = crate::db::silences::active_count(&pool, clock.now())
                             .await
                             .context("counting active silences")?;
                         metrics.tasks.silences_active.set(n);

@@ -6,6 +6,7 @@ pub mod devices;
 pub mod notifications;
 pub mod presence;
 pub mod retirement;
+pub mod silences;
 pub mod telemetry;
 pub mod webhooks;
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::{Page, Paging};
-use crate::alerts::silences::{self, Ended, NewSilence, SilenceRow};
+use crate::db::silences::{self, Ended, NewSilence, SilenceRow};
 use crate::domain::silence;
 use crate::http::auth::Principal;
 use crate::http::error::{ApiError, ApiResult, Problem};
