@@ -51,7 +51,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng;
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -64,7 +63,7 @@ use super::silences;
 use crate::clock::SharedClock;
 use crate::config::{Secret, WebhookConfig, WebhookFormat};
 use crate::db::alerts;
-use crate::db::notifications::{self, NewNotification};
+use crate::db::notifications::{self, Claimed, NewNotification};
 use crate::domain::notification::Event;
 use crate::logging::RateLimitedWarn;
 use crate::metrics::Metrics;
@@ -199,31 +198,6 @@ struct Leased {
     row: Claimed,
     endpoint: Arc<Endpoint>,
     _slot: OwnedSemaphorePermit,
-}
-
-/// A claimed row, with what the worker needs to decide and send.
-#[derive(Debug, sqlx::FromRow)]
-struct Claimed {
-    id: i64,
-    alert_id: i64,
-    endpoint: String,
-    event: String,
-    delivery_id: String,
-    body: Value,
-    attempts: i32,
-    next_attempt_at: DateTime<Utc>,
-    retry_since: DateTime<Utc>,
-    alert_status: String,
-    resolved_at: Option<DateTime<Utc>>,
-    covered_by: Option<i64>,
-    /// Another alert inhibits this one (`alerts::inhibit`).
-    inhibited_by: Option<i64>,
-    acknowledged: bool,
-    /// What this endpoint was last told about the alert: the event of its last delivered or
-    /// dead firing/resolved row before this one.
-    last_told: Option<String>,
-    /// An active silence matching the alert now, if any.
-    silenced_by: Option<i64>,
 }
 
 /// What to do with a claimed row before sending.
@@ -431,37 +405,14 @@ impl Worker {
         }
         let mut tx = self.pool.begin().await?;
         // Replicas all run the worker: one writes the reminders, the others skip this pass.
-        let locked: bool = sqlx::query_scalar(
-            "select pg_try_advisory_xact_lock(hashtext('fleetwatch.webhook.reminders'))",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
+        let locked = notifications::try_lock_reminders(&mut tx).await?;
         if !locked {
             return Ok(0);
         }
         let mut written = 0;
         for e in due {
-            let ids: Vec<i64> = sqlx::query_scalar(&format!(
-                r#"select a.id from alerts a
-                   where a.status = 'firing' and a.acknowledged_by is null
-                     and a.covered_by is null and a.inhibited_by is null
-                     and not exists (select 1 from silences s where {silenced})
-                     and not exists (select 1 from notifications p
-                                     where p.alert_id = a.id and p.endpoint = $1
-                                       and p.status = 'pending')
-                     and {last_told} = 'alert.firing'
-                     and (select max(o.finished_at) from notifications o
-                          where {pinged}) <= $2
-                   order by a.id"#,
-                silenced = crate::db::silences::active_match("$3"),
-                last_told = notifications::last_told("a.id", "$1", None),
-                pinged = notifications::told("a.id", "$1", &[Event::Firing, Event::Reminder]),
-            ))
-            .bind(&e.name)
-            .bind(now - e.repeat_interval)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
+            let ids = notifications::reminders_due(&mut tx, &e.name, now - e.repeat_interval, now)
+                .await?;
             for id in ids {
                 let Some(alert) = alerts::snapshot(&mut tx, id).await? else {
                     continue;
@@ -484,11 +435,7 @@ impl Worker {
     /// The "silence ended" pass ([`silences::catch_up`]), by one replica at a time.
     async fn silences_ended(&self, now: DateTime<Utc>) -> sqlx::Result<usize> {
         let mut tx = self.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar(
-            "select pg_try_advisory_xact_lock(hashtext('fleetwatch.webhook.silences'))",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
+        let locked = notifications::try_lock_silences(&mut tx).await?;
         if !locked {
             return Ok(0);
         }
@@ -543,35 +490,7 @@ impl Worker {
         let e = &lane.endpoint;
         let mut leased = Vec::new();
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<Claimed> = sqlx::query_as(&format!(
-            r#"with due as (
-                   select n.id from notifications n
-                   where n.status = 'pending' and n.next_attempt_at <= $1
-                     and n.endpoint = $3
-                     and not exists (select 1 from notifications o
-                                     where o.alert_id = n.alert_id and o.endpoint = n.endpoint
-                                       and o.status = 'pending' and o.id < n.id)
-                   order by n.next_attempt_at, n.id
-                   limit $2
-                   for update of n skip locked)
-               select n.id, n.alert_id, n.endpoint, n.event, n.delivery_id, n.body, n.attempts,
-                      n.next_attempt_at, n.retry_since, a.status as alert_status,
-                      a.resolved_at, a.covered_by, a.inhibited_by,
-                      a.acknowledged_by is not null as acknowledged,
-                      {last_told} as last_told,
-                      (select s.id from silences s where {silenced}
-                       order by s.id limit 1) as silenced_by
-               from due join notifications n on n.id = due.id
-                        join alerts a on a.id = n.alert_id
-               order by n.next_attempt_at, n.id"#,
-            silenced = crate::db::silences::active_match("$1"),
-            last_told = notifications::last_told("n.alert_id", "n.endpoint", Some("n.id")),
-        ))
-        .bind(now)
-        .bind(free as i64)
-        .bind(&e.name)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = notifications::claim_due(&mut tx, &e.name, free as i64, now).await?;
         out.claimed += rows.len();
         let full = rows.len() >= free;
         for c in rows {
@@ -583,14 +502,7 @@ impl Worker {
                         continue;
                     };
                     let lease = now + td(e.timeout) + LEASE_MARGIN;
-                    sqlx::query(
-                        r#"update notifications set attempts = attempts + 1,
-                               next_attempt_at = $2 where id = $1"#,
-                    )
-                    .bind(c.id)
-                    .bind(lease)
-                    .execute(&mut *tx)
-                    .await?;
+                    notifications::lease(&mut tx, c.id, lease).await?;
                     leased.push(Leased {
                         row: c,
                         endpoint: e.clone(),
@@ -599,12 +511,12 @@ impl Worker {
                 }
                 Decision::Supersede(why) => {
                     tracing::debug!(id = c.id, alert = c.alert_id, endpoint = %c.endpoint, event = %c.event, %why, "notification superseded");
-                    finish(&mut tx, c.id, "superseded", &why, now).await?;
+                    notifications::finish(&mut tx, c.id, "superseded", &why, now).await?;
                     out.superseded += 1;
                 }
                 Decision::Silenced(silence) => {
                     tracing::debug!(id = c.id, alert = c.alert_id, endpoint = %c.endpoint, event = %c.event, silence, "notification silenced");
-                    finish(
+                    notifications::finish(
                         &mut tx,
                         c.id,
                         "superseded",
@@ -612,16 +524,12 @@ impl Worker {
                         now,
                     )
                     .await?;
-                    sqlx::query("update notifications set silenced_by = $2 where id = $1")
-                        .bind(c.id)
-                        .bind(silence)
-                        .execute(&mut *tx)
-                        .await?;
+                    notifications::set_silenced_by(&mut tx, c.id, silence).await?;
                     out.superseded += 1;
                 }
                 Decision::Dead(why) => {
                     tracing::warn!(id = c.id, alert = c.alert_id, endpoint = %c.endpoint, %why, "notification dead-lettered");
-                    finish(&mut tx, c.id, "dead", &why, now).await?;
+                    notifications::finish(&mut tx, c.id, "dead", &why, now).await?;
                     out.dead += 1;
                 }
             }
@@ -685,32 +593,23 @@ async fn record(
         Attempt::Retry { status, error, .. } => (*status, Some(error.clone())),
         Attempt::Fatal { status, error } => (Some(*status), Some(error.clone())),
     };
-    sqlx::query(
-        r#"insert into delivery_attempts (notification_id, at, status_code, latency_ms, error)
-           values ($1, $2, $3, $4, $5)"#,
+    notifications::insert_attempt(
+        &mut tx,
+        c.id,
+        now,
+        status.map(i32::from),
+        i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
+        error.as_deref(),
     )
-    .bind(c.id)
-    .bind(now)
-    .bind(status.map(i32::from))
-    .bind(i64::try_from(latency.as_millis()).unwrap_or(i64::MAX))
-    .bind(&error)
-    .execute(&mut *tx)
     .await?;
     match result {
         Attempt::Delivered(_) => {
-            sqlx::query(
-                r#"update notifications set status = 'delivered', delivered_at = $2,
-                       finished_at = $2, last_error = null where id = $1"#,
-            )
-            .bind(c.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            notifications::mark_delivered(&mut tx, c.id, now).await?;
             out.delivered += 1;
         }
         Attempt::Fatal { error, .. } => {
             tracing::warn!(id = c.id, endpoint = %e.name, %error, "webhook refused; dead-lettered");
-            finish(&mut tx, c.id, "dead", &error, now).await?;
+            notifications::finish(&mut tx, c.id, "dead", &error, now).await?;
             out.dead += 1;
         }
         Attempt::Retry {
@@ -719,7 +618,7 @@ async fn record(
             let deadline = c.retry_since + e.max_attempt_age;
             if now >= deadline {
                 tracing::warn!(id = c.id, endpoint = %e.name, %error, "webhook failing past max_attempt_age; dead-lettered");
-                finish(&mut tx, c.id, "dead", &error, now).await?;
+                notifications::finish(&mut tx, c.id, "dead", &error, now).await?;
                 out.dead += 1;
             } else {
                 let delay = e
@@ -727,39 +626,13 @@ async fn record(
                     .max(retry_after.unwrap_or(TimeDelta::zero()));
                 let next = (now + delay).min(deadline);
                 tracing::debug!(id = c.id, endpoint = %e.name, %error, %next, "webhook failed; will retry");
-                sqlx::query(
-                    "update notifications set next_attempt_at = $2, last_error = $3 where id = $1",
-                )
-                .bind(c.id)
-                .bind(next)
-                .bind(&error)
-                .execute(&mut *tx)
-                .await?;
+                notifications::schedule_retry(&mut tx, c.id, next, &error).await?;
                 out.retried += 1;
             }
         }
     }
     tx.commit().await?;
     Ok(out)
-}
-
-async fn finish(
-    conn: &mut sqlx::PgConnection,
-    id: i64,
-    status: &str,
-    why: &str,
-    now: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "update notifications set status = $2, finished_at = $3, last_error = $4 where id = $1",
-    )
-    .bind(id)
-    .bind(status)
-    .bind(now)
-    .bind(why)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// One signed POST. Every error text in the result is redacted: it names the endpoint, never
@@ -1017,6 +890,7 @@ fn log_outcome(o: &Outcome) {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use serde_json::Value;
 
     fn endpoint() -> Endpoint {
         Endpoint::from_config(0, &WebhookConfig::default()).unwrap()

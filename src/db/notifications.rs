@@ -1,10 +1,13 @@
 //! The `notifications` table: the one place a notification is written, "what was this endpoint
 //! last told" (`told`, `last_told`, `last_told_id`), the deliveries list and re-drive, and the
-//! dead-lettering of endpoints no longer configured.
+//! dead-lettering of endpoints no longer configured, and the delivery worker's queries (the
+//! reminder and silence-ended pass locks, reminders due, the `for update skip locked` claim, the
+//! lease, attempts and outcomes). What to do with a claimed row (`decide`) stays in
+//! `alerts::webhook`.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use crate::domain::notification::{Event, NotificationStatus};
 
@@ -173,4 +176,218 @@ pub async fn redrive(pool: &PgPool, id: i64, now: DateTime<Utc>) -> sqlx::Result
     .await?
     .rows_affected();
     Ok(n == 1)
+}
+
+/// A claimed row, with what the worker needs to decide and send.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: i64,
+    pub alert_id: i64,
+    pub endpoint: String,
+    pub event: String,
+    pub delivery_id: String,
+    pub body: Value,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub retry_since: DateTime<Utc>,
+    pub alert_status: String,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub covered_by: Option<i64>,
+    /// Another alert inhibits this one (`alerts::inhibit`).
+    pub inhibited_by: Option<i64>,
+    pub acknowledged: bool,
+    /// What this endpoint was last told about the alert: the event of its last delivered or
+    /// dead firing/resolved row before this one.
+    pub last_told: Option<String>,
+    /// An active silence matching the alert now, if any.
+    pub silenced_by: Option<i64>,
+}
+
+/// Take the reminder pass's lock for the caller's transaction: replicas all run the worker,
+/// one writes the reminders. False if another holds it.
+pub async fn try_lock_reminders(conn: &mut PgConnection) -> sqlx::Result<bool> {
+    sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtext('fleetwatch.webhook.reminders'))")
+        .fetch_one(conn)
+        .await
+}
+
+/// The alerts endpoint `endpoint` is due a reminder about at `now`: firing, unacknowledged,
+/// neither covered, inhibited nor silenced, no pending row on the endpoint, last told it fires,
+/// and last pinged (firing or reminder) at or before `since`.
+pub async fn reminders_due(
+    conn: &mut PgConnection,
+    endpoint: &str,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(&format!(
+        r#"select a.id from alerts a
+           where a.status = 'firing' and a.acknowledged_by is null
+             and a.covered_by is null and a.inhibited_by is null
+             and not exists (select 1 from silences s where {silenced})
+             and not exists (select 1 from notifications p
+                             where p.alert_id = a.id and p.endpoint = $1
+                               and p.status = 'pending')
+             and {last_told} = 'alert.firing'
+             and (select max(o.finished_at) from notifications o
+                  where {pinged}) <= $2
+           order by a.id"#,
+        silenced = super::silences::active_match("$3"),
+        last_told = last_told("a.id", "$1", None),
+        pinged = told("a.id", "$1", &[Event::Firing, Event::Reminder]),
+    ))
+    .bind(endpoint)
+    .bind(since)
+    .bind(now)
+    .fetch_all(conn)
+    .await
+}
+
+/// Take the "silence ended" pass's lock for the caller's transaction. False if another
+/// replica holds it.
+pub async fn try_lock_silences(conn: &mut PgConnection) -> sqlx::Result<bool> {
+    sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtext('fleetwatch.webhook.silences'))")
+        .fetch_one(conn)
+        .await
+}
+
+/// Claim up to `limit` of endpoint `endpoint`'s due rows in the caller's transaction: each the
+/// oldest pending row of its (alert, endpoint), oldest due first, `for update skip locked` so
+/// that replicas never claim the same row, with what the worker decides on (the alert's state,
+/// what the endpoint was last told, an active silence). The caller leases or finishes each and
+/// commits before sending.
+pub async fn claim_due(
+    conn: &mut PgConnection,
+    endpoint: &str,
+    limit: i64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<Claimed>> {
+    sqlx::query_as(&format!(
+        r#"with due as (
+               select n.id from notifications n
+               where n.status = 'pending' and n.next_attempt_at <= $1
+                 and n.endpoint = $3
+                 and not exists (select 1 from notifications o
+                                 where o.alert_id = n.alert_id and o.endpoint = n.endpoint
+                                   and o.status = 'pending' and o.id < n.id)
+               order by n.next_attempt_at, n.id
+               limit $2
+               for update of n skip locked)
+           select n.id, n.alert_id, n.endpoint, n.event, n.delivery_id, n.body, n.attempts,
+                  n.next_attempt_at, n.retry_since, a.status as alert_status,
+                  a.resolved_at, a.covered_by, a.inhibited_by,
+                  a.acknowledged_by is not null as acknowledged,
+                  {last_told} as last_told,
+                  (select s.id from silences s where {silenced}
+                   order by s.id limit 1) as silenced_by
+           from due join notifications n on n.id = due.id
+                    join alerts a on a.id = n.alert_id
+           order by n.next_attempt_at, n.id"#,
+        silenced = super::silences::active_match("$1"),
+        last_told = last_told("n.alert_id", "n.endpoint", Some("n.id")),
+    ))
+    .bind(now)
+    .bind(limit)
+    .bind(endpoint)
+    .fetch_all(conn)
+    .await
+}
+
+/// Lease a claimed row until `until`: one more attempt, not due again before then.
+pub async fn lease(conn: &mut PgConnection, id: i64, until: DateTime<Utc>) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"update notifications set attempts = attempts + 1,
+               next_attempt_at = $2 where id = $1"#,
+    )
+    .bind(id)
+    .bind(until)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Name the silence that superseded a row.
+pub async fn set_silenced_by(conn: &mut PgConnection, id: i64, silence: i64) -> sqlx::Result<()> {
+    sqlx::query("update notifications set silenced_by = $2 where id = $1")
+        .bind(id)
+        .bind(silence)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Record one delivery attempt of notification `id`.
+pub async fn insert_attempt(
+    conn: &mut PgConnection,
+    id: i64,
+    at: DateTime<Utc>,
+    status_code: Option<i32>,
+    latency_ms: i64,
+    error: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"insert into delivery_attempts (notification_id, at, status_code, latency_ms, error)
+           values ($1, $2, $3, $4, $5)"#,
+    )
+    .bind(id)
+    .bind(at)
+    .bind(status_code)
+    .bind(latency_ms)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Notification `id` was delivered at `now`.
+pub async fn mark_delivered(
+    conn: &mut PgConnection,
+    id: i64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"update notifications set status = 'delivered', delivered_at = $2,
+               finished_at = $2, last_error = null where id = $1"#,
+    )
+    .bind(id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Notification `id` failed with `error`: due again at `next`.
+pub async fn schedule_retry(
+    conn: &mut PgConnection,
+    id: i64,
+    next: DateTime<Utc>,
+    error: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("update notifications set next_attempt_at = $2, last_error = $3 where id = $1")
+        .bind(id)
+        .bind(next)
+        .bind(error)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Finish notification `id` as `status` (`superseded` or `dead`), saying why.
+pub async fn finish(
+    conn: &mut PgConnection,
+    id: i64,
+    status: &str,
+    why: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "update notifications set status = $2, finished_at = $3, last_error = $4 where id = $1",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(now)
+    .bind(why)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
