@@ -1,5 +1,6 @@
-//! Stored API tokens: their scopes, their shape, and their rows in `api_tokens` (create, list,
-//! revoke, find by hash, record use), plus the `fleetwatch token …` commands over them.
+//! Stored API tokens: their scopes, their shape, and what is done with their rows in
+//! `api_tokens` (create, list, revoke, find by hash, record use; the queries are `db::tokens`),
+//! plus the `fleetwatch token …` commands over them.
 //!
 //! A token is `fw_` followed by 32 random bytes in base64url (no padding). It is printed once,
 //! at creation, and only its SHA-256 is stored. 256 random bits need no salt or slow hash:
@@ -19,6 +20,8 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::config::{Config, Secret};
+use crate::db;
+pub use crate::db::tokens::TokenRow;
 
 /// What a token may do. Ordered: `admin` implies `write`, `write` implies `read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -136,18 +139,6 @@ pub struct NewToken {
     pub token: Secret,
 }
 
-/// A row of `fleetwatch token list`: everything but the secret, which is not stored anyway.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct TokenRow {
-    pub id: i64,
-    pub name: String,
-    pub scopes: Vec<String>,
-    pub prefix: String,
-    pub created_at: DateTime<Utc>,
-    pub last_used_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
 /// An unrevoked token found by its hash.
 #[derive(Debug, Clone)]
 pub struct ActiveToken {
@@ -174,19 +165,9 @@ pub async fn create(
     let token = generate();
     let prefix: String = token.expose()[..SHOWN_CHARS].to_string();
     let names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-    let id: i64 = sqlx::query_scalar(
-        r#"insert into api_tokens (name, scopes, token_hash, prefix, created_at)
-           values ($1, $2, $3, $4, $5)
-           returning id"#,
-    )
-    .bind(&name)
-    .bind(&names)
-    .bind(&hash(token.expose())[..])
-    .bind(&prefix)
-    .bind(now)
-    .fetch_one(pool)
-    .await
-    .context("storing the new token")?;
+    let id = db::tokens::insert(pool, &name, &names, &hash(token.expose()), &prefix, now)
+        .await
+        .context("storing the new token")?;
     Ok(NewToken {
         id,
         name,
@@ -198,12 +179,7 @@ pub async fn create(
 
 /// Every token, revoked ones included, oldest first.
 pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<TokenRow>> {
-    sqlx::query_as::<_, TokenRow>(
-        r#"select id, name, scopes, prefix, created_at, last_used_at, revoked_at
-           from api_tokens order by id"#,
-    )
-    .fetch_all(pool)
-    .await
+    db::tokens::list(pool).await
 }
 
 /// What `revoke` did.
@@ -223,23 +199,11 @@ pub enum Revoked {
 
 /// Revoke token `id`: it is refused from the next request on.
 pub async fn revoke(pool: &PgPool, id: i64, now: DateTime<Utc>) -> sqlx::Result<Revoked> {
-    let name: Option<String> = sqlx::query_scalar(
-        r#"update api_tokens set revoked_at = $2
-           where id = $1 and revoked_at is null
-           returning name"#,
-    )
-    .bind(id)
-    .bind(now)
-    .fetch_optional(pool)
-    .await?;
+    let name = db::tokens::revoke(pool, id, now).await?;
     if let Some(name) = name {
         return Ok(Revoked::Now { name });
     }
-    let row: Option<(String, Option<DateTime<Utc>>)> =
-        sqlx::query_as(r#"select name, revoked_at from api_tokens where id = $1"#)
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
+    let row = db::tokens::revoked_at(pool, id).await?;
     Ok(match row {
         Some((name, Some(at))) => Revoked::Already { name, at },
         // Unrevoked after a failed conditional update: un-revoking does not exist, so this is
@@ -250,20 +214,7 @@ pub async fn revoke(pool: &PgPool, id: i64, now: DateTime<Utc>) -> sqlx::Result<
 
 /// The unrevoked token whose SHA-256 is `digest`, if any.
 pub async fn find_active(pool: &PgPool, digest: &[u8; 32]) -> sqlx::Result<Option<ActiveToken>> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        id: i64,
-        name: String,
-        scopes: Vec<String>,
-        last_used_at: Option<DateTime<Utc>>,
-    }
-    let row: Option<Row> = sqlx::query_as(
-        r#"select id, name, scopes, last_used_at from api_tokens
-           where token_hash = $1 and revoked_at is null"#,
-    )
-    .bind(&digest[..])
-    .fetch_optional(pool)
-    .await?;
+    let row = db::tokens::find_active(pool, digest).await?;
     Ok(row.map(|r| ActiveToken {
         id: r.id,
         name: r.name,
@@ -284,16 +235,7 @@ pub fn needs_touch(last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
 /// Record that token `id` was used at `now`. Conditional, so that concurrent requests (and
 /// replicas) write the row once a minute between them, not once each.
 pub async fn touch(pool: &PgPool, id: i64, now: DateTime<Utc>) -> sqlx::Result<bool> {
-    let r = sqlx::query(
-        r#"update api_tokens set last_used_at = $2
-           where id = $1 and (last_used_at is null or last_used_at <= $2 - $3::interval)"#,
-    )
-    .bind(id)
-    .bind(now)
-    .bind(TOUCH_EVERY)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected() > 0)
+    db::tokens::touch(pool, id, now, TOUCH_EVERY).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ pub mod presence;
 pub mod retirement;
 pub mod silences;
 pub mod telemetry;
+pub mod tokens;
 pub mod webhooks;
 
 use std::str::FromStr;
