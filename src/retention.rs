@@ -2,13 +2,15 @@
 //! arrival), webhook delivery attempts and finished notifications, and alerts resolved long ago
 //! together with their trail and notifications. Deletes go in bounded batches so the job never
 //! holds long locks; everything is idempotent, so it may run on every replica. The supervisor
-//! (`app::tasks`) runs [`tick`] every `retention.interval`.
+//! (`app::tasks`) runs [`tick`] every `retention.interval`. The deletes themselves are in
+//! `db::{presence, notifications, alerts}`.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 
 use crate::clock::SharedClock;
 use crate::config::{HumanDuration, RetentionConfig};
+use crate::db;
 
 /// Rows per delete statement.
 const BATCH: i64 = 5000;
@@ -28,16 +30,16 @@ fn cutoff(now: DateTime<Utc>, keep: HumanDuration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// Run `sql` (a delete of at most `$2` rows older than `$1`) until it deletes less than a batch.
-async fn drain(pool: &PgPool, sql: &str, before: DateTime<Utc>) -> sqlx::Result<u64> {
+/// Run `batch` (a delete of at most `limit` rows older than `before`, returning how many) until
+/// it deletes less than a batch.
+async fn drain<'p, F, Fut>(pool: &'p PgPool, before: DateTime<Utc>, batch: F) -> sqlx::Result<u64>
+where
+    F: Fn(&'p PgPool, DateTime<Utc>, i64) -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<u64>>,
+{
     let mut total = 0;
     loop {
-        let n = sqlx::query(sql)
-            .bind(before)
-            .bind(BATCH)
-            .execute(pool)
-            .await?
-            .rows_affected();
+        let n = batch(pool, before, BATCH).await?;
         total += n;
         if n < BATCH as u64 {
             return Ok(total);
@@ -53,45 +55,21 @@ pub async fn tick(
 ) -> anyhow::Result<Deleted> {
     let now = clock.now();
     let mut d = Deleted {
-        presence_events: crate::db::presence::delete_older_than(
-            pool,
-            cutoff(now, cfg.presence_events),
-        )
-        .await?,
+        presence_events: db::presence::delete_older_than(pool, cutoff(now, cfg.presence_events))
+            .await?,
         ..Deleted::default()
     };
     let deliveries = cutoff(now, cfg.deliveries);
-    d.delivery_attempts = drain(
-        pool,
-        "delete from delivery_attempts where id in
-            (select id from delivery_attempts where at < $1 limit $2)",
-        deliveries,
-    )
-    .await?;
+    d.delivery_attempts =
+        drain(pool, deliveries, db::notifications::delete_attempts_before).await?;
     // Pending rows are never trimmed: they are work still to do.
-    d.notifications = drain(
-        pool,
-        "delete from notifications where id in
-            (select id from notifications where status <> 'pending' and finished_at < $1 limit $2)",
-        deliveries,
-    )
-    .await?;
+    d.notifications = drain(pool, deliveries, db::notifications::delete_finished_before).await?;
     // Alerts resolved long ago go with their trail and notifications; a firing alert, however
     // old, is kept whole. Alerts they covered forget the cover first (the reference would dangle).
     d.alerts = drain(
         pool,
-        "with old as (
-             select id from alerts where status = 'resolved' and resolved_at < $1 limit $2
-         ), uncover as (
-             update alerts set covered_by = null
-             where covered_by in (select id from old) and id not in (select id from old)
-         ), events as (
-             delete from alert_events where alert_id in (select id from old)
-         ), notes as (
-             delete from notifications where alert_id in (select id from old)
-         )
-         delete from alerts where id in (select id from old)",
         cutoff(now, cfg.alerts),
+        db::alerts::delete_resolved_before,
     )
     .await?;
     Ok(d)

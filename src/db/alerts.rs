@@ -562,3 +562,31 @@ pub async fn set_ticket(
     .await?;
     Ok(())
 }
+
+/// Retention: delete at most `limit` alerts resolved before `before`, with their trail and
+/// notifications; a firing alert, however old, is kept whole. Alerts they covered forget the
+/// cover first (the reference would dangle). Returns how many alerts.
+pub async fn delete_resolved_before(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "with old as (
+             select id from alerts where status = 'resolved' and resolved_at < $1 limit $2
+         ), uncover as (
+             update alerts set covered_by = null
+             where covered_by in (select id from old) and id not in (select id from old)
+         ), events as (
+             delete from alert_events where alert_id in (select id from old)
+         ), notes as (
+             delete from notifications where alert_id in (select id from old)
+         )
+         delete from alerts where id in (select id from old)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

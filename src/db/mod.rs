@@ -51,6 +51,13 @@ pub async fn pool(opts: PgConnectOptions, max_connections: u32) -> anyhow::Resul
         .context("connecting to Postgres")
 }
 
+/// One round trip to the database (readiness).
+pub async fn ping(pool: &PgPool) -> sqlx::Result<i32> {
+    sqlx::query_scalar::<_, i32>("select 1")
+        .fetch_one(pool)
+        .await
+}
+
 /// Apply pending migrations.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("applying migrations")

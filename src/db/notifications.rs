@@ -391,3 +391,38 @@ pub async fn finish(
     .await?;
     Ok(())
 }
+
+/// Retention: delete at most `limit` delivery attempts made before `before`. Returns how many.
+pub async fn delete_attempts_before(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "delete from delivery_attempts where id in
+            (select id from delivery_attempts where at < $1 limit $2)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Retention: delete at most `limit` notifications finished before `before` (pending rows are
+/// never trimmed: they are work still to do). Returns how many.
+pub async fn delete_finished_before(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "delete from notifications where id in
+            (select id from notifications where status <> 'pending' and finished_at < $1 limit $2)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

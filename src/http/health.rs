@@ -59,7 +59,7 @@ pub async fn healthz(
 }
 
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let ping = sqlx::query_scalar::<_, i32>("select 1").fetch_one(&state.pool);
+    let ping = crate::db::ping(&state.pool);
     match tokio::time::timeout(Duration::from_secs(2), ping).await {
         Ok(Ok(_)) => (
             StatusCode::OK,
