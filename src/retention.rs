@@ -5,7 +5,7 @@
 //! (`app::tasks`) runs [`tick`] every `retention.interval`. The deletes themselves are in
 //! `db::{presence, notifications, alerts}`.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::clock::SharedClock;
@@ -25,8 +25,7 @@ pub struct Deleted {
 }
 
 fn cutoff(now: DateTime<Utc>, keep: HumanDuration) -> DateTime<Utc> {
-    let keep = TimeDelta::from_std(keep.0).unwrap_or(TimeDelta::MAX);
-    now.checked_sub_signed(keep)
+    now.checked_sub_signed(keep.delta())
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 

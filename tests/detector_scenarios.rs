@@ -626,25 +626,7 @@ async fn two_devices_sharing_a_client_id_are_named_by_their_addresses(pool: PgPo
     // the stock bridge config: both units use client ID "bridgeawsiot"; each connect kicks the
     // other off with DUPLICATE_CLIENTID
     for round in 0..6 {
-        let v = round + 1;
-        let (session, ip) = if round % 2 == 0 {
-            ("sa", "203.0.113.10")
-        } else {
-            ("sb", "198.51.100.20")
-        };
-        let session = format!("{session}{round}");
-        f.presence(connected("bridgeawsiot", ms(f.now()), &session, v, ip))
-            .await;
-        f.advance(sec(2));
-        f.presence(disconnected(
-            "bridgeawsiot",
-            ms(f.now()),
-            &session,
-            v,
-            "DUPLICATE_CLIENTID",
-        ))
-        .await;
-        f.advance(sec(1));
+        kicked_off(&f, round, round + 1).await;
     }
     f.tick().await;
     let alerts = f.alerts().await;
@@ -863,6 +845,30 @@ async fn inhibitions(pool: &PgPool) -> Vec<(String, Option<String>)> {
     .unwrap()
 }
 
+/// One round of two units sharing the stock bridge client ID "bridgeawsiot": unit A (even
+/// rounds) or B (odd) connects with version `v` on a session of its own, and two seconds later
+/// the other kicks it off with DUPLICATE_CLIENTID.
+async fn kicked_off(f: &Fleet, round: i64, v: i64) {
+    let (session, ip) = if round % 2 == 0 {
+        ("sa", "203.0.113.10")
+    } else {
+        ("sb", "198.51.100.20")
+    };
+    let session = format!("{session}{v}");
+    f.presence(connected("bridgeawsiot", ms(f.now()), &session, v, ip))
+        .await;
+    f.advance(sec(2));
+    f.presence(disconnected(
+        "bridgeawsiot",
+        ms(f.now()),
+        &session,
+        v,
+        "DUPLICATE_CLIENTID",
+    ))
+    .await;
+    f.advance(sec(1));
+}
+
 /// The stock bridge config on two units: each connect kicks the other off with
 /// DUPLICATE_CLIENTID, a dozen times in half a minute, then every 5 minutes for half an hour.
 async fn duplicate_client_id_storm(f: &Fleet, pager: &Pager) {
@@ -871,24 +877,7 @@ async fn duplicate_client_id_storm(f: &Fleet, pager: &Pager) {
         let rounds = if burst == 0 { 12 } else { 2 };
         for round in 0..rounds {
             v += 1;
-            let (session, ip) = if round % 2 == 0 {
-                ("sa", "203.0.113.10")
-            } else {
-                ("sb", "198.51.100.20")
-            };
-            let session = format!("{session}{v}");
-            f.presence(connected("bridgeawsiot", ms(f.now()), &session, v, ip))
-                .await;
-            f.advance(sec(2));
-            f.presence(disconnected(
-                "bridgeawsiot",
-                ms(f.now()),
-                &session,
-                v,
-                "DUPLICATE_CLIENTID",
-            ))
-            .await;
-            f.advance(sec(1));
+            kicked_off(f, round, v).await;
         }
         for _ in 0..20 {
             f.advance(sec(15));

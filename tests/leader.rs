@@ -34,18 +34,7 @@ async fn one_leader_at_a_time_and_a_standby_takes_over(pool: PgPool) {
     assert!(!a.ensure().await, "the old leader is now the standby");
 
     // a leader whose lock was lost behind its back notices on the next check
-    let pid: i32 = sqlx::query_scalar(
-        "select pid from pg_locks where locktype = 'advisory' and granted and database = \
-         (select oid from pg_database where datname = current_database())",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let _: bool = sqlx::query_scalar("select pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    kill_lock_holder(&pool).await;
     // pg_terminate_backend only signals: the session (and its lock) ends a moment later
     let mut took_over = false;
     for _ in 0..100 {
@@ -71,6 +60,8 @@ mod leader_only_ticks {
     use fleetwatch::detect::leader::Leader;
     use fleetwatch::metrics::Metrics;
     use sqlx::PgPool;
+
+    use super::kill_lock_holder;
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
 
@@ -178,18 +169,7 @@ mod leader_only_ticks {
         let c = Instance::start(&pool);
         tokio::time::sleep(PERIOD * 3).await;
         assert_eq!(c.ticks(), 0);
-        let pid: i32 = sqlx::query_scalar(
-            "select pid from pg_locks where locktype = 'advisory' and granted and database = \
-             (select oid from pg_database where datname = current_database())",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        let _: bool = sqlx::query_scalar("select pg_terminate_backend($1)")
-            .bind(pid)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        kill_lock_holder(&pool).await;
         let started = Instant::now();
         while c.ticks() == 0 && b.ticks() == 0 {
             assert!(started.elapsed() < Duration::from_secs(5));
@@ -213,4 +193,21 @@ mod leader_only_ticks {
         b.stop().await;
         c.stop().await;
     }
+}
+
+/// End the session holding this database's advisory lock behind its holder's back (a crash, a
+/// network cut). `pg_terminate_backend` only signals: the lock goes a moment later.
+async fn kill_lock_holder(pool: &PgPool) {
+    let pid: i32 = sqlx::query_scalar(
+        "select pid from pg_locks where locktype = 'advisory' and granted and database = \
+         (select oid from pg_database where datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let _: bool = sqlx::query_scalar("select pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(pool)
+        .await
+        .unwrap();
 }

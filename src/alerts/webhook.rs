@@ -119,10 +119,10 @@ impl Endpoint {
             routing_key: w.routing_key.clone(),
             timeout: w.timeout.0,
             send_reminders: w.send_reminders,
-            repeat_interval: td(w.repeat_interval.0),
-            max_attempt_age: td(w.max_attempt_age.0),
-            backoff_min: td(w.backoff_min.0),
-            backoff_max: td(w.backoff_max.0),
+            repeat_interval: w.repeat_interval.delta(),
+            max_attempt_age: w.max_attempt_age.delta(),
+            backoff_min: w.backoff_min.delta(),
+            backoff_max: w.backoff_max.delta(),
             max_in_flight: w.max_in_flight.max(1),
         })
     }

@@ -112,8 +112,7 @@ impl App {
         let detector = Arc::new(crate::detect::Detector::new(
             pool.clone(),
             settings,
-            chrono::TimeDelta::from_std(cfg.detector.canary_timeout.0)
-                .unwrap_or(chrono::TimeDelta::MAX),
+            cfg.detector.canary_timeout.delta(),
         ));
         let statuses: Arc<[Arc<crate::ingest::mqtt::ConnectionStatus>]> = statuses.into();
         {

@@ -57,32 +57,28 @@ pub struct Settings {
     pub no_quiet_hours: crate::domain::schedule::QuietHours,
 }
 
-fn td(d: crate::config::HumanDuration) -> TimeDelta {
-    d.delta()
-}
-
 impl Settings {
     pub fn from_config(cfg: &Config) -> Self {
         let d = &cfg.detector;
         Self {
-            expected_interval: td(d.expected_interval),
-            grace: td(d.grace),
-            disconnect_grace: td(d.disconnect_grace),
-            flush_allowance: td(cfg.telemetry.flush_interval),
-            reopen_window: td(d.reopen_window),
+            expected_interval: d.expected_interval.delta(),
+            grace: d.grace.delta(),
+            disconnect_grace: d.disconnect_grace.delta(),
+            flush_allowance: cfg.telemetry.flush_interval.delta(),
+            reopen_window: d.reopen_window.delta(),
             inhibit: cfg.inhibit_rules(),
             max_due_per_tick: d.max_due_per_tick,
             fleet_time_zone: cfg.fleet.time_zone.0,
             flapping_disconnects: d.flapping_disconnects,
-            flapping_window: td(d.flapping_window),
+            flapping_window: d.flapping_window.delta(),
             conflict_disconnects: d.conflict_disconnects,
-            conflict_window: td(d.conflict_window),
+            conflict_window: d.conflict_window.delta(),
             throttled_disconnects: d.throttled_disconnects,
-            throttled_window: td(d.throttled_window),
+            throttled_window: d.throttled_window.delta(),
             auth_failures: d.auth_failures,
-            auth_window: td(d.auth_window),
+            auth_window: d.auth_window.delta(),
             group_outage_devices: d.group_outage_devices,
-            group_outage_window: td(d.group_outage_window),
+            group_outage_window: d.group_outage_window.delta(),
             fleet_outage_fraction: d.fleet_outage_fraction,
             fleet_outage_min_devices: d.fleet_outage_min_devices,
             severities: d.severities.clone(),
