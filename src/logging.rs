@@ -74,15 +74,17 @@ impl Captured {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
 
-    /// Route this thread's events (all levels) here while the guard lives. With a
-    /// current-thread runtime, that covers every task the test runs.
+    /// Route this thread's events (all levels, every crate) here while the guard lives. With a
+    /// current-thread runtime, that covers every task the test runs. It also installs the
+    /// `log` → `tracing` bridge, so crates that log through `log` (reqwest) are captured too.
     pub fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let subscriber = tracing_subscriber::fmt()
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
             .with_ansi(false)
             .with_writer(self.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
+            .finish()
+            .set_default()
     }
 }
 

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -25,7 +24,6 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// What each endpoint's URL hides; none of it may come out.
 const SECRETS: [&str; 4] = [
@@ -43,37 +41,6 @@ fn t0() -> DateTime<Utc> {
 
 fn leaks(text: &str) -> Vec<&'static str> {
     SECRETS.into_iter().filter(|s| text.contains(s)).collect()
-}
-
-/// A `tracing` subscriber for this thread (the `#[sqlx::test]` runtime is single-threaded, so
-/// the worker's spawned sends log here too) writing every level of every crate to a buffer.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture(&self) -> tracing::dispatcher::DefaultGuard {
-        let logs = self.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("trace")
-            .with_ansi(false)
-            .with_writer(move || logs.clone())
-            .finish()
-            // also installs the `log` → `tracing` bridge at TRACE (reqwest logs through `log`)
-            .set_default()
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 /// A receiver that answers with a body echoing the request's URL every way a careless one
@@ -109,8 +76,9 @@ fn hook(name: &str, base: &str, timeout: Duration) -> WebhookConfig {
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn a_failing_endpoint_url_is_in_no_error_no_answer_and_no_log(pool: PgPool) {
-    let logs = Logs::default();
-    let _guard = logs.capture();
+    // The `#[sqlx::test]` runtime is single-threaded, so the worker's spawned sends log here too.
+    let logs = fleetwatch::logging::Captured::default();
+    let _guard = logs.install();
 
     // refused: a port nobody listens on any more
     let refused = TcpListener::bind("127.0.0.1:0").await.unwrap();
