@@ -166,6 +166,9 @@ pub struct Config {
     /// `[[inhibit]]` rules; absent means the defaults (`domain::inhibit::defaults`), an empty
     /// list (`inhibit = []`) means none.
     pub inhibit: Option<Vec<crate::domain::inhibit::InhibitRule>>,
+    pub aws: AwsConfig,
+    pub cloudwatch: CloudWatchConfig,
+    pub inventory: InventoryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -559,6 +562,73 @@ impl Default for DevicesConfig {
     }
 }
 
+/// `[aws]`: the AWS pollers (CloudWatch metrics, the IoT registry). Off unless enabled; region
+/// and credentials come from the standard chain (environment, profile, web identity, container
+/// or instance role), endpoints from `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_CLOUDWATCH`,
+/// `AWS_ENDPOINT_URL_IOT`. Nothing here ever stops the service from starting.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Poll AWS at all (env `FLEETWATCH_AWS_ENABLED`).
+    pub enabled: bool,
+    /// Overrides the chain's region (`AWS_REGION`, the profile, instance metadata).
+    pub region: Option<String>,
+    /// A named profile of `~/.aws/config` instead of the chain's (`AWS_PROFILE`, `default`).
+    pub profile: Option<String>,
+    /// Consecutive failed polls of one poller before our own `aws_poll_failing` alert fires:
+    /// one failure is a blip (a timeout, a deploy of the endpoint), several are a fault.
+    pub failures_before_alert: u32,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            region: None,
+            profile: None,
+            failures_before_alert: 3,
+        }
+    }
+}
+
+/// `[cloudwatch]`: the `AWS/IoT` throttle and error metrics (only with `aws.enabled`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloudWatchConfig {
+    /// Switches this poller off alone.
+    pub enabled: bool,
+    /// How often GetMetricData runs (env `FLEETWATCH_CLOUDWATCH_POLL`).
+    pub poll: HumanDuration,
+}
+
+impl Default for CloudWatchConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll: dur("60s"),
+        }
+    }
+}
+
+/// `[inventory]`: the IoT registry (things, thing groups, attributes; only with `aws.enabled`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InventoryConfig {
+    /// Switches this poller off alone.
+    pub enabled: bool,
+    /// How often the registry is listed (env `FLEETWATCH_INVENTORY_SYNC`).
+    pub sync: HumanDuration,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sync: dur("10m"),
+        }
+    }
+}
+
 /// Presence ingest: how far an event's own timestamp is trusted, and how many unknown clients'
 /// failed connection attempts are stored.
 #[derive(Debug, Clone, Deserialize)]
@@ -755,6 +825,17 @@ impl Config {
         if let Some(d) = duration(env, "FLEETWATCH_HTTP_IDLE_TIMEOUT")? {
             self.http.idle_timeout = d;
         }
+        if let Some(v) = env.get("FLEETWATCH_AWS_ENABLED") {
+            self.aws.enabled = parse_bool(v).ok_or_else(|| {
+                anyhow::anyhow!("FLEETWATCH_AWS_ENABLED: expected true or false, got {v:?}")
+            })?;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_CLOUDWATCH_POLL")? {
+            self.cloudwatch.poll = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_INVENTORY_SYNC")? {
+            self.inventory.sync = d;
+        }
         if let Some(v) = env.get("FLEETWATCH_MQTT_URL") {
             self.mqtt.url = v.clone();
         }
@@ -879,6 +960,15 @@ impl Config {
                 "mqtt.max_payload_bytes: expected 1 to 1048576 bytes, got {}",
                 self.mqtt.max_payload_bytes
             );
+        }
+        if self.cloudwatch.poll.0 < Duration::from_secs(1) {
+            bail!("cloudwatch.poll: expected at least 1s");
+        }
+        if self.inventory.sync.0 < Duration::from_secs(1) {
+            bail!("inventory.sync: expected at least 1s");
+        }
+        if self.aws.failures_before_alert == 0 {
+            bail!("aws.failures_before_alert: expected at least 1");
         }
         if self.mqtt.channel_capacity == 0 {
             bail!("mqtt.channel_capacity: expected a positive number");
@@ -1086,6 +1176,15 @@ impl crate::domain::identity::Identity {
 pub fn parse_tz(name: &str) -> Result<chrono_tz::Tz, String> {
     name.parse::<chrono_tz::Tz>()
         .map_err(|_| format!("expected an IANA time zone such as UTC or Asia/Tokyo, got {name:?}"))
+}
+
+/// An on/off environment value: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
 }
 
 fn validate_filter(filter: &str) -> Result<(), String> {

@@ -36,6 +36,8 @@ pub struct App {
     pub detector: Arc<crate::detect::Detector>,
     /// The supervisor: every task's state, and where further tasks are started.
     pub tasks: Supervisor,
+    /// The AWS pollers' health (off, or each poller's record).
+    pub aws: Arc<crate::aws::AwsHealth>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     dispatcher: JoinHandle<anyhow::Result<()>>,
@@ -227,17 +229,36 @@ impl App {
                 }
             });
         }
+        let aws = match crate::aws::connect(&cfg.aws).await {
+            crate::aws::Connection::Off(reason) => {
+                tracing::info!(%reason, "AWS pollers are off");
+                crate::aws::AwsHealth::off(reason)
+            }
+            crate::aws::Connection::On(sdk) => {
+                let health = crate::aws::AwsHealth::on();
+                let ctx = crate::aws::PollerContext::new(
+                    &cfg,
+                    state.pool.clone(),
+                    state.clock.clone(),
+                    health.clone(),
+                );
+                crate::aws::start(&sdk, &cfg, &tasks, &ctx);
+                health
+            }
+        };
         let listener = TcpListener::bind(&cfg.http.addr)
             .await
             .with_context(|| format!("http.addr: binding {}", cfg.http.addr))?;
         let addr = listener.local_addr()?;
         let liveness = {
-            let (board, health) = (tasks.board().clone(), ingest.health.clone());
+            let (board, health, aws) = (tasks.board().clone(), ingest.health.clone(), aws.clone());
+            let failures_before_alert = cfg.aws.failures_before_alert;
             http::health::Liveness(Arc::new(move || {
                 serde_json::json!({
                     "leader": leadership.is_leader(),
                     "canary": health.canary(),
                     "tasks": board.snapshot(),
+                    "aws": aws.snapshot(failures_before_alert),
                 })
             }))
         };
@@ -259,6 +280,7 @@ impl App {
             ingest,
             detector,
             tasks,
+            aws,
             cancel,
             tracker,
             dispatcher,

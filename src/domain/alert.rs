@@ -13,6 +13,7 @@ text_enum! {
         FleetOutage = "fleet_outage",
         IngestDown = "ingest_down",
         MetricThreshold = "metric_threshold",
+        AwsPollFailing = "aws_poll_failing",
     }
 }
 
@@ -21,7 +22,8 @@ impl Kind {
     pub fn default_severity(self) -> Severity {
         match self {
             Kind::GroupOutage | Kind::FleetOutage | Kind::IngestDown => Severity::Critical,
-            Kind::HeartbeatGap | Kind::ClientIdConflict => Severity::Error,
+            // Polling AWS failing blinds the CloudWatch rules and the inventory, not ingest.
+            Kind::HeartbeatGap | Kind::ClientIdConflict | Kind::AwsPollFailing => Severity::Error,
             Kind::Flapping
             | Kind::Throttled
             | Kind::AuthFailure

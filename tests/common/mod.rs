@@ -3,6 +3,7 @@
 //! [`http`]) the API harness and request helpers.
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod http;
 
 use std::net::TcpListener;
