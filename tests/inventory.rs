@@ -297,6 +297,23 @@ async fn deleted_things_are_retired_and_come_back(pool: PgPool) {
     let inv = e.inventory(iot.clone());
     inv.sync().await.unwrap();
 
+    // a has a firing alert when its thing is deleted
+    {
+        let mut tx = pool.begin().await.unwrap();
+        let spec = fleetwatch::alerts::lifecycle::AlertSpec {
+            kind: fleetwatch::domain::alert::Kind::HeartbeatGap,
+            subject: "a".into(),
+            device_id: Some("a".into()),
+            group_id: None,
+            severity: fleetwatch::domain::alert::Severity::Warning,
+            summary: "a is silent".into(),
+            details: serde_json::json!({}),
+        };
+        fleetwatch::alerts::lifecycle::fire(&mut tx, &spec, t0(), TimeDelta::hours(1))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
     // c is retired by hand while still listed
     e.clock.advance(TimeDelta::minutes(10));
     fleetwatch::retirement::retire(&pool, "c", "token:1:ops", e.clock.now())
@@ -316,6 +333,11 @@ async fn deleted_things_are_retired_and_come_back(pool: PgPool) {
         history(&pool, "a").await,
         vec![("retired".into(), ACTOR.into())]
     );
+    let firing: i64 = sqlx::query_scalar("select count(*) from alerts where status = 'firing'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(firing, 0, "retiring resolved a's alert");
     // a second sync retires nothing again
     assert_eq!(inv.sync().await.unwrap().writes, 0);
 
@@ -829,4 +851,45 @@ async fn search_index_against_moto(pool: PgPool) {
     let out = e.connectivity(iot).reconcile().await.unwrap();
     assert!(out.indexed);
     assert!(out.corrected.is_empty(), "{out:?}");
+}
+
+/// A registry larger than `devices.max_devices` is kept whole (the registry is authoritative);
+/// the log and /healthz say so, and ingest then creates no device outside the registry.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_registry_over_the_cap_is_kept_whole_and_said(pool: PgPool) {
+    let mut cfg = Config::default();
+    cfg.devices.max_devices = 2;
+    let e = env(&pool, cfg).await;
+    let groups = no_groups();
+    let things = mock!(Client::list_things).then_output(|| things_page(&["a", "b", "c"], None));
+    e.inventory(mocked(&[&groups, &things]))
+        .sync()
+        .await
+        .unwrap();
+    assert_eq!(devices(&pool).await.len(), 3);
+    let notes = e.ctx.health.records()["inventory"].notes.clone();
+    assert!(
+        notes.iter().any(|n| n.contains("devices.max_devices = 2")),
+        "{notes:?}"
+    );
+    // a registry device reports: known, stored
+    presence(
+        &e,
+        common::connected("c", common::ms(t0()), "s", 1, "198.51.100.1"),
+        "c",
+        "connected",
+        t0(),
+    )
+    .await;
+    assert_eq!(dev(&pool, "c").await.connected, Some(true));
+    // an unknown client is over the cap
+    presence(
+        &e,
+        common::connected("stranger", common::ms(t0()), "s", 1, "198.51.100.1"),
+        "stranger",
+        "connected",
+        t0(),
+    )
+    .await;
+    assert_eq!(devices(&pool).await.len(), 3);
 }
