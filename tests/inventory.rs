@@ -470,6 +470,21 @@ async fn client_id_and_group_attributes(pool: PgPool) {
         2,
         "no device named after the client ID"
     );
+
+    // another replica (or this one after a restart) learns it from Postgres, not from AWS
+    let other = env(&pool, e.cfg.clone()).await;
+    assert_eq!(
+        other.ingest.identity.client("bridgeawsiot-1"),
+        fleetwatch::domain::identity::ClientIdentity::Device("bridgeawsiot-1".into())
+    );
+    inventory::refresh_ingest(&pool, &other.ingest)
+        .await
+        .unwrap();
+    assert_eq!(
+        other.ingest.identity.client("bridgeawsiot-1"),
+        fleetwatch::domain::identity::ClientIdentity::Device("screen-1".into())
+    );
+    assert!(other.ingest.registry.is_known("screen-2"));
 }
 
 fn things_page(names: &[&str], next: Option<&str>) -> ListThingsOutput {

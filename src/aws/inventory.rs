@@ -473,6 +473,23 @@ impl Connectivity {
     }
 }
 
+/// Bring ingest's in-memory identity and device registry in line with what the registry
+/// sync stored (`client_ids` of source `inventory`, devices the registry lists). The sync does
+/// this on the leader as it writes; every replica (standbys included, whose ingest runs too)
+/// does it at start and every `inventory.sync`, so a restart or a follower knows the registry's
+/// client IDs without waiting for the leader's next sync.
+pub async fn refresh_ingest(
+    pool: &sqlx::PgPool,
+    ingest: &crate::ingest::IngestContext,
+) -> anyhow::Result<()> {
+    let (clients, devices) = crate::db::inventory::ingest_view(pool).await?;
+    ingest
+        .identity
+        .set_registry_clients(clients.into_iter().collect());
+    ingest.registry.learn(devices.iter().map(String::as_str));
+    Ok(())
+}
+
 /// Register the `inventory` and `connectivity` pollers (each leader-only, each switched off
 /// alone). They are two pollers, not one: their periods differ, and a fleet without indexing
 /// must not make the registry sync look unhealthy (nor the reverse).
@@ -483,6 +500,16 @@ pub fn start(
     ctx: &PollerContext,
 ) {
     let client = aws_sdk_iot::Client::new(sdk);
+    if let (true, Some(ingest)) = (cfg.inventory.enabled, ctx.ingest.clone()) {
+        let pool = ctx.pool.clone();
+        tasks.periodic(
+            crate::app::tasks::Periodic::new("inventory_cache", cfg.inventory.sync.0),
+            move |_| {
+                let (pool, ingest) = (pool.clone(), ingest.clone());
+                async move { refresh_ingest(&pool, &ingest).await }
+            },
+        );
+    }
     if cfg.inventory.enabled {
         let inv = Arc::new(Inventory::new(client.clone(), cfg, ctx));
         super::spawn_poller(tasks, ctx, "inventory", cfg.inventory.sync.0, move |_| {

@@ -118,6 +118,21 @@ pub async fn apply(pool: &PgPool, plan: &Plan, now: DateTime<Utc>) -> sqlx::Resu
     Ok(n)
 }
 
+/// What ingest keeps in memory of the registry: (client ID → device id of source
+/// `inventory`, ids of the devices the registry lists).
+pub async fn ingest_view(pool: &PgPool) -> sqlx::Result<(Vec<(String, String)>, Vec<String>)> {
+    let clients = sqlx::query_as(
+        "select client_id, device_id from client_ids where source = 'inventory' order by client_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let devices =
+        sqlx::query_scalar("select device_id from inventory_things where gone_at is null")
+            .fetch_all(pool)
+            .await?;
+    Ok((clients, devices))
+}
+
 /// Mark a registry device gone (`Some(at)`) or listed again (`None`).
 pub async fn mark_gone(pool: &PgPool, device: &str, at: Option<DateTime<Utc>>) -> sqlx::Result<()> {
     sqlx::query("update inventory_things set gone_at = $2 where device_id = $1")
