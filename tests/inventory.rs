@@ -274,6 +274,26 @@ async fn registry_things_become_devices_in_their_groups(pool: PgPool) {
         "an identical sync writes nothing: {again:?}"
     );
     assert_eq!(devices(&pool).await, ds);
+
+    // s-2 leaves its group: the registry's group is taken away; s-4's group from its
+    // telemetry topic is not the registry's to take
+    iot.remove_thing_from_thing_group()
+        .thing_group_name("tokyo")
+        .thing_name("s-2")
+        .send()
+        .await
+        .unwrap();
+    sqlx::query("insert into groups (id, name, source) values ('b9', 'b9', 'topic')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("update devices set group_id = 'b9' where id = 's-4'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    inv.sync().await.unwrap();
+    assert_eq!(dev(&pool, "s-2").await.group_id, None);
+    assert_eq!(dev(&pool, "s-4").await.group_id.as_deref(), Some("b9"));
 }
 
 /// Deleted things are retired (history kept, by the inventory), re-created ones come back; a

@@ -13,7 +13,7 @@
 //!     `inventory.group_attribute` when it is set and the thing has a usable value; else its
 //!     thing groups: the innermost (deepest in the parent chain), ties to the smallest name
 //!     (byte order), so a thing in several groups always lands in the same one. A thing with no
-//!     group from the registry keeps the group it has (e.g. from its telemetry topic).
+//!     group from the registry loses a registry group it had (one from its telemetry topic stays).
 //!   - a thing group's attributes `fleetwatch:time_zone` and `fleetwatch:quiet_hours` give the
 //!     group's time zone and quiet hours (parsed like the configuration's); a bad value is
 //!     skipped with a warning and the rest applies (fleet time zone, no quiet hours). A group

@@ -71,6 +71,16 @@ pub async fn apply(pool: &PgPool, plan: &Plan, now: DateTime<Utc>) -> sqlx::Resu
             .await?
             .rows_affected();
         }
+        if d.clear_registry_group {
+            n += sqlx::query(
+                r#"update devices set group_id = null
+                   where id = $1 and group_id in (select id from groups where source = 'inventory')"#,
+            )
+            .bind(&d.id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
         if let Some((interval, grace)) = d.overrides {
             n += sqlx::query(
                 r#"update devices set expected_interval_ms = $2, grace_ms = $3

@@ -95,6 +95,9 @@ pub struct DevicePlan {
     /// The group to set; `None`: leave the stored one (configuration decides, or the registry
     /// names none).
     pub group: Option<String>,
+    /// The registry names no group for it (and the configuration does not decide): a group
+    /// that came from the registry is taken away (the thing left it); any other is kept.
+    pub clear_registry_group: bool,
     /// (expected interval ms, grace ms) to set; `None`: the configuration decides.
     pub overrides: Option<(Option<i64>, Option<i64>)>,
 }
@@ -267,7 +270,8 @@ pub fn plan(listing: &Listing, rules: &Rules<'_>) -> Plan {
     let mut devices = Vec::new();
     let mut clients: BTreeMap<String, String> = BTreeMap::new();
     for (name, t) in &things {
-        let group = if rules.identity.group_for(name, None).is_some() {
+        let by_config = rules.identity.group_for(name, None).is_some();
+        let group = if by_config {
             None
         } else {
             let by_attribute = rules.group_attribute.and_then(|a| {
@@ -314,6 +318,7 @@ pub fn plan(listing: &Listing, rules: &Rules<'_>) -> Plan {
         };
         devices.push(DevicePlan {
             id: name.to_string(),
+            clear_registry_group: !by_config && group.is_none(),
             group,
             overrides,
         });
