@@ -618,6 +618,17 @@ pub struct InventoryConfig {
     pub enabled: bool,
     /// How often the registry is listed (env `FLEETWATCH_INVENTORY_SYNC`).
     pub sync: HumanDuration,
+    /// A thing attribute naming the device's group instead of its thing groups (unset: thing
+    /// groups decide).
+    pub group_attribute: Option<String>,
+    /// A thing attribute holding the device's MQTT client ID when it differs from the thing
+    /// name (unset: client ID = thing name).
+    pub client_id_attribute: Option<String>,
+    /// Reconcile stored connectivity with the fleet index (`SearchIndex`); switches the
+    /// `connectivity` poller off alone.
+    pub reconcile_enabled: bool,
+    /// How often the fleet index is read (env `FLEETWATCH_INVENTORY_RECONCILE`).
+    pub reconcile: HumanDuration,
 }
 
 impl Default for InventoryConfig {
@@ -625,6 +636,10 @@ impl Default for InventoryConfig {
         Self {
             enabled: true,
             sync: dur("10m"),
+            group_attribute: None,
+            client_id_attribute: None,
+            reconcile_enabled: true,
+            reconcile: dur("10m"),
         }
     }
 }
@@ -836,6 +851,9 @@ impl Config {
         if let Some(d) = duration(env, "FLEETWATCH_INVENTORY_SYNC")? {
             self.inventory.sync = d;
         }
+        if let Some(d) = duration(env, "FLEETWATCH_INVENTORY_RECONCILE")? {
+            self.inventory.reconcile = d;
+        }
         if let Some(v) = env.get("FLEETWATCH_MQTT_URL") {
             self.mqtt.url = v.clone();
         }
@@ -966,6 +984,17 @@ impl Config {
         }
         if self.inventory.sync.0 < Duration::from_secs(1) {
             bail!("inventory.sync: expected at least 1s");
+        }
+        if self.inventory.reconcile.0 < Duration::from_secs(1) {
+            bail!("inventory.reconcile: expected at least 1s");
+        }
+        for (key, a) in [
+            ("group_attribute", &self.inventory.group_attribute),
+            ("client_id_attribute", &self.inventory.client_id_attribute),
+        ] {
+            if a.as_deref().is_some_and(|a| a.trim().is_empty()) {
+                bail!("inventory.{key}: expected an attribute name (or leave it unset)");
+            }
         }
         if self.aws.failures_before_alert == 0 {
             bail!("aws.failures_before_alert: expected at least 1");

@@ -582,3 +582,87 @@ async fn under_1024_descriptors_1500_idle_sockets_starve_neither_health_nor_inge
     );
     drop(idle);
 }
+
+/// With `FLEETWATCH_AWS_ENABLED=true` and `AWS_ENDPOINT_URL_IOT` at a moto holding things in
+/// groups, the binary lists the registry at start: the devices are there, in their groups and
+/// `never_seen`, before any of them reports; `/healthz` shows the inventory poller.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn the_binary_knows_the_registry_before_any_report(pool: PgPool) {
+    let moto = common::aws::AwsServer::moto().await;
+    let iot = aws_sdk_iot::Client::new(&moto.sdk_config());
+    iot.create_thing_group()
+        .thing_group_name("lobby-7")
+        .send()
+        .await
+        .unwrap();
+    for n in ["screen-1", "screen-2", "screen-3"] {
+        iot.create_thing().thing_name(n).send().await.unwrap();
+    }
+    for n in ["screen-1", "screen-2"] {
+        iot.add_thing_to_thing_group()
+            .thing_group_name("lobby-7")
+            .thing_name(n)
+            .send()
+            .await
+            .unwrap();
+    }
+    let home = tempfile::tempdir().unwrap();
+    let broker = Broker::start().await;
+    let http_port = free_port();
+    let mut settings: Vec<(&str, String)> = vec![
+        ("FLEETWATCH_AWS_ENABLED", "true".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        (
+            "AWS_CONFIG_FILE",
+            home.path().join("config").display().to_string(),
+        ),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            home.path().join("credentials").display().to_string(),
+        ),
+    ];
+    let env = moto.env();
+    for (k, v) in &env {
+        settings.push((k.as_str(), v.clone()));
+    }
+    let _guard = service(&pool, &broker, http_port, "e2e-inv", &settings);
+    let api = api(&format!("http://127.0.0.1:{http_port}"));
+    eventually(30, "the registry's devices listed", || async {
+        match api.http.get(format!("{}/readyz", api.base)).send().await {
+            Ok(_) => api.get("/api/v1/devices").await.1["items"]
+                .as_array()
+                .is_some_and(|a| a.len() == 3),
+            Err(_) => false,
+        }
+    })
+    .await;
+    let (_, devices) = api.get("/api/v1/devices").await;
+    let got: Vec<(String, serde_json::Value, String)> = devices["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["id"].as_str().unwrap().to_string(),
+                d["group"].clone(),
+                d["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("screen-1".into(), "lobby-7".into(), "never_seen".into()),
+            ("screen-2".into(), "lobby-7".into(), "never_seen".into()),
+            (
+                "screen-3".into(),
+                serde_json::Value::Null,
+                "never_seen".into()
+            ),
+        ]
+    );
+    let (_, health) = api.get("/healthz").await;
+    let inv = &health["aws"]["pollers"]["inventory"];
+    assert!(inv["last_success"].is_string(), "{health}");
+    assert_eq!(inv["failing"], false, "{health}");
+}

@@ -241,7 +241,8 @@ impl App {
                     state.pool.clone(),
                     state.clock.clone(),
                     health.clone(),
-                );
+                )
+                .with_ingest(ingest.clone());
                 crate::aws::start(&sdk, &cfg, &tasks, &ctx);
                 health
             }

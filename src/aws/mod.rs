@@ -14,6 +14,7 @@
 //! supervisor (`app::tasks`); each tick records its result in [`health`] before returning it.
 
 pub mod health;
+pub mod inventory;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
@@ -68,6 +69,9 @@ pub struct PollerContext {
     pub clock: crate::clock::SharedClock,
     pub health: std::sync::Arc<AwsHealth>,
     pub alert: health::AlertSettings,
+    /// Ingest's in-memory identity and device registry, which the inventory keeps up to date
+    /// (client-ID mappings, registry devices); `None` where no ingest runs (some tests).
+    pub ingest: Option<crate::ingest::IngestContext>,
 }
 
 impl PollerContext {
@@ -92,7 +96,14 @@ impl PollerContext {
                 severity,
                 reopen_window: cfg.detector.reopen_window.delta(),
             },
+            ingest: None,
         }
+    }
+
+    /// With ingest's identity and registry, for the inventory to keep up to date.
+    pub fn with_ingest(mut self, ingest: crate::ingest::IngestContext) -> Self {
+        self.ingest = Some(ingest);
+        self
     }
 }
 
@@ -131,9 +142,10 @@ pub fn spawn_poller<F, Fut>(
 
 /// Start every AWS poller that is switched on. Each poller's module adds itself here.
 pub fn start(
-    _sdk: &SdkConfig,
-    _cfg: &crate::config::Config,
-    _tasks: &crate::app::tasks::Supervisor,
-    _ctx: &PollerContext,
+    sdk: &SdkConfig,
+    cfg: &crate::config::Config,
+    tasks: &crate::app::tasks::Supervisor,
+    ctx: &PollerContext,
 ) {
+    inventory::start(sdk, cfg, tasks, ctx);
 }

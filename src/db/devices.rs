@@ -148,11 +148,13 @@ pub async fn sync_config(pool: &PgPool, cfg: &Config, identity: &Identity) -> sq
         }
     }
     // Device overrides: configured devices exist even before they report (that is the point
-    // of configuring them); overrides removed from the file are cleared.
+    // of configuring them); overrides removed from the file are cleared, except on devices the
+    // IoT registry lists (their overrides are the registry's, rewritten by each sync).
     let overridden: Vec<&String> = cfg.devices.overrides.keys().collect();
     sqlx::query(
         r#"update devices set expected_interval_ms = null, grace_ms = null
-           where (expected_interval_ms is not null or grace_ms is not null) and id <> all($1)"#,
+           where (expected_interval_ms is not null or grace_ms is not null) and id <> all($1)
+             and id not in (select device_id from inventory_things where gone_at is null)"#,
     )
     .bind(&overridden)
     .execute(&mut *tx)

@@ -17,7 +17,8 @@ use sqlx::{PgConnection, PgPool};
 pub struct DeviceEventRow {
     pub id: i64,
     pub at: DateTime<Utc>,
-    /// `retired` or `unretired`.
+    /// `retired`, `unretired`, or `connectivity_corrected` (the fleet index corrected stored
+    /// connectivity; actor `fleetwatch:inventory`).
     #[serde(rename = "type")]
     #[sqlx(rename = "type")]
     pub kind: String,

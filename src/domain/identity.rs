@@ -5,6 +5,7 @@
 //! Our own client IDs (the configured prefix) are never devices.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use regex::Regex;
 
@@ -49,6 +50,10 @@ struct GroupRule {
 pub struct Identity {
     own_prefix: String,
     client_map: HashMap<String, String>,
+    /// Client ID → device id learned from the IoT registry (`aws::inventory`), replaced whole
+    /// by each complete sync; shared by every clone, so ingest learns it without a restart.
+    /// The configured `client_map` wins where both name a client ID.
+    registry_map: Arc<RwLock<HashMap<String, String>>>,
     rules: Vec<GroupRule>,
 }
 
@@ -64,6 +69,7 @@ impl Identity {
         Self {
             own_prefix,
             client_map,
+            registry_map: Arc::default(),
             rules: rules
                 .into_iter()
                 .map(|(group, pattern)| GroupRule { group, pattern })
@@ -76,11 +82,19 @@ impl Identity {
         if client_id.starts_with(&self.own_prefix) {
             return ClientIdentity::Own;
         }
-        let device = self
-            .client_map
-            .get(client_id)
-            .map(String::as_str)
-            .unwrap_or(client_id);
+        let learned;
+        let device = match self.client_map.get(client_id) {
+            Some(d) => d.as_str(),
+            None => {
+                learned = self
+                    .registry_map
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(client_id)
+                    .cloned();
+                learned.as_deref().unwrap_or(client_id)
+            }
+        };
         match validate_id(device) {
             Ok(()) => ClientIdentity::Device(device.to_string()),
             Err(_) => ClientIdentity::Invalid,
@@ -99,6 +113,11 @@ impl Identity {
                     .filter(|g| validate_id(g).is_ok())
                     .map(str::to_string)
             })
+    }
+
+    /// Replace the client-ID mappings learned from the registry (configured ones still win).
+    pub fn set_registry_clients(&self, map: HashMap<String, String>) {
+        *self.registry_map.write().unwrap_or_else(|e| e.into_inner()) = map;
     }
 
     /// The configured client-ID mappings, for storing in the `client_ids` table.
@@ -144,6 +163,30 @@ mod tests {
         assert_eq!(
             id.client("<script>alert(1)</script>"),
             ClientIdentity::Device("<script>alert(1)</script>".into())
+        );
+    }
+
+    #[test]
+    fn registry_mappings_apply_to_clones_and_config_wins() {
+        let id = identity();
+        let clone = id.clone();
+        id.set_registry_clients(HashMap::from([
+            ("bridge-9".to_string(), "tky-0009".to_string()),
+            ("bridgeawsiot".to_string(), "elsewhere".to_string()),
+        ]));
+        assert_eq!(
+            clone.client("bridge-9"),
+            ClientIdentity::Device("tky-0009".into())
+        );
+        assert_eq!(
+            clone.client("bridgeawsiot"),
+            ClientIdentity::Device("tky-0007".into()),
+            "the configured mapping wins"
+        );
+        id.set_registry_clients(HashMap::new());
+        assert_eq!(
+            clone.client("bridge-9"),
+            ClientIdentity::Device("bridge-9".into())
         );
     }
 

@@ -59,6 +59,23 @@ impl DeviceRegistry {
         }
     }
 
+    /// Make devices known whatever the cap: the IoT registry's things (`aws::inventory`),
+    /// which exist in Postgres already. They occupy room under the cap like every known device,
+    /// so the cap bounds the devices *outside* the registry that ingest may still create.
+    pub fn learn<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            if !known.contains(id) {
+                known.insert(id.to_string());
+            }
+        }
+    }
+
+    /// The cap (`devices.max_devices`).
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
     pub fn len(&self) -> usize {
         self.known.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
