@@ -181,6 +181,30 @@ impl App {
             );
         }
         {
+            // The IoT Core per-connection limit: gauges and a rate-limited warning (every
+            // replica: each measures its own connections).
+            let (connections, clock, metrics) = (statuses.clone(), clock.clone(), metrics.clone());
+            let limits = ingest::rate::Limits::from_config(&cfg);
+            let warn = Arc::new(crate::logging::RateLimitedWarn::new(
+                std::time::Duration::from_secs(60),
+            ));
+            tasks.periodic(
+                Periodic::new("mqtt_rate", std::time::Duration::from_secs(5)),
+                move |_| {
+                    let (connections, clock, metrics, warn) = (
+                        connections.clone(),
+                        clock.clone(),
+                        metrics.clone(),
+                        warn.clone(),
+                    );
+                    async move {
+                        ingest::rate::tick(&connections, &limits, &metrics, &warn, clock.now());
+                        Ok(())
+                    }
+                },
+            );
+        }
+        {
             let (pool, clock, metrics) = (pool.clone(), clock.clone(), metrics.clone());
             tasks.periodic(
                 Periodic::new("silences_gauge", cfg.detector.tick.0),
