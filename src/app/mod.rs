@@ -379,6 +379,16 @@ fn observe_tick(metrics: &Metrics, o: &crate::detect::TickOutcome) {
     for (kind, _) in o.connection.fired.iter().chain(&o.grouping.fired) {
         m.opened(*kind);
     }
+    for _ in &o.connection.drift.fired {
+        m.opened(Kind::AddressDrift);
+    }
+    // The event itself is stored; only its address is unusable for networks.
+    if o.connection.drift.bad_addresses > 0 {
+        metrics
+            .drops
+            .get_or_create(&vec![("reason", "bad_ip_address".to_string())])
+            .inc_by(o.connection.drift.bad_addresses as u64);
+    }
     if !o.heartbeat.opened.is_empty() || !o.heartbeat.resolved.is_empty() {
         tracing::info!(
             opened = o.heartbeat.opened.len(),
