@@ -169,6 +169,9 @@ pub struct Config {
     pub aws: AwsConfig,
     pub cloudwatch: CloudWatchConfig,
     pub inventory: InventoryConfig,
+    /// `[networks.<name>] prefixes = [...]`: named carrier networks (`domain::network`).
+    pub networks: BTreeMap<String, NetworkConfig>,
+    pub address_drift: AddressDriftConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +236,13 @@ pub struct MqttConfig {
     /// A connection that stayed up this long resets the reconnect backoff to `backoff_min`; one
     /// that fails sooner keeps it growing, so no failure mode reconnects at a fast fixed rate.
     pub backoff_reset_after: HumanDuration,
+    /// Publishes per second IoT Core delivers to one connection at most (its documented
+    /// per-connection limit; beyond it messages are throttled, not queued).
+    pub per_connection_limit: f64,
+    /// Warn when a connection's receive rate reaches this fraction of `per_connection_limit`:
+    /// `$share` spreads messages at random, so one connection hits the limit before the average
+    /// does.
+    pub per_connection_warn: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -536,6 +546,8 @@ impl Default for MqttConfig {
             backoff_min: dur("1s"),
             backoff_max: dur("60s"),
             backoff_reset_after: dur("30s"),
+            per_connection_limit: 100.0,
+            per_connection_warn: 0.8,
         }
     }
 }
@@ -640,6 +652,39 @@ impl Default for InventoryConfig {
             client_id_attribute: None,
             reconcile_enabled: true,
             reconcile: dur("10m"),
+        }
+    }
+}
+
+/// `[networks.<name>]`: one named network (a carrier's egress), as a list of prefixes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub prefixes: Vec<crate::domain::network::Prefix>,
+}
+
+/// `[address_drift]`: alert when a device connects from a network not seen for it within
+/// `history` (README "Networks and address drift").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AddressDriftConfig {
+    /// Off by default: on fleets without a single carrier every roaming device would alert
+    /// (env `FLEETWATCH_ADDRESS_DRIFT_ENABLED`). History is recorded either way, so turning it
+    /// on starts with a baseline.
+    pub enabled: bool,
+    /// A network counts as seen for a device if it connected from it within this; older
+    /// history is deleted.
+    pub history: HumanDuration,
+    /// An `address_drift` alert resolves this long after the last connection judged drift.
+    pub resolve_after: HumanDuration,
+}
+
+impl Default for AddressDriftConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            history: dur("30d"),
+            resolve_after: dur("24h"),
         }
     }
 }
@@ -763,6 +808,16 @@ impl Config {
             .unwrap_or_else(crate::domain::inhibit::defaults)
     }
 
+    /// The configured networks, checked (validation already refused bad ones; an error here
+    /// only reaches a caller that skipped `load`).
+    pub fn network_map(&self) -> Result<crate::domain::network::Networks, String> {
+        crate::domain::network::Networks::new(
+            self.networks
+                .iter()
+                .map(|(name, n)| (name.as_str(), n.prefixes.as_slice())),
+        )
+    }
+
     /// Load from the file (if any) and the process environment, then validate.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
         let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -843,6 +898,13 @@ impl Config {
         if let Some(v) = env.get("FLEETWATCH_AWS_ENABLED") {
             self.aws.enabled = parse_bool(v).ok_or_else(|| {
                 anyhow::anyhow!("FLEETWATCH_AWS_ENABLED: expected true or false, got {v:?}")
+            })?;
+        }
+        if let Some(v) = env.get("FLEETWATCH_ADDRESS_DRIFT_ENABLED") {
+            self.address_drift.enabled = parse_bool(v).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "FLEETWATCH_ADDRESS_DRIFT_ENABLED: expected true or false, got {v:?}"
+                )
             })?;
         }
         if let Some(d) = duration(env, "FLEETWATCH_CLOUDWATCH_POLL")? {
@@ -995,6 +1057,23 @@ impl Config {
             if a.as_deref().is_some_and(|a| a.trim().is_empty()) {
                 bail!("inventory.{key}: expected an attribute name (or leave it unset)");
             }
+        }
+        self.network_map().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if self.address_drift.history.0.is_zero() {
+            bail!("address_drift.history: expected a positive duration");
+        }
+        if self.address_drift.resolve_after.0.is_zero() {
+            bail!("address_drift.resolve_after: expected a positive duration");
+        }
+        let limit = self.mqtt.per_connection_limit;
+        if !(limit.is_finite() && limit > 0.0) {
+            bail!("mqtt.per_connection_limit: expected a positive number of publishes per second, got {limit}");
+        }
+        let warn = self.mqtt.per_connection_warn;
+        if !(warn > 0.0 && warn <= 1.0) {
+            bail!(
+                "mqtt.per_connection_warn: expected a fraction above 0 and at most 1, got {warn}"
+            );
         }
         if self.aws.failures_before_alert == 0 {
             bail!("aws.failures_before_alert: expected at least 1");
@@ -1499,5 +1578,91 @@ mod tests {
         assert_eq!(BrokerAddr::parse("mqtt://h").unwrap().port, 1883);
         assert!(BrokerAddr::parse("tcp://h:1").is_err());
         assert!(BrokerAddr::parse("mqtt://h:notaport").is_err());
+    }
+
+    #[test]
+    fn networks_address_drift_and_the_connection_limit() {
+        let c = Config::default();
+        assert!(!c.address_drift.enabled);
+        assert_eq!(c.address_drift.history.0, Duration::from_secs(30 * 86400));
+        assert_eq!(c.address_drift.resolve_after.0, Duration::from_secs(86400));
+        assert_eq!(c.mqtt.per_connection_limit, 100.0);
+        assert_eq!(c.mqtt.per_connection_warn, 0.8);
+        assert!(c.network_map().unwrap().is_empty());
+
+        let c = Config::from_toml(
+            "[networks.carrier-a]\nprefixes = [\"203.0.113.0/24\", \"2001:db8::/32\"]\n\
+             [address_drift]\nenabled = true\nhistory = \"7d\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let n = c.network_map().unwrap();
+        assert_eq!(n.classify("203.0.113.9").unwrap().1.name, "carrier-a");
+        assert_eq!(c.address_drift.history.0, Duration::from_secs(7 * 86400));
+
+        // a bad prefix names its key at parse time
+        let e = Config::from_toml(
+            "[networks.carrier-a]\nprefixes = [\"203.0.113.0/24\", \"203.0.113.5/24\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("networks.carrier-a.prefixes[1]") && e.contains("host bits"),
+            "{e}"
+        );
+        // an overlap across networks names both keys at validation
+        let c = Config::from_toml(
+            "[networks.a]\nprefixes = [\"203.0.113.0/24\"]\n[networks.b]\nprefixes = [\"203.0.113.0/24\"]\n",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("networks.b.prefixes[0]") && e.contains("networks.a"),
+            "{e}"
+        );
+        let e = Config::from_toml("[networks.a]\nprefix = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prefix"), "{e}");
+
+        for (toml, key) in [
+            (
+                "[mqtt]\nper_connection_limit = 0.0\n",
+                "mqtt.per_connection_limit",
+            ),
+            (
+                "[mqtt]\nper_connection_warn = 1.5\n",
+                "mqtt.per_connection_warn",
+            ),
+            (
+                "[mqtt]\nper_connection_warn = 0.0\n",
+                "mqtt.per_connection_warn",
+            ),
+            (
+                "[address_drift]\nhistory = \"0s\"\n",
+                "address_drift.history",
+            ),
+            (
+                "[address_drift]\nresolve_after = \"0s\"\n",
+                "address_drift.resolve_after",
+            ),
+        ] {
+            let e = Config::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        let c = Config::load_with_env(None, &env(&[("FLEETWATCH_ADDRESS_DRIFT_ENABLED", "true")]))
+            .unwrap();
+        assert!(c.address_drift.enabled);
+        assert!(Config::load_with_env(
+            None,
+            &env(&[("FLEETWATCH_ADDRESS_DRIFT_ENABLED", "maybe")])
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("FLEETWATCH_ADDRESS_DRIFT_ENABLED"));
     }
 }

@@ -36,6 +36,11 @@ pub struct Metrics {
     pub mqtt_reconnects: Family<Labels, Counter>,
     /// 1 while a connection is up, by connection.
     pub mqtt_connected: Family<Labels, Gauge>,
+    /// Messages per second over the last 10 s, by connection (`ingest::rate`).
+    pub mqtt_receive_rate: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Connections the total receive rate needs under the per-connection limit's warning
+    /// threshold (`ingest::rate::connections_needed`).
+    pub mqtt_connections_needed: Gauge,
     /// Messages waiting between the poll loops and the processing side.
     pub channel_depth: Gauge,
     /// Times a poll loop found the channel full and had to wait.
@@ -280,6 +285,19 @@ impl Metrics {
             "1 while the MQTT connection is up",
             mqtt_connected.clone(),
         );
+        let mqtt_receive_rate =
+            Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "mqtt_receive_rate",
+            "MQTT messages per second received over the last 10 s, by connection (AWS IoT Core delivers at most mqtt.per_connection_limit to one)",
+            mqtt_receive_rate.clone(),
+        );
+        let mqtt_connections_needed = Gauge::default();
+        registry.register(
+            "mqtt_connections_needed",
+            "MQTT connections the total receive rate needs to stay under mqtt.per_connection_warn of the per-connection limit",
+            mqtt_connections_needed.clone(),
+        );
         let channel_depth = Gauge::default();
         registry.register(
             "ingest_channel_depth",
@@ -323,6 +341,8 @@ impl Metrics {
             flush_errors,
             mqtt_reconnects,
             mqtt_connected,
+            mqtt_receive_rate,
+            mqtt_connections_needed,
             channel_depth,
             channel_full,
             buffer_devices,

@@ -181,6 +181,30 @@ impl App {
             );
         }
         {
+            // The IoT Core per-connection limit: gauges and a rate-limited warning (every
+            // replica: each measures its own connections).
+            let (connections, clock, metrics) = (statuses.clone(), clock.clone(), metrics.clone());
+            let limits = ingest::rate::Limits::from_config(&cfg);
+            let warn = Arc::new(crate::logging::RateLimitedWarn::new(
+                std::time::Duration::from_secs(60),
+            ));
+            tasks.periodic(
+                Periodic::new("mqtt_rate", std::time::Duration::from_secs(5)),
+                move |_| {
+                    let (connections, clock, metrics, warn) = (
+                        connections.clone(),
+                        clock.clone(),
+                        metrics.clone(),
+                        warn.clone(),
+                    );
+                    async move {
+                        ingest::rate::tick(&connections, &limits, &metrics, &warn, clock.now());
+                        Ok(())
+                    }
+                },
+            );
+        }
+        {
             let (pool, clock, metrics) = (pool.clone(), clock.clone(), metrics.clone());
             tasks.periodic(
                 Periodic::new("silences_gauge", cfg.detector.tick.0),
@@ -355,6 +379,16 @@ fn observe_tick(metrics: &Metrics, o: &crate::detect::TickOutcome) {
     }
     for (kind, _) in o.connection.fired.iter().chain(&o.grouping.fired) {
         m.opened(*kind);
+    }
+    for _ in &o.connection.drift.fired {
+        m.opened(Kind::AddressDrift);
+    }
+    // The event itself is stored; only its address is unusable for networks.
+    if o.connection.drift.bad_addresses > 0 {
+        metrics
+            .drops
+            .get_or_create(&vec![("reason", "bad_ip_address".to_string())])
+            .inc_by(o.connection.drift.bad_addresses as u64);
     }
     if !o.heartbeat.opened.is_empty() || !o.heartbeat.resolved.is_empty() {
         tracing::info!(

@@ -4,6 +4,7 @@ pub mod alerts;
 pub mod detector;
 pub mod devices;
 pub mod inventory;
+pub mod networks;
 pub mod notifications;
 pub mod presence;
 pub mod retirement;

@@ -240,6 +240,9 @@ pub struct NewPresenceEvent {
     pub disconnect_reason: Option<String>,
     pub event_ts: DateTime<Utc>,
     pub received_at: DateTime<Utc>,
+    /// For address drift (`detect::drift`): the connect's address and session.
+    pub ip_address: Option<String>,
+    pub session_identifier: Option<String>,
 }
 
 /// Presence events stored after id `cursor`, in id order, at most `limit`.
@@ -249,7 +252,8 @@ pub async fn events_after(
     limit: i64,
 ) -> sqlx::Result<Vec<NewPresenceEvent>> {
     sqlx::query_as(
-        r#"select id, client_id, device_id, event_type, disconnect_reason, event_ts, received_at
+        r#"select id, client_id, device_id, event_type, disconnect_reason, event_ts, received_at,
+                  ip_address, session_identifier
            from presence_events where id > $1 order by id limit $2"#,
     )
     .bind(cursor)

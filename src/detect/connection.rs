@@ -66,6 +66,8 @@ pub struct Outcome {
     pub resolved: Vec<(Kind, String)>,
     /// (target, source) alert ids newly linked by inhibition rules.
     pub inhibited: Vec<(i64, i64)>,
+    /// Address drift over the settled events of this pass (`detect::drift`).
+    pub drift: super::drift::Outcome,
 }
 
 /// Examine presence events that arrived since the last pass (detector_state.presence_cursor, advanced
@@ -175,8 +177,12 @@ pub async fn tick(pool: &PgPool, s: &Settings, now: DateTime<Utc>) -> anyhow::Re
     let settled = batch
         .iter()
         .take_while(|e| e.received_at <= now - SETTLE)
-        .last();
-    if let Some(last) = settled {
+        .count();
+    // Drift judges each event once: exactly the events the cursor advances over below.
+    out.drift = super::drift::pass(&mut tx, &batch[..settled], s, now)
+        .await
+        .context("connection patterns: address drift")?;
+    if let Some(last) = batch[..settled].last() {
         detector::advance_presence_cursor(&mut *tx, last.id)
             .await
             .context("connection patterns: advancing the cursor")?;
@@ -358,7 +364,7 @@ impl Rule {
 }
 
 /// `30m`, `1h 30m`: how a window reads in a summary.
-fn span(d: TimeDelta) -> String {
+pub(super) fn span(d: TimeDelta) -> String {
     match d.to_std() {
         Ok(d) => {
             humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()

@@ -3,10 +3,11 @@
 //! The supervisor (`app::tasks`) runs [`Detector::tick`] every `detector.tick` as a leader-only
 //! periodic task (a Postgres advisory lock on a dedicated connection, [`leader`]): first our
 //! own ingest health (`ingest_down`, from the verdict `ingest::health` gives), then the heartbeat
-//! deadlines that are due, then connection patterns from new presence events, then grouping into group and
+//! deadlines that are due, then connection patterns and address drift from new presence events, then grouping into group and
 //! fleet outages. Every decision takes `now` as an argument; tests drive `tick` with any clock.
 
 pub mod connection;
+pub mod drift;
 pub mod grouping;
 pub mod heartbeat;
 pub mod leader;
@@ -48,6 +49,8 @@ pub struct Settings {
     pub group_outage_window: TimeDelta,
     pub fleet_outage_fraction: f64,
     pub fleet_outage_min_devices: i64,
+    /// Address drift (`detect::drift`), run inside the connection-pattern pass.
+    pub drift: drift::DriftSettings,
     /// Inhibition rules, applied at the end of each connection-pattern pass.
     pub inhibit: Vec<crate::domain::inhibit::InhibitRule>,
     severities: BTreeMap<Kind, Severity>,
@@ -67,6 +70,7 @@ impl Settings {
             flush_allowance: cfg.telemetry.flush_interval.delta(),
             reopen_window: d.reopen_window.delta(),
             inhibit: cfg.inhibit_rules(),
+            drift: drift::DriftSettings::from_config(cfg),
             max_due_per_tick: d.max_due_per_tick,
             fleet_time_zone: cfg.fleet.time_zone.0,
             flapping_disconnects: d.flapping_disconnects,

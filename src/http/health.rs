@@ -23,10 +23,15 @@ pub async fn healthz(
     State(state): State<AppState>,
     liveness: Option<Extension<Liveness>>,
 ) -> impl IntoResponse {
+    // The per-connection limit (`ingest::rate`): each connection's receive rate, a warning
+    // when it nears IoT Core's limit, and what the total rate needs.
+    let limits = crate::ingest::rate::Limits::from_config(&state.config);
+    let rates = crate::ingest::rate::assess_pool(&state.mqtt, &limits, state.clock.now());
     let connections: Vec<_> = state
         .mqtt
         .iter()
-        .map(|c| {
+        .zip(&rates.connections)
+        .map(|(c, r)| {
             let s = c.snapshot();
             json!({
                 "client_id": c.client_id,
@@ -36,6 +41,8 @@ pub async fn healthz(
                 "reconnects": s.reconnects,
                 "messages": s.messages,
                 "subscriptions": c.subscriptions,
+                "receive_rate": r.rate,
+                "warning": r.warning,
             })
         })
         .collect();
@@ -43,7 +50,14 @@ pub async fn healthz(
     let mut body = json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "mqtt": { "all_connected": all_up, "connections": connections },
+        "mqtt": {
+            "all_connected": all_up,
+            "connections": connections,
+            "receive_rate": rates.total_rate,
+            "per_connection_limit": rates.limit,
+            "warn_at": rates.warn_at,
+            "connections_needed": rates.connections_needed,
+        },
         "http": {
             "connections": state.metrics.http.connections.get(),
             "max_connections": state.metrics.http.max_connections.get(),

@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod health;
 pub mod mqtt;
 pub mod presence;
+pub mod rate;
 pub mod registry;
 pub mod telemetry;
 

@@ -59,6 +59,9 @@ pub struct ConnState {
     pub reconnects: u64,
     /// Messages received on this connection since start.
     pub messages: u64,
+    /// The receive rate (`ingest::rate`; shown through `ConnectionStatus::rate`).
+    #[serde(skip)]
+    pub meter: super::rate::RateMeter,
 }
 
 /// One connection of the pool, as the rest of the service sees it.
@@ -83,6 +86,14 @@ impl std::fmt::Debug for ConnectionStatus {
 impl ConnectionStatus {
     pub fn snapshot(&self) -> ConnState {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// Messages per second received over the last ten seconds (`ingest::rate`).
+    pub fn rate(&self, now: DateTime<Utc>) -> f64 {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .meter
+            .rate(now)
     }
     fn update(&self, f: impl FnOnce(&mut ConnState)) {
         f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
@@ -357,7 +368,11 @@ async fn run_connection(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                status.update(|s| s.messages += 1);
+                let now = lc.clock.now();
+                status.update(|s| {
+                    s.messages += 1;
+                    s.meter.record(now, 1);
+                });
                 // MQTT requires UTF-8 topics and brokers check them; a broker that did not must
                 // still not get a panic or a lossy device id out of us.
                 let Ok(topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
