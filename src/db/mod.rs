@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod detector;
 pub mod devices;
+pub mod metric_series;
 pub mod notifications;
 pub mod presence;
 pub mod retirement;

@@ -10,6 +10,7 @@ pub mod connection;
 pub mod grouping;
 pub mod heartbeat;
 pub mod leader;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -16,6 +16,7 @@ pub mod health;
 pub mod identity;
 pub mod inhibit;
 pub mod input;
+pub mod metric_rule;
 pub mod notification;
 pub mod presence;
 pub mod schedule;
