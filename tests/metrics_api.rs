@@ -231,3 +231,54 @@ async fn needs_a_token_and_bounds_the_series_count(pool: PgPool) {
     assert_eq!(body["series"].as_array().unwrap().len(), 100);
     assert_eq!(body["truncated"], true);
 }
+
+/// The whole service on real sockets, AWS off: the `metric_rules` task still runs (a simulator
+/// may feed the tables), its alert shows in the alerts API, and the series answers over HTTP.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn served_with_aws_off_the_rules_run_and_the_series_answers(pool: PgPool) {
+    let broker = common::Broker::start().await;
+    let mut cfg = common::config(&broker);
+    cfg.cloudwatch.poll = fleetwatch::config::HumanDuration(std::time::Duration::from_secs(1));
+    let now = Utc::now();
+    let period = fleetwatch::domain::metric_rule::floor_period(now);
+    let m = metric(&pool, "Connect.ClientIDThrottle", json!({}), None).await;
+    sqlx::query("update cloudwatch_metrics set polled_through = $2 where id = $1")
+        .bind(m)
+        .bind(now)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sample(&pool, m, period - chrono::TimeDelta::minutes(2), 60.0).await;
+    let app = fleetwatch::app::App::build_with_pool(cfg, pool, common::system_clock())
+        .await
+        .unwrap();
+    let api = common::api(&format!("http://{}", app.addr));
+    let mut alert = Value::Null;
+    for _ in 0..100 {
+        let (s, body) = api
+            .get("/api/v1/alerts?kind=metric_threshold&status=firing")
+            .await;
+        assert_eq!(s, 200, "{body}");
+        if let Some(a) = body["items"].as_array().and_then(|i| i.first()) {
+            alert = a.clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(alert["severity"], "critical", "{alert}");
+    assert_eq!(alert["details"]["value"], 60.0, "{alert}");
+    assert!(alert["device_id"].is_null());
+    let (s, h) = api.get("/healthz").await;
+    assert_eq!(s, 200);
+    assert!(h["tasks"].to_string().contains("metric_rules"), "{h}");
+    let (s, body) = api
+        .get("/api/v1/metrics/cloudwatch?metric=Connect.ClientIDThrottle&step=5m")
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let points = body["series"][0]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 1, "{body}");
+    assert_eq!(points[0]["value"], 60.0);
+    let (s, body) = api.get("/api/v1/metrics/cloudwatch?step=0").await;
+    assert_eq!(s, 400, "{body}");
+    app.shutdown().await.unwrap();
+}
