@@ -3,9 +3,10 @@
 //! far they are complete), `detect::metrics::tick` is driven by hand, and the alerts, their
 //! trail and their notification rows (the webhook outbox) are read back from Postgres.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use fleetwatch::alerts::webhook::Worker;
 use fleetwatch::alerts::{lifecycle, outbox};
 use fleetwatch::clock::{Clock, ManualClock};
 use fleetwatch::config::{Config, HumanDuration, Secret, WebhookConfig};
@@ -40,6 +41,31 @@ struct Env {
     pool: PgPool,
     clock: Arc<ManualClock>,
     rules: Vec<MetricRule>,
+    worker: Option<Arc<Worker>>,
+    /// (event, alert id, severity) of every webhook the receiver got, in order.
+    received: Arc<Mutex<Vec<(String, i64, String)>>>,
+}
+
+/// A webhook receiver on a real socket that accepts everything; its URL.
+async fn receiver(seen: Arc<Mutex<Vec<(String, i64, String)>>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().fallback(axum::routing::post(move |body: axum::body::Bytes| {
+        let seen = seen.clone();
+        async move {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            seen.lock().unwrap().push((
+                v["event"].as_str().unwrap().to_string(),
+                v["alert"]["id"].as_i64().unwrap(),
+                v["alert"]["severity"].as_str().unwrap().to_string(),
+            ));
+            "ok"
+        }
+    }));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://127.0.0.1:{port}/hook")
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -54,20 +80,35 @@ struct AlertRow {
 impl Env {
     async fn new(pool: PgPool, rules: Vec<MetricRule>) -> Env {
         fleetwatch::logging::init_for_tests();
-        // One native webhook endpoint, so every alert change writes its notification rows.
+        // One native webhook endpoint on a real receiver, so every alert change writes its
+        // notification rows and the worker can deliver them.
+        let received = Arc::default();
         let hook = WebhookConfig {
             name: Some("oncall".into()),
-            url: "http://127.0.0.1:9/hook".into(),
+            url: receiver(Arc::clone(&received)).await,
             secret: Some(Secret::new("whsec")),
             timeout: HumanDuration(std::time::Duration::from_secs(2)),
             ..WebhookConfig::default()
         };
-        outbox::sync_endpoints(&pool, &[hook]).await.unwrap();
+        outbox::sync_endpoints(&pool, std::slice::from_ref(&hook))
+            .await
+            .unwrap();
         Env {
+            worker: Some(Arc::new(Worker::new(pool.clone(), &[hook]).unwrap())),
             pool,
             clock: ManualClock::new(t("2026-11-30T10:00:10Z")),
             rules,
+            received,
         }
+    }
+
+    /// One pass of the webhook worker at the clock's time (after the endpoint's group wait).
+    async fn deliver(&self) -> Vec<(String, i64, String)> {
+        let w = self.worker.as_ref().unwrap();
+        w.tick(self.clock.now() + TimeDelta::seconds(31))
+            .await
+            .unwrap();
+        self.received.lock().unwrap().clone()
     }
 
     async fn metric(&self, name: &str, dims: Value) -> i64 {
@@ -212,6 +253,10 @@ async fn a_client_id_throttle_burst_warns_grows_to_critical_and_resolves_after_h
     let b = env.one().await;
     assert_eq!((b.id, b.severity.as_str()), (a.id, "critical"));
     assert_eq!(b.details["value"], 78.0);
+    let firing = (String::from("alert.firing"), a.id);
+    let got = env.deliver().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].0.clone(), got[0].1), firing);
 
     // Unchanged severity writes nothing (the value moving alone does not touch the trail).
     env.at("10:09:10");
@@ -249,13 +294,23 @@ async fn a_client_id_throttle_burst_warns_grows_to_critical_and_resolves_after_h
         env.trail(a.id).await,
         ["opened", "updated", "updated", "resolved"]
     );
+    let rows: Vec<_> = env
+        .notifications(a.id)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
     assert_eq!(
-        env.notifications(a.id).await,
-        [
-            ("alert.firing".into(), "pending".into(), None),
-            ("alert.resolved".into(), "pending".into(), None)
-        ],
+        rows,
+        ["alert.firing", "alert.resolved"],
         "one page for the incident, one resolution"
+    );
+    let got = env.deliver().await;
+    let events: Vec<_> = got.iter().map(|(e, id, _)| (e.as_str(), *id)).collect();
+    assert_eq!(
+        events,
+        [("alert.firing", a.id), ("alert.resolved", a.id)],
+        "the receiver saw one page and one resolution"
     );
 
     // A new burst within the reopen window reopens the same alert and pages again.
@@ -508,6 +563,8 @@ async fn hostile_rows_and_samples_change_nothing_they_should_not(pool: PgPool) {
         pool: env.pool.clone(),
         clock: env.clock.clone(),
         rules: rules("[cloudwatch]\nrules = []"),
+        worker: None,
+        received: Arc::default(),
     };
     let o = quiet.tick().await;
     assert_eq!(o.resolved.len(), 1, "{o:?}");
@@ -519,6 +576,8 @@ async fn hostile_rows_and_samples_change_nothing_they_should_not(pool: PgPool) {
         rules: rules(
             "[[cloudwatch.rules]]\nmetric = \"Connect.ClientIDThrottle\"\ndimensions = { Protocol = \"HTTP\" }\nwindow = \"5m\"\nwarning = 0\n",
         ),
+        worker: None,
+        received: Arc::default(),
     };
     assert_eq!(only_http.tick().await.judged, 0);
 }
