@@ -155,14 +155,10 @@ impl Env {
     }
 
     async fn tick(&self) -> Outcome {
-        metrics::tick(
-            &self.pool,
-            &self.rules,
-            TimeDelta::hours(1),
-            self.clock.now(),
-        )
-        .await
-        .unwrap()
+        metrics::MetricRules::new(self.pool.clone(), self.rules.clone(), TimeDelta::hours(1))
+            .tick(self.clock.now())
+            .await
+            .unwrap()
     }
 
     /// The poller kept up: `metric` is complete up to now, then a pass.
@@ -548,8 +544,20 @@ async fn hostile_rows_and_samples_change_nothing_they_should_not(pool: PgPool) {
     env.sample(weird, "2099-01-01T00:00:00Z", 1e12).await;
     env.at("10:05:10");
     env.polled_through(weird, t("2099-01-01T00:05:00Z")).await; // a polled_through from the future
-    let o = env.tick().await;
+    let logs = fleetwatch::logging::Captured::default();
+    let guard = logs.install();
+    let pass = metrics::MetricRules::new(env.pool.clone(), env.rules.clone(), TimeDelta::hours(1));
+    let o = pass.tick(env.clock.now()).await.unwrap();
     assert!(o.fired.is_empty(), "-3 + 7 = 4 is not above 5: {o:?}");
+    assert_eq!(o.skipped_samples, 2, "NaN and infinity counted: {o:?}");
+    pass.tick(env.clock.now()).await.unwrap();
+    drop(guard);
+    assert_eq!(
+        logs.text().matches("not finite numbers").count(),
+        1,
+        "rate-limited: {}",
+        logs.text()
+    );
     env.sample(weird, "2026-11-30T10:04:00Z", 9.0).await; // late data corrects a period
     let o = env.tick().await;
     assert_eq!(o.fired.len(), 1, "{o:?}");

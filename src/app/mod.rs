@@ -152,19 +152,17 @@ impl App {
         {
             // Metric rules run whether or not the AWS poller does: the tables may be fed by a
             // simulator, and with nothing polled a pass is two small queries.
-            let (pool, clock) = (pool.clone(), clock.clone());
-            let rules: Arc<[crate::domain::metric_rule::MetricRule]> =
-                cfg.cloudwatch.metric_rules().into();
-            let reopen_window = cfg.detector.reopen_window.delta();
+            let clock = clock.clone();
+            let pass = Arc::new(crate::detect::metrics::MetricRules::new(
+                pool.clone(),
+                cfg.cloudwatch.metric_rules(),
+                cfg.detector.reopen_window.delta(),
+            ));
             tasks.periodic(
                 Periodic::new("metric_rules", cfg.cloudwatch.poll.0).leader_only(),
                 move |_| {
-                    let (pool, clock, rules) = (pool.clone(), clock.clone(), rules.clone());
-                    async move {
-                        crate::detect::metrics::tick(&pool, &rules, reopen_window, clock.now())
-                            .await
-                            .map(|_| ())
-                    }
+                    let (pass, clock) = (pass.clone(), clock.clone());
+                    async move { pass.tick(clock.now()).await.map(|_| ()) }
                 },
             );
         }

@@ -29,6 +29,7 @@ use crate::domain::alert::{Kind, Severity};
 use crate::domain::metric_rule::{
     self as rule, dims_label, human, MetricRule, Verdict, CLIENT_ID_THROTTLE, PERIOD_SECS,
 };
+use crate::logging::RateLimitedWarn;
 
 /// How many devices a `Connect.ClientIDThrottle` alert's details list (the summary names
 /// fewer, [`SUMMARY_DEVICES`]).
@@ -46,6 +47,8 @@ pub struct Outcome {
     /// Subjects changed in place (severity or devices named).
     pub updated: Vec<(String, Severity)>,
     pub resolved: Vec<String>,
+    /// Samples in the judged windows that are NaN or infinite: counted as absent.
+    pub skipped_samples: usize,
 }
 
 /// The subject of a (metric row, rule) alert.
@@ -134,8 +137,44 @@ struct Judged<'a> {
     end: DateTime<Utc>,
 }
 
-/// One pass over every rule. `now` from the service's clock.
-pub async fn tick(
+/// The pass with its settings and its rate-limited warning (a poller or simulator writing
+/// non-numbers would otherwise log every minute).
+pub struct MetricRules {
+    pub pool: PgPool,
+    pub rules: Vec<MetricRule>,
+    /// `detector.reopen_window`: a rule that fires again within it reopens the same alert.
+    pub reopen_window: TimeDelta,
+    warn: RateLimitedWarn,
+}
+
+impl MetricRules {
+    pub fn new(pool: PgPool, rules: Vec<MetricRule>, reopen_window: TimeDelta) -> Self {
+        Self {
+            pool,
+            rules,
+            reopen_window,
+            warn: RateLimitedWarn::new(std::time::Duration::from_secs(300)),
+        }
+    }
+
+    /// One pass over every rule. `now` from the service's clock.
+    pub async fn tick(&self, now: DateTime<Utc>) -> anyhow::Result<Outcome> {
+        let out = pass(&self.pool, &self.rules, self.reopen_window, now).await?;
+        if out.skipped_samples > 0 {
+            self.warn.warn(
+                "metric_rules_non_finite",
+                &format_args!(
+                    "metric rules: {} CloudWatch samples are not finite numbers and count as \
+                     absent",
+                    out.skipped_samples
+                ),
+            );
+        }
+        Ok(out)
+    }
+}
+
+async fn pass(
     pool: &PgPool,
     rules: &[MetricRule],
     reopen_window: TimeDelta,
@@ -202,6 +241,10 @@ pub async fn tick(
             .await
             .context("metric rules: reading samples")?
         {
+            if !v.is_finite() {
+                out.skipped_samples += 1;
+                continue;
+            }
             samples.entry(id).or_default().insert(t, v);
         }
     }
