@@ -609,8 +609,22 @@ impl Default for AwsConfig {
 pub struct CloudWatchConfig {
     /// Switches this poller off alone.
     pub enabled: bool,
-    /// How often GetMetricData runs (env `FLEETWATCH_CLOUDWATCH_POLL`).
+    /// How often GetMetricData runs (env `FLEETWATCH_CLOUDWATCH_POLL`); the metric rules are
+    /// judged at the same period.
     pub poll: HumanDuration,
+    /// `[[cloudwatch.rules]]`: threshold rules on the polled metrics. Absent means the defaults
+    /// (`domain::metric_rule::defaults`), an empty list (`rules = []`) means none. Judged
+    /// whether or not the AWS poller runs (a simulator may fill the tables).
+    pub rules: Option<Vec<crate::domain::metric_rule::MetricRule>>,
+}
+
+impl CloudWatchConfig {
+    /// The metric rules in force: the configured ones, else the defaults.
+    pub fn metric_rules(&self) -> Vec<crate::domain::metric_rule::MetricRule> {
+        self.rules
+            .clone()
+            .unwrap_or_else(crate::domain::metric_rule::defaults)
+    }
 }
 
 impl Default for CloudWatchConfig {
@@ -618,6 +632,7 @@ impl Default for CloudWatchConfig {
         Self {
             enabled: true,
             poll: dur("60s"),
+            rules: None,
         }
     }
 }
@@ -1124,6 +1139,8 @@ impl Config {
             }
         }
         crate::domain::inhibit::validate(&self.inhibit_rules()).map_err(anyhow::Error::msg)?;
+        crate::domain::metric_rule::validate(&self.cloudwatch.metric_rules())
+            .map_err(anyhow::Error::msg)?;
         for (k, n) in [
             (
                 "detector.flapping_disconnects",
@@ -1664,5 +1681,62 @@ mod tests {
         .unwrap_err()
         .to_string()
         .contains("FLEETWATCH_ADDRESS_DRIFT_ENABLED"));
+    }
+}
+
+#[cfg(test)]
+mod metric_rule_tests {
+    use super::*;
+
+    #[test]
+    fn cloudwatch_rules_parse_default_and_name_the_bad_key() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(
+            c.cloudwatch.metric_rules(),
+            crate::domain::metric_rule::defaults()
+        );
+        let none = Config::from_toml("[cloudwatch]\nrules = []").unwrap();
+        assert!(none.cloudwatch.metric_rules().is_empty());
+        let c = Config::from_toml(
+            r#"
+            [[cloudwatch.rules]]
+            metric = "Connect.ClientIDThrottle"
+            dimensions = { Protocol = "MQTT" }
+            window = "10m"
+            warning = 5
+            critical = 100.5
+            resolve_below = 1
+            clear_for = "3m"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let r = &c.cloudwatch.metric_rules()[0];
+        assert_eq!(r.window, Duration::from_secs(600));
+        assert_eq!(r.clear_for, Duration::from_secs(180));
+        assert_eq!(
+            (r.warning, r.critical, r.resolve_below),
+            (Some(5.0), Some(100.5), Some(1.0))
+        );
+        assert_eq!(r.key(), "Connect.ClientIDThrottle{Protocol=MQTT}/10m");
+
+        let c = Config::from_toml(
+            "[[cloudwatch.rules]]\nmetric = \"Connect.Throttle\"\nwindow = \"5m\"\n",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("cloudwatch.rules[0].warning"), "{e}");
+        let e = Config::from_toml(
+            "[[cloudwatch.rules]]\nmetric = \"X\"\nwindow = \"soon\"\nwarning = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cloudwatch.rules[0].window"), "{e}");
+        let e = Config::from_toml(
+            "[[cloudwatch.rules]]\nmetric = \"X\"\nwindow = \"5m\"\nwarning = 1\nbogus = 2\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bogus"), "{e}");
     }
 }

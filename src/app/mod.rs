@@ -149,6 +149,23 @@ impl App {
                 },
             );
         }
+        {
+            // Metric rules run whether or not the AWS poller does: the tables may be fed by a
+            // simulator, and with nothing polled a pass is two small queries.
+            let clock = clock.clone();
+            let pass = Arc::new(crate::detect::metrics::MetricRules::new(
+                pool.clone(),
+                cfg.cloudwatch.metric_rules(),
+                cfg.detector.reopen_window.delta(),
+            ));
+            tasks.periodic(
+                Periodic::new("metric_rules", cfg.cloudwatch.poll.0).leader_only(),
+                move |_| {
+                    let (pass, clock) = (pass.clone(), clock.clone());
+                    async move { pass.tick(clock.now()).await.map(|_| ()) }
+                },
+            );
+        }
         if let Some(first) = statuses.first() {
             let (health, first, topic, clock) = (
                 ingest.health.clone(),

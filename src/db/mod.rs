@@ -5,6 +5,7 @@ pub mod detector;
 pub mod devices;
 pub mod inventory;
 pub mod networks;
+pub mod metric_series;
 pub mod notifications;
 pub mod presence;
 pub mod retirement;

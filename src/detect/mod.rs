@@ -11,6 +11,7 @@ pub mod drift;
 pub mod grouping;
 pub mod heartbeat;
 pub mod leader;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

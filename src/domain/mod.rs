@@ -19,6 +19,7 @@ pub mod inhibit;
 pub mod input;
 pub mod inventory;
 pub mod network;
+pub mod metric_rule;
 pub mod notification;
 pub mod presence;
 pub mod schedule;

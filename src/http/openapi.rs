@@ -29,6 +29,7 @@ use super::api;
         api::alerts::ack,
         api::alerts::ticket,
         api::fleet::summary,
+        api::metrics::cloudwatch,
         api::webhooks::list,
         api::webhooks::redrive,
         api::silences::list,
@@ -42,6 +43,8 @@ use super::api;
         (name = "devices", description = "Devices, their health and presence history"),
         (name = "alerts", description = "Alerts, acknowledgement and ticket references"),
         (name = "fleet", description = "The fleet at a glance"),
+        (name = "metrics", description = "The AWS IoT CloudWatch metrics we poll, and their \
+                                          series"),
         (name = "webhooks", description = "Notification deliveries and dead letters"),
         (name = "silences", description = "Maintenance windows: matching alerts are recorded \
                                            but not notified"),

@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod devices;
 pub mod fleet;
+pub mod metrics;
 pub mod silences;
 pub mod webhooks;
 
@@ -107,6 +108,7 @@ pub fn router() -> Router<AppState> {
         .route("/alerts/{id}/ack", post(alerts::ack))
         .route("/alerts/{id}/ticket", put(alerts::ticket))
         .route("/fleet/summary", get(fleet::summary))
+        .route("/metrics/cloudwatch", get(metrics::cloudwatch))
         .route("/webhooks/deliveries", get(webhooks::list))
         .route("/webhooks/deliveries/{id}/redrive", post(webhooks::redrive))
         .route("/silences", get(silences::list).post(silences::create))
