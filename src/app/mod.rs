@@ -241,6 +241,7 @@ impl App {
                     state.pool.clone(),
                     state.clock.clone(),
                     health.clone(),
+                    state.metrics.clone(),
                 );
                 crate::aws::start(&sdk, &cfg, &tasks, &ctx);
                 health

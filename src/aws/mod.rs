@@ -13,6 +13,7 @@
 //! The pollers themselves (CloudWatch metrics, the IoT registry) run leader-only through the
 //! supervisor (`app::tasks`); each tick records its result in [`health`] before returning it.
 
+pub mod cloudwatch;
 pub mod health;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -68,6 +69,7 @@ pub struct PollerContext {
     pub clock: crate::clock::SharedClock,
     pub health: std::sync::Arc<AwsHealth>,
     pub alert: health::AlertSettings,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl PollerContext {
@@ -76,6 +78,7 @@ impl PollerContext {
         pool: sqlx::PgPool,
         clock: crate::clock::SharedClock,
         health: std::sync::Arc<AwsHealth>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
         let severity = cfg
             .detector
@@ -92,6 +95,7 @@ impl PollerContext {
                 severity,
                 reopen_window: cfg.detector.reopen_window.delta(),
             },
+            metrics,
         }
     }
 }
@@ -131,9 +135,12 @@ pub fn spawn_poller<F, Fut>(
 
 /// Start every AWS poller that is switched on. Each poller's module adds itself here.
 pub fn start(
-    _sdk: &SdkConfig,
-    _cfg: &crate::config::Config,
-    _tasks: &crate::app::tasks::Supervisor,
-    _ctx: &PollerContext,
+    sdk: &SdkConfig,
+    cfg: &crate::config::Config,
+    tasks: &crate::app::tasks::Supervisor,
+    ctx: &PollerContext,
 ) {
+    if cfg.cloudwatch.enabled {
+        cloudwatch::start(sdk, &cfg.cloudwatch, tasks, ctx);
+    }
 }
