@@ -927,6 +927,15 @@ impl Config {
         if let Some(d) = duration(env, "FLEETWATCH_CLOUDWATCH_POLL")? {
             self.cloudwatch.poll = d;
         }
+        if let Some(v) = env.get("FLEETWATCH_CLOUDWATCH_NAMESPACE") {
+            self.cloudwatch.namespace = v.clone();
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_CLOUDWATCH_WINDOW")? {
+            self.cloudwatch.window = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_CLOUDWATCH_BACKFILL")? {
+            self.cloudwatch.backfill = d;
+        }
         if let Some(d) = duration(env, "FLEETWATCH_INVENTORY_SYNC")? {
             self.inventory.sync = d;
         }
