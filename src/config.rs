@@ -361,6 +361,8 @@ pub struct RetentionConfig {
     pub deliveries: HumanDuration,
     /// Alerts resolved longer ago than this are deleted with their trail.
     pub alerts: HumanDuration,
+    /// CloudWatch samples older than this (by period start) are deleted; the metric rows stay.
+    pub cloudwatch_samples: HumanDuration,
     /// How often the retention job runs.
     pub interval: HumanDuration,
 }
@@ -604,6 +606,7 @@ impl Default for AwsConfig {
 }
 
 /// `[cloudwatch]`: the `AWS/IoT` throttle and error metrics (only with `aws.enabled`).
+/// The poller (`aws::cloudwatch`) documents what each key does to a poll.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CloudWatchConfig {
@@ -612,6 +615,24 @@ pub struct CloudWatchConfig {
     /// How often GetMetricData runs (env `FLEETWATCH_CLOUDWATCH_POLL`); the metric rules are
     /// judged at the same period.
     pub poll: HumanDuration,
+    /// The namespace listed and polled (`AWS/IoT`; tests and demos use their own).
+    pub namespace: String,
+    /// List the namespace's throttle/error/failure metrics (every dimension set); off, only
+    /// `metrics` is polled.
+    pub discover: bool,
+    /// How often discovery runs again (it also runs at start): new dimension sets appear
+    /// when a new rule or protocol starts being used, rarely.
+    pub discovery: HumanDuration,
+    /// Metrics polled in addition to discovery's (or instead, with `discover = false`).
+    pub metrics: Vec<CloudWatchMetricEntry>,
+    /// Each poll re-reads this much before the last complete read: CloudWatch data lands
+    /// minutes late, and re-reading replaces a sample with the latest figure.
+    pub window: HumanDuration,
+    /// Never read further back than this (after a restart, the gap is filled up to here).
+    pub backfill: HumanDuration,
+    /// Calls per second to CloudWatch at most, discovery included (the account's
+    /// GetMetricData quota is 50/s, shared with dashboards and other tools).
+    pub max_calls_per_second: f64,
     /// `[[cloudwatch.rules]]`: threshold rules on the polled metrics. Absent means the defaults
     /// (`domain::metric_rule::defaults`), an empty list (`rules = []`) means none. Judged
     /// whether or not the AWS poller runs (a simulator may fill the tables).
@@ -627,13 +648,85 @@ impl CloudWatchConfig {
     }
 }
 
+/// One explicitly configured metric: `{name = "Connect.AuthError", dimensions = {Protocol = "MQTT"}}`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CloudWatchMetricEntry {
+    pub name: String,
+    #[serde(default)]
+    pub dimensions: BTreeMap<String, String>,
+}
+
 impl Default for CloudWatchConfig {
     fn default() -> Self {
         Self {
             enabled: true,
             poll: dur("60s"),
+            namespace: "AWS/IoT".into(),
+            discover: true,
+            discovery: dur("1h"),
+            metrics: Vec::new(),
+            window: dur("15m"),
+            backfill: dur("3h"),
+            max_calls_per_second: 5.0,
             rules: None,
         }
+    }
+}
+
+impl CloudWatchConfig {
+    /// The `cloudwatch.*` checks (CloudWatch's own limits: names 1..=255 characters, at most
+    /// 30 dimensions, each name and value 1..=255 characters).
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.poll.0 < Duration::from_secs(1) {
+            bail!("cloudwatch.poll: expected at least 1s");
+        }
+        let ok_len = |s: &str| (1..=255).contains(&s.chars().count());
+        if !ok_len(&self.namespace) {
+            bail!("cloudwatch.namespace: expected 1 to 255 characters");
+        }
+        if self.discovery.0 < Duration::from_secs(1) {
+            bail!("cloudwatch.discovery: expected at least 1s");
+        }
+        if self.backfill.0 < Duration::from_secs(60) {
+            bail!("cloudwatch.backfill: expected at least 60s (one period)");
+        }
+        if self.backfill.0 > Duration::from_secs(15 * 86400) {
+            bail!("cloudwatch.backfill: expected at most 15d (CloudWatch keeps 1-minute data 15 days)");
+        }
+        if self.window > self.backfill {
+            bail!("cloudwatch.window: expected no more than cloudwatch.backfill");
+        }
+        if !(self.max_calls_per_second.is_finite()
+            && (0.01..=50.0).contains(&self.max_calls_per_second))
+        {
+            bail!(
+                "cloudwatch.max_calls_per_second: expected 0.01 to 50 (CloudWatch's quota), got {}",
+                self.max_calls_per_second
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, m) in self.metrics.iter().enumerate() {
+            let key = format!("cloudwatch.metrics[{i}]");
+            if !ok_len(&m.name) {
+                bail!("{key}.name: expected 1 to 255 characters, got {:?}", m.name);
+            }
+            if m.dimensions.len() > 30 {
+                bail!("{key}.dimensions: expected at most 30 dimensions");
+            }
+            for (k, v) in &m.dimensions {
+                if !ok_len(k) || !ok_len(v) {
+                    bail!("{key}.dimensions: names and values must be 1 to 255 characters, got {k:?} = {v:?}");
+                }
+            }
+            if !seen.insert((&m.name, &m.dimensions)) {
+                bail!("{key}: {} with these dimensions is listed twice", m.name);
+            }
+        }
+        if !self.discover && self.metrics.is_empty() && self.enabled {
+            bail!("cloudwatch.metrics: expected at least one metric when cloudwatch.discover is off (or set cloudwatch.enabled = false)");
+        }
+        Ok(())
     }
 }
 
@@ -768,6 +861,7 @@ impl Default for RetentionConfig {
             presence_events: dur("90d"),
             deliveries: dur("30d"),
             alerts: dur("365d"),
+            cloudwatch_samples: dur("30d"),
             interval: dur("1h"),
         }
     }
@@ -925,6 +1019,15 @@ impl Config {
         if let Some(d) = duration(env, "FLEETWATCH_CLOUDWATCH_POLL")? {
             self.cloudwatch.poll = d;
         }
+        if let Some(v) = env.get("FLEETWATCH_CLOUDWATCH_NAMESPACE") {
+            self.cloudwatch.namespace = v.clone();
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_CLOUDWATCH_WINDOW")? {
+            self.cloudwatch.window = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_CLOUDWATCH_BACKFILL")? {
+            self.cloudwatch.backfill = d;
+        }
         if let Some(d) = duration(env, "FLEETWATCH_INVENTORY_SYNC")? {
             self.inventory.sync = d;
         }
@@ -1056,9 +1159,7 @@ impl Config {
                 self.mqtt.max_payload_bytes
             );
         }
-        if self.cloudwatch.poll.0 < Duration::from_secs(1) {
-            bail!("cloudwatch.poll: expected at least 1s");
-        }
+        self.cloudwatch.validate()?;
         if self.inventory.sync.0 < Duration::from_secs(1) {
             bail!("inventory.sync: expected at least 1s");
         }

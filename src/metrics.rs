@@ -53,6 +53,75 @@ pub struct Metrics {
     pub http: HttpMetrics,
     /// The background tasks, the detector, the alerts and their deliveries.
     pub tasks: TaskMetrics,
+    /// The CloudWatch poller (`aws::cloudwatch`).
+    pub cloudwatch: CloudWatchMetrics,
+}
+
+/// The CloudWatch poller's counters.
+pub struct CloudWatchMetrics {
+    /// Polls, by outcome (`ok`, `error`).
+    pub polls: Family<Labels, Counter>,
+    /// Calls made, by operation (`ListMetrics`, `GetMetricData`), throttled ones included.
+    pub calls: Family<Labels, Counter>,
+    /// Calls CloudWatch refused as throttled (each is backed off and retried).
+    pub throttled: Counter,
+    /// Samples upserted.
+    pub samples_written: Counter,
+    /// Metric results that were not `Complete` (kept for the next poll to read again), by
+    /// status code.
+    pub partial_results: Family<Labels, Counter>,
+    /// Datapoints or listed metrics skipped as malformed, by reason.
+    pub skipped: Family<Labels, Counter>,
+}
+
+impl CloudWatchMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            polls: Family::default(),
+            calls: Family::default(),
+            throttled: Counter::default(),
+            samples_written: Counter::default(),
+            partial_results: Family::default(),
+            skipped: Family::default(),
+        };
+        registry.register(
+            "cloudwatch_polls",
+            "CloudWatch polls, by outcome",
+            m.polls.clone(),
+        );
+        registry.register(
+            "cloudwatch_calls",
+            "CloudWatch API calls, by operation",
+            m.calls.clone(),
+        );
+        registry.register(
+            "cloudwatch_throttled_calls",
+            "CloudWatch calls refused as throttled (backed off and retried)",
+            m.throttled.clone(),
+        );
+        registry.register(
+            "cloudwatch_samples_written",
+            "CloudWatch samples upserted",
+            m.samples_written.clone(),
+        );
+        registry.register(
+            "cloudwatch_partial_results",
+            "CloudWatch metric results not Complete (read again next poll), by status",
+            m.partial_results.clone(),
+        );
+        registry.register(
+            "cloudwatch_skipped",
+            "CloudWatch datapoints or metrics skipped as malformed, by reason",
+            m.skipped.clone(),
+        );
+        for o in ["ok", "error"] {
+            let _ = m.polls.get_or_create(&label("outcome", o));
+        }
+        for op in ["ListMetrics", "GetMetricData"] {
+            let _ = m.calls.get_or_create(&label("operation", op));
+        }
+        m
+    }
 }
 
 /// Histograms in a labelled family need a constructor; a plain `fn` keeps the type nameable.
@@ -325,6 +394,7 @@ impl Metrics {
 
         let http = HttpMetrics::register(&mut registry);
         let tasks = TaskMetrics::register(&mut registry);
+        let cloudwatch = CloudWatchMetrics::register(&mut registry);
 
         // Show every drop reason from the start, so a dashboard sees zeros, not gaps.
         for r in DropReason::ALL {
@@ -349,6 +419,7 @@ impl Metrics {
             devices_created,
             http,
             tasks,
+            cloudwatch,
         })
     }
 

@@ -3,7 +3,7 @@
 //! together with their trail and notifications. Deletes go in bounded batches so the job never
 //! holds long locks; everything is idempotent, so it may run on every replica. The supervisor
 //! (`app::tasks`) runs [`tick`] every `retention.interval`. The deletes themselves are in
-//! `db::{presence, notifications, alerts}`.
+//! `db::{presence, notifications, alerts, cloudwatch}`.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -22,6 +22,7 @@ pub struct Deleted {
     pub delivery_attempts: u64,
     pub notifications: u64,
     pub alerts: u64,
+    pub cloudwatch_samples: u64,
 }
 
 fn cutoff(now: DateTime<Utc>, keep: HumanDuration) -> DateTime<Utc> {
@@ -69,6 +70,12 @@ pub async fn tick(
         pool,
         cutoff(now, cfg.alerts),
         db::alerts::delete_resolved_before,
+    )
+    .await?;
+    d.cloudwatch_samples = drain(
+        pool,
+        cutoff(now, cfg.cloudwatch_samples),
+        db::cloudwatch::delete_samples_before,
     )
     .await?;
     Ok(d)

@@ -666,3 +666,68 @@ async fn the_binary_knows_the_registry_before_any_report(pool: PgPool) {
     assert!(inv["last_success"].is_string(), "{health}");
     assert_eq!(inv["failing"], false, "{health}");
 }
+
+/// The real binary with the AWS pollers on, CloudWatch at a LocalStack holding a seeded
+/// namespace: discovery and polling run on the leader and samples arrive in the database.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn the_binary_polls_cloudwatch_into_the_database(pool: PgPool) {
+    let ls = common::aws::AwsServer::localstack().await;
+    let seed = aws_sdk_cloudwatch::Client::new(&ls.sdk_config());
+    let namespace = format!("Test/e2e/{}", std::process::id());
+    let at = Utc::now() - TimeDelta::minutes(5);
+    for (name, value) in [("Connect.ClientIDThrottle", 3.0), ("Connect.Success", 50.0)] {
+        seed.put_metric_data()
+            .namespace(&namespace)
+            .metric_data(
+                aws_sdk_cloudwatch::types::MetricDatum::builder()
+                    .metric_name(name)
+                    .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                        at.timestamp(),
+                    ))
+                    .value(value)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    let broker = Broker::start().await;
+    let http_port = free_port();
+    let mut settings = fast("2s");
+    settings.push(("FLEETWATCH_AWS_ENABLED", "true".into()));
+    settings.push(("FLEETWATCH_CLOUDWATCH_POLL", "1s".into()));
+    settings.push(("FLEETWATCH_CLOUDWATCH_NAMESPACE", namespace.clone()));
+    let env = ls.env();
+    for (k, v) in &env {
+        settings.push((k.as_str(), v.clone()));
+    }
+    let _guard = service(&pool, &broker, http_port, "e2e-cw", &settings);
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    eventually(60, "CloudWatch samples in the database", || {
+        let (pool, got) = (pool.clone(), got.clone());
+        async move {
+            let rows: Vec<(String, f64)> = sqlx::query_as(
+                "select m.metric_name, s.value from cloudwatch_samples s \
+                 join cloudwatch_metrics m on m.id = s.metric_id",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+            let found = !rows.is_empty();
+            *got.lock().unwrap() = rows;
+            found
+        }
+    })
+    .await;
+    assert_eq!(
+        *got.lock().unwrap(),
+        vec![("Connect.ClientIDThrottle".to_string(), 3.0)],
+        "the throttle metric only"
+    );
+    let api = api(&format!("http://127.0.0.1:{http_port}"));
+    let (_, h) = api.get("/healthz").await;
+    assert!(
+        !h["aws"]["pollers"]["cloudwatch"]["last_success"].is_null(),
+        "{h}"
+    );
+}

@@ -282,6 +282,7 @@ impl App {
                     state.pool.clone(),
                     state.clock.clone(),
                     health.clone(),
+                    state.metrics.clone(),
                 )
                 .with_ingest(ingest.clone());
                 crate::aws::start(&sdk, &cfg, &tasks, &ctx);

@@ -13,6 +13,7 @@
 //! The pollers themselves (CloudWatch metrics, the IoT registry) run leader-only through the
 //! supervisor (`app::tasks`); each tick records its result in [`health`] before returning it.
 
+pub mod cloudwatch;
 pub mod health;
 pub mod inventory;
 
@@ -72,6 +73,7 @@ pub struct PollerContext {
     /// Ingest's in-memory identity and device registry, which the inventory keeps up to date
     /// (client-ID mappings, registry devices); `None` where no ingest runs (some tests).
     pub ingest: Option<crate::ingest::IngestContext>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl PollerContext {
@@ -80,6 +82,7 @@ impl PollerContext {
         pool: sqlx::PgPool,
         clock: crate::clock::SharedClock,
         health: std::sync::Arc<AwsHealth>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
         let severity = cfg
             .detector
@@ -97,6 +100,7 @@ impl PollerContext {
                 reopen_window: cfg.detector.reopen_window.delta(),
             },
             ingest: None,
+            metrics,
         }
     }
 
@@ -148,4 +152,7 @@ pub fn start(
     ctx: &PollerContext,
 ) {
     inventory::start(sdk, cfg, tasks, ctx);
+    if cfg.cloudwatch.enabled {
+        cloudwatch::start(sdk, &cfg.cloudwatch, tasks, ctx);
+    }
 }
