@@ -58,7 +58,14 @@ async fn env(pool: &PgPool, cfg: Config) -> Env {
         registry,
     );
     let ctx =
-        PollerContext::new(&cfg, pool.clone(), shared, AwsHealth::on()).with_ingest(ingest.clone());
+        PollerContext::new(
+        &cfg,
+        pool.clone(),
+        shared,
+        AwsHealth::on(),
+        ingest.metrics.clone(),
+    )
+    .with_ingest(ingest.clone());
     Env {
         clock,
         ctx,
