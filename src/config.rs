@@ -1841,3 +1841,34 @@ mod metric_rule_tests {
         assert!(e.contains("bogus"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod inventory_config_tests {
+    use super::*;
+
+    #[test]
+    fn inventory_keys_defaults_env_and_validation() {
+        let c = Config::default();
+        assert_eq!(c.inventory.reconcile.0, Duration::from_secs(600));
+        assert!(c.inventory.reconcile_enabled);
+        assert!(c.inventory.group_attribute.is_none());
+        let env: BTreeMap<String, String> = [(
+            "FLEETWATCH_INVENTORY_RECONCILE".to_string(),
+            "30s".to_string(),
+        )]
+        .into();
+        let c = Config::load_with_env(None, &env).unwrap();
+        assert_eq!(c.inventory.reconcile.0, Duration::from_secs(30));
+        let c = Config::from_toml(
+            "[inventory]\ngroup_attribute = \"building\"\nclient_id_attribute = \"mqtt_client\"",
+        )
+        .unwrap();
+        assert_eq!(c.inventory.group_attribute.as_deref(), Some("building"));
+        let mut bad = Config::default();
+        bad.inventory.group_attribute = Some(" ".into());
+        assert!(format!("{:#}", bad.validate().unwrap_err()).contains("inventory.group_attribute"));
+        let mut bad = Config::default();
+        bad.inventory.reconcile = "100ms".parse().unwrap();
+        assert!(format!("{:#}", bad.validate().unwrap_err()).contains("inventory.reconcile"));
+    }
+}

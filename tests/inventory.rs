@@ -935,3 +935,84 @@ async fn a_registry_over_the_cap_is_kept_whole_and_said(pool: PgPool) {
     .await;
     assert_eq!(devices(&pool).await.len(), 3);
 }
+
+/// On a manual clock through the real detector: registry devices that never report stay
+/// `never_seen` for hours without an alert (DESIGN §2a); one that reports is evaluated like any
+/// device (its registry override applies), and once its thing is deleted it is retired and its
+/// silence alerts nobody.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn registry_devices_through_the_detector(pool: PgPool) {
+    use fleetwatch::detect::{Detector, Settings};
+    use fleetwatch::ingest::health::IngestStatus;
+    let e = env(&pool, Config::default()).await;
+    let detector = Detector::new(
+        pool.clone(),
+        Settings::from_config(&e.cfg),
+        TimeDelta::seconds(20),
+    );
+    let groups = no_groups();
+    let both = mock!(Client::list_things).then_output(|| {
+        ListThingsOutput::builder()
+            .things(ThingAttribute::builder().thing_name("quiet").build())
+            .things(
+                ThingAttribute::builder()
+                    .thing_name("talker")
+                    .attributes("fleetwatch:expected_interval", "1h")
+                    .build(),
+            )
+            .build()
+    });
+    e.inventory(mocked(&[&groups, &both])).sync().await.unwrap();
+    let tick = |at: DateTime<Utc>| {
+        let detector = &detector;
+        async move { detector.tick(&IngestStatus::Healthy, at).await.unwrap() }
+    };
+    tick(e.clock.now()).await;
+    // talker reports once; with a 1 h interval (+ 5 min grace) it is not due at 30 min
+    presence(
+        &e,
+        common::connected("talker", common::ms(e.clock.now()), "s", 1, "198.51.100.1"),
+        "talker",
+        "connected",
+        e.clock.now(),
+    )
+    .await;
+    for _ in 0..6 {
+        e.clock.advance(TimeDelta::minutes(5));
+        tick(e.clock.now()).await;
+    }
+    let alerts = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, String>("select subject from alerts order by id")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    assert!(
+        alerts(pool.clone()).await.is_empty(),
+        "the registry's 1 h interval applies"
+    );
+    for _ in 0..12 {
+        e.clock.advance(TimeDelta::minutes(10));
+        tick(e.clock.now()).await;
+    }
+    assert_eq!(alerts(pool.clone()).await, vec!["talker".to_string()]);
+    assert_eq!(dev(&pool, "quiet").await.state, "never_seen");
+
+    // talker's thing is deleted: retired, its alert resolved, nothing new while it stays silent
+    let only_quiet = mock!(Client::list_things).then_output(|| things_page(&["quiet"], None));
+    e.inventory(mocked(&[&groups, &only_quiet]))
+        .sync()
+        .await
+        .unwrap();
+    for _ in 0..12 {
+        e.clock.advance(TimeDelta::minutes(30));
+        tick(e.clock.now()).await;
+    }
+    let firing: i64 = sqlx::query_scalar("select count(*) from alerts where status = 'firing'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(firing, 0);
+    assert_eq!(alerts(pool.clone()).await.len(), 1);
+    assert_eq!(dev(&pool, "quiet").await.state, "never_seen");
+}
