@@ -285,6 +285,15 @@ pub fn validate(rules: &[MetricRule]) -> Result<(), String> {
                 ));
             }
         }
+        if r.key().len() > 2 * MAX_NAME {
+            // The name is part of every alert subject of the rule.
+            return Err(format!(
+                "{}: the default name (metric, dimensions, window) is over {} characters; \
+                 give the rule a shorter `name`",
+                at("name"),
+                2 * MAX_NAME
+            ));
+        }
         if let Some(j) = keys.insert(r.key(), i) {
             return Err(format!(
                 "{}: rules[{j}] has the same name {:?}; give one a `name`",
@@ -493,6 +502,11 @@ mod tests {
         r.warning = Some(1.0);
         r.metric = String::new();
         assert!(err(r).contains("metric"));
+        let mut long = rule(Some(1.0), None);
+        long.dimensions = Some((0..20).map(|i| (format!("D{i}"), "v".repeat(30))).collect());
+        assert!(err(long.clone()).contains("rules[0].name"));
+        long.name = Some("screens-long".into());
+        assert_eq!(validate(&[long]), Ok(()));
         let dup = validate(&[rule(Some(1.0), None), rule(Some(2.0), None)]).unwrap_err();
         assert!(dup.contains("rules[1].name"), "{dup}");
     }
