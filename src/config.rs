@@ -1772,6 +1772,11 @@ mod tests {
                 .to_string();
             assert!(e.contains(key), "{toml}: {e}");
         }
+        // as the README writes them: an integer limit is a number of publishes per second
+        let c =
+            Config::from_toml("[mqtt]\nper_connection_limit = 100\nper_connection_warn = 0.8\n")
+                .unwrap();
+        assert_eq!(c.mqtt.per_connection_limit, 100.0);
         let c = Config::load_with_env(None, &env(&[("FLEETWATCH_ADDRESS_DRIFT_ENABLED", "true")]))
             .unwrap();
         assert!(c.address_drift.enabled);
