@@ -57,8 +57,7 @@ async fn env(pool: &PgPool, cfg: Config) -> Env {
         shared.clone(),
         registry,
     );
-    let ctx =
-        PollerContext::new(
+    let ctx = PollerContext::new(
         &cfg,
         pool.clone(),
         shared,

@@ -274,14 +274,18 @@ async fn a_client_id_throttle_burst_warns_grows_to_critical_and_resolves_after_h
 
     // A trickle of 2 keeps it in the band (1 < 2 ≤ 5): held, neither resolved nor refired.
     env.sample(m, "2026-11-30T10:10:00Z", 2.0).await;
-    for hms in ["10:13:10", "10:14:10", "10:15:10", "10:16:10", "10:17:10"] {
+    // (Clear windows must also have settled: clear_for 2 min + SETTLE 3 min.)
+    for hms in [
+        "10:13:10", "10:14:10", "10:15:10", "10:16:10", "10:17:10", "10:18:10", "10:19:10",
+        "10:20:10",
+    ] {
         env.at(hms);
         let o = env.polled_tick(m).await;
         assert!(o.resolved.is_empty() && o.fired.is_empty(), "{hms}: {o:?}");
         assert_eq!(env.one().await.status, "firing", "{hms}");
     }
-    // Clear since the 10:16 window, and for 2 min by 10:18: resolved.
-    env.at("10:18:10");
+    // Clear since the 10:16 window, for 2 min by 10:18, settled by 10:21: resolved.
+    env.at("10:21:10");
     let o = env.polled_tick(m).await;
     assert_eq!(o.resolved.len(), 1, "{o:?}");
     let c = env.one().await;
@@ -310,12 +314,42 @@ async fn a_client_id_throttle_burst_warns_grows_to_critical_and_resolves_after_h
     );
 
     // A new burst within the reopen window reopens the same alert and pages again.
-    env.sample(m, "2026-11-30T10:18:00Z", 9.0).await;
-    env.at("10:19:10");
+    env.sample(m, "2026-11-30T10:21:00Z", 9.0).await;
+    env.at("10:22:10");
     let o = env.polled_tick(m).await;
     assert_eq!(o.fired.len(), 1);
     assert_eq!(env.one().await.id, a.id);
     assert_eq!(env.notifications(a.id).await.len(), 3);
+}
+
+/// CloudWatch reports a period `Complete` before all its datapoints have landed: a burst's
+/// newest minutes read as zero at first. The alert must not resolve on them and reopen when
+/// the late data arrives (two pages for one incident): clear windows count once settled.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn late_data_does_not_resolve_and_reopen(pool: PgPool) {
+    let env = Env::new(pool, rules(HYSTERESIS)).await;
+    let m = env.metric("Connect.ClientIDThrottle", json!({})).await;
+    env.sample(m, "2026-11-30T10:00:00Z", 8.0).await;
+    env.at("10:01:10");
+    assert_eq!(env.polled_tick(m).await.fired.len(), 1);
+    // The 10:01–10:07 periods are polled but empty so far: the 5 min window ending 10:06 is
+    // clear, and clear_for 2 min has passed by 10:08, but not yet settled.
+    for hms in ["10:06:10", "10:07:10", "10:08:10"] {
+        env.at(hms);
+        let o = env.polled_tick(m).await;
+        assert!(
+            o.resolved.is_empty(),
+            "{hms}: resolved on unsettled data: {o:?}"
+        );
+    }
+    // The late datapoints land: still the same firing alert, never resolved in between.
+    env.sample(m, "2026-11-30T10:05:00Z", 7.0).await;
+    env.at("10:09:10");
+    env.polled_tick(m).await;
+    let a = env.one().await;
+    assert_eq!(a.status, "firing");
+    assert_eq!(env.trail(a.id).await, ["opened"]);
+    assert_eq!(env.notifications(a.id).await.len(), 1, "one page");
 }
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]

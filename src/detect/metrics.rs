@@ -227,7 +227,9 @@ async fn pass(
         let period = TimeDelta::seconds(PERIOD_SECS);
         let from = judged
             .iter()
-            .map(|j| j.end - period * (j.rule.window_periods() + j.rule.clear_periods()) as i32)
+            .map(|j| {
+                j.end - period * (j.rule.window_periods() + rule::resolve_history(j.rule)) as i32
+            })
             .min()
             .unwrap_or(now);
         let to = judged.iter().map(|j| j.end).max().unwrap_or(now);
@@ -266,7 +268,7 @@ async fn pass(
         let current = firing.get(&subj);
         let severity = current.and_then(|(_, s, _)| s.parse::<Severity>().ok());
         let series = samples.get(&j.metric.id).unwrap_or(&empty);
-        let sums = rule::window_sums(series, j.end, j.rule, j.rule.clear_periods());
+        let sums = rule::window_sums(series, j.end, j.rule, rule::resolve_history(j.rule));
         match rule::evaluate(j.rule, severity, &sums) {
             Verdict::Fire {
                 severity: sev,

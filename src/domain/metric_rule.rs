@@ -20,6 +20,13 @@
 //!   (default: the lowest threshold) and has been, at every period end, for `clear_for`
 //!   (default 0: the current window alone). Between `resolve_below` and the lowest threshold it
 //!   holds its severity.
+//! - Settling: CloudWatch data lands minutes late, and a poll reads `Complete` for periods whose
+//!   datapoints have not all arrived yet. The sums of counting metrics only grow as late data
+//!   lands, so a window that is above a threshold already is evidence (it fires at once), while
+//!   one that looks clear may not be: a firing alert resolves only once the windows ending in
+//!   the last [`SETTLE`] are clear too, i.e. it must be clear for `clear_for + SETTLE`. Without
+//!   this, a burst's newest minutes read as zero would resolve the alert and the late data
+//!   reopen it: two pages for one incident.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -37,6 +44,14 @@ pub const PERIOD_SECS: i64 = 60;
 /// (not judged, verdict held): the poller re-reads a 15 min trailing window, so a healthy
 /// poller's `polled_through` is never that far behind.
 pub const STALE_AFTER: TimeDelta = TimeDelta::minutes(15);
+
+/// How long after a period its sum may still grow with late data (see the contract).
+pub const SETTLE: TimeDelta = TimeDelta::minutes(3);
+
+/// The window sums [`evaluate`] needs before the current one: `clear_for` plus [`SETTLE`].
+pub fn resolve_history(rule: &MetricRule) -> i64 {
+    rule.clear_periods() + SETTLE.num_seconds() / PERIOD_SECS
+}
 
 /// The metric whose alerts name the devices of open `client_id_conflict` and `throttled`
 /// alerts: a duplicated client ID storm shows up as this throttle (DESIGN.md §1).
@@ -366,7 +381,7 @@ pub enum Verdict {
 }
 
 /// Judge one metric row. `firing` is the open alert's severity, if any; `sums` are the window
-/// sums from [`window_sums`] with `extra = rule.clear_periods()`, oldest first.
+/// sums from [`window_sums`] with `extra = resolve_history(rule)`, oldest first.
 pub fn evaluate(rule: &MetricRule, firing: Option<Severity>, sums: &[f64]) -> Verdict {
     let value = sums.last().copied().unwrap_or(0.0);
     if let Some((severity, threshold)) = rule.level(value) {
@@ -550,7 +565,7 @@ mod tests {
             r.resolve_below = Some(2.0);
             r.clear_for = Duration::from_secs(clear * 60);
             let firing = start_firing.then_some(Severity::Warning);
-            let n = r.clear_periods() as usize + 1;
+            let n = resolve_history(&r) as usize + 1;
             for i in 0..values.len() {
                 let sums = &values[i.saturating_sub(n - 1)..=i];
                 match evaluate(&r, firing, sums) {
