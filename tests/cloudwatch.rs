@@ -893,3 +893,31 @@ fn bad_configured_metrics_are_config_errors_naming_the_key() {
     assert_eq!(c.cloudwatch.metrics[0].dimensions["Protocol"], "MQTT");
     assert_eq!(c.cloudwatch.window, HumanDuration(Duration::from_secs(900)));
 }
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn an_endpoint_that_is_down_fails_the_poll_saying_so(pool: PgPool) {
+    // A port nothing listens on, through the real SDK and HTTP client.
+    let port = common::free_port();
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .credentials_provider(aws_sdk_cloudwatch::config::SharedCredentialsProvider::new(
+            Credentials::new("a", "b", None, None, "test"),
+        ))
+        .http_client(fleetwatch::aws::http_client())
+        .build();
+    let clock = ManualClock::new(Utc::now());
+    let (p, metrics) = poller(cw::client(&sdk), cfg("AWS/IoT"), &pool, &clock);
+    let e = format!("{:#}", p.poll(false).await.unwrap_err());
+    assert!(e.contains("ListMetrics"), "{e}");
+    assert!(e.to_lowercase().contains("connect"), "{e}");
+    assert_eq!(
+        common::metric(
+            &metrics.render(),
+            "fleetwatch_cloudwatch_polls_total{outcome=\"error\"}"
+        ),
+        1.0
+    );
+    assert!(rows(&pool, "AWS/IoT").await.is_empty());
+}

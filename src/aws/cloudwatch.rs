@@ -517,6 +517,10 @@ impl Poller {
                     }
                 }
                 resume = page.next_token().map(str::to_string);
+                // The last page: no call (and no limiter slot) just to hear there is none.
+                if resume.is_none() {
+                    return Ok(out);
+                }
             }
         }
     }
