@@ -814,6 +814,14 @@ async fn configured_metrics_extend_or_replace_discovery(pool: PgPool) {
             ("Connect.Success".into(), "config".into())
         ]
     );
+    // Discovery runs again after `cloudwatch.discovery` (1 h), or at a new leadership.
+    assert_eq!(p.poll(false).await.unwrap().discovered, None);
+    clock.advance(TimeDelta::minutes(59));
+    assert_eq!(p.poll(false).await.unwrap().discovered, None);
+    clock.advance(TimeDelta::minutes(1));
+    assert_eq!(p.poll(false).await.unwrap().discovered, Some(2));
+    assert_eq!(p.poll(true).await.unwrap().discovered, Some(2));
+    assert_eq!(list.num_calls(), 3);
     // discover = false: ListMetrics is not called at all.
     c.discover = false;
     let list2 = one_metric();
