@@ -490,14 +490,22 @@ async fn throttling_backs_off_and_the_limiter_holds_the_call_rate() {
             w[1] - w[0]
         );
     }
-    // After a throttle the next call waits out a backoff (at least half a second).
+    // After a throttle (every third call) the next call waits out a backoff (at least half a
+    // second); other calls are only spaced by the limiter.
     let throttled = metrics.cloudwatch.throttled.get();
     assert!(throttled >= 4, "{throttled}");
-    assert!(
-        pace.elapsed() >= Duration::from_millis(500) * throttled as u32,
-        "{:?}",
-        pace.elapsed()
-    );
+    for (i, w) in times.windows(2).enumerate() {
+        let gap = w[1] - w[0];
+        if (i + 1) % 3 == 0 {
+            assert!(
+                gap >= Duration::from_millis(500),
+                "after call {}: {gap:?}",
+                i + 1
+            );
+        } else {
+            assert_eq!(gap, Duration::from_millis(200), "after call {}", i + 1);
+        }
+    }
 }
 
 #[tokio::test]
@@ -806,6 +814,14 @@ async fn configured_metrics_extend_or_replace_discovery(pool: PgPool) {
             ("Connect.Success".into(), "config".into())
         ]
     );
+    // Discovery runs again after `cloudwatch.discovery` (1 h), or at a new leadership.
+    assert_eq!(p.poll(false).await.unwrap().discovered, None);
+    clock.advance(TimeDelta::minutes(59));
+    assert_eq!(p.poll(false).await.unwrap().discovered, None);
+    clock.advance(TimeDelta::minutes(1));
+    assert_eq!(p.poll(false).await.unwrap().discovered, Some(2));
+    assert_eq!(p.poll(true).await.unwrap().discovered, Some(2));
+    assert_eq!(list.num_calls(), 3);
     // discover = false: ListMetrics is not called at all.
     c.discover = false;
     let list2 = one_metric();
@@ -892,4 +908,83 @@ fn bad_configured_metrics_are_config_errors_naming_the_key() {
     .unwrap();
     assert_eq!(c.cloudwatch.metrics[0].dimensions["Protocol"], "MQTT");
     assert_eq!(c.cloudwatch.window, HumanDuration(Duration::from_secs(900)));
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn an_endpoint_that_is_down_fails_the_poll_saying_so(pool: PgPool) {
+    // A port nothing listens on, through the real SDK and HTTP client.
+    let port = common::free_port();
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .credentials_provider(aws_sdk_cloudwatch::config::SharedCredentialsProvider::new(
+            Credentials::new("a", "b", None, None, "test"),
+        ))
+        .http_client(fleetwatch::aws::http_client())
+        .build();
+    let clock = ManualClock::new(Utc::now());
+    let (p, metrics) = poller(cw::client(&sdk), cfg("AWS/IoT"), &pool, &clock);
+    let e = format!("{:#}", p.poll(false).await.unwrap_err());
+    assert!(e.contains("ListMetrics"), "{e}");
+    assert!(e.to_lowercase().contains("connect"), "{e}");
+    assert_eq!(
+        common::metric(
+            &metrics.render(),
+            "fleetwatch_cloudwatch_polls_total{outcome=\"error\"}"
+        ),
+        1.0
+    );
+    assert!(rows(&pool, "AWS/IoT").await.is_empty());
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_throttled_get_metric_data_is_backed_off_and_retried(pool: PgPool) {
+    let now = minute(Utc::now());
+    let clock = ManualClock::new(now);
+    let at = now - TimeDelta::minutes(2);
+    let pace = Arc::new(VirtualPace::default());
+    let times: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let (t1, p1) = (times.clone(), pace.clone());
+    let list = one_metric();
+    let get = mock!(Client::get_metric_data).then_compute_response(move |req| {
+        let mut t = t1.lock().unwrap();
+        t.push(p1.elapsed());
+        match t.len() {
+            1 => MockResponse::Error(
+                aws_sdk_cloudwatch::operation::get_metric_data::GetMetricDataError::generic(
+                    denied("Throttling", "Rate exceeded"),
+                ),
+            ),
+            2 => MockResponse::Http(HttpResponse::new(429u16.try_into().unwrap(), "".into())),
+            _ => MockResponse::Output(
+                GetMetricDataOutput::builder()
+                    .metric_data_results(result(
+                        req.metric_data_queries()[0].id().unwrap(),
+                        StatusCode::Complete,
+                        &[(at, 4.0)],
+                    ))
+                    .build(),
+            ),
+        }
+    });
+    let metrics = Metrics::new();
+    let p = Poller::with_pace(
+        mocked(&[&list, &get]),
+        cfg("AWS/IoT"),
+        pool.clone(),
+        clock as SharedClock,
+        metrics.clone(),
+        pace.clone(),
+    );
+    let r = p.poll(false).await.expect("throttles are waited out");
+    assert_eq!(r.samples, 1);
+    assert_eq!(r.advanced, 1);
+    assert_eq!(metrics.cloudwatch.throttled.get(), 2);
+    let t = times.lock().unwrap().clone();
+    assert_eq!(t.len(), 3);
+    // The first retry waits 0.5-1 s, the second 1-2 s.
+    assert!(t[1] - t[0] >= Duration::from_millis(500), "{t:?}");
+    assert!(t[2] - t[1] >= Duration::from_secs(1), "{t:?}");
+    assert!(t[2] - t[0] <= Duration::from_secs(3), "{t:?}");
 }

@@ -457,7 +457,10 @@ impl Poller {
             );
         }
         let mut active = Vec::with_capacity(found.len().min(MAX_METRICS));
-        for ((name, dimensions), source) in found.into_iter().take(MAX_METRICS) {
+        // Configured metrics first: a cut never drops what the operator named.
+        let mut ordered: Vec<_> = found.into_iter().collect();
+        ordered.sort_by_key(|(_, source)| *source != Source::Config);
+        for ((name, dimensions), source) in ordered.into_iter().take(MAX_METRICS) {
             let json = serde_json::to_value(&dimensions)?;
             let id = db::upsert_metric(&self.pool, &self.cfg.namespace, &name, &json, source, now)
                 .await?;
@@ -517,6 +520,10 @@ impl Poller {
                     }
                 }
                 resume = page.next_token().map(str::to_string);
+                // The last page: no call (and no limiter slot) just to hear there is none.
+                if resume.is_none() {
+                    return Ok(out);
+                }
             }
         }
     }
