@@ -1016,6 +1016,18 @@ impl Config {
                 )
             })?;
         }
+        for (key, slot) in [
+            (
+                "FLEETWATCH_CLOUDWATCH_ENABLED",
+                &mut self.cloudwatch.enabled,
+            ),
+            ("FLEETWATCH_INVENTORY_ENABLED", &mut self.inventory.enabled),
+        ] {
+            if let Some(v) = env.get(key) {
+                *slot = parse_bool(v)
+                    .ok_or_else(|| anyhow::anyhow!("{key}: expected true or false, got {v:?}"))?;
+            }
+        }
         if let Some(d) = duration(env, "FLEETWATCH_CLOUDWATCH_POLL")? {
             self.cloudwatch.poll = d;
         }
@@ -1524,6 +1536,30 @@ mod tests {
         assert_eq!(w.resolve_wait, Some(dur("2s")));
         assert_eq!(w.repeat_interval, dur("1m"));
         assert_eq!(w.backoff_min, dur("200ms"));
+    }
+
+    #[test]
+    fn aws_switches_from_the_environment() {
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("FLEETWATCH_AWS_ENABLED", "true"),
+                ("FLEETWATCH_CLOUDWATCH_ENABLED", "false"),
+                ("FLEETWATCH_INVENTORY_ENABLED", "0"),
+                ("FLEETWATCH_CLOUDWATCH_POLL", "5s"),
+                ("FLEETWATCH_INVENTORY_SYNC", "30s"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.aws.enabled && !c.cloudwatch.enabled && !c.inventory.enabled);
+        assert_eq!(c.cloudwatch.poll, dur("5s"));
+        assert_eq!(c.inventory.sync, dur("30s"));
+        let d = Config::default();
+        assert!(!d.aws.enabled && d.cloudwatch.enabled && d.inventory.enabled);
+        let e = Config::load_with_env(None, &env(&[("FLEETWATCH_INVENTORY_ENABLED", "maybe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FLEETWATCH_INVENTORY_ENABLED"), "{e}");
     }
 
     #[test]

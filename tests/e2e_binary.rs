@@ -585,7 +585,8 @@ async fn under_1024_descriptors_1500_idle_sockets_starve_neither_health_nor_inge
 
 /// With `FLEETWATCH_AWS_ENABLED=true` and `AWS_ENDPOINT_URL_IOT` at a moto holding things in
 /// groups, the binary lists the registry at start: the devices are there, in their groups and
-/// `never_seen`, before any of them reports; `/healthz` shows the inventory poller.
+/// `never_seen`, before any of them reports; `/healthz` shows the inventory poller. CloudWatch
+/// at a LocalStack polls beside it: both pollers succeed and our own alert stays quiet.
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn the_binary_knows_the_registry_before_any_report(pool: PgPool) {
     let moto = common::aws::AwsServer::moto().await;
@@ -621,7 +622,16 @@ async fn the_binary_knows_the_registry_before_any_report(pool: PgPool) {
             home.path().join("credentials").display().to_string(),
         ),
     ];
-    let env = moto.env();
+    // Both AWS pollers, each at its own server: the registry at moto, CloudWatch at LocalStack
+    // (an empty namespace of its own: polls that succeed and find nothing).
+    let ls = common::aws::AwsServer::localstack().await;
+    let mut env = moto.env();
+    env.extend(ls.env());
+    env.push((
+        "FLEETWATCH_CLOUDWATCH_NAMESPACE".into(),
+        format!("Test/e2e-inv/{}", std::process::id()),
+    ));
+    env.push(("FLEETWATCH_CLOUDWATCH_POLL".into(), "1s".into()));
     for (k, v) in &env {
         settings.push((k.as_str(), v.clone()));
     }
@@ -665,6 +675,13 @@ async fn the_binary_knows_the_registry_before_any_report(pool: PgPool) {
     let inv = &health["aws"]["pollers"]["inventory"];
     assert!(inv["last_success"].is_string(), "{health}");
     assert_eq!(inv["failing"], false, "{health}");
+    eventually(30, "the CloudWatch poller succeeded too", || async {
+        let (_, h) = api.get("/healthz").await;
+        h["aws"]["pollers"]["cloudwatch"]["last_success"].is_string()
+    })
+    .await;
+    let (_, alerts) = api.get("/api/v1/alerts?kind=aws_poll_failing").await;
+    assert_eq!(alerts["items"], serde_json::json!([]), "{alerts}");
 }
 
 /// The real binary with the AWS pollers on, CloudWatch at a LocalStack holding a seeded
@@ -697,6 +714,8 @@ async fn the_binary_polls_cloudwatch_into_the_database(pool: PgPool) {
     settings.push(("FLEETWATCH_AWS_ENABLED", "true".into()));
     settings.push(("FLEETWATCH_CLOUDWATCH_POLL", "1s".into()));
     settings.push(("FLEETWATCH_CLOUDWATCH_NAMESPACE", namespace.clone()));
+    // No IoT server here: the registry side stays off (the test above runs both).
+    settings.push(("FLEETWATCH_INVENTORY_ENABLED", "false".into()));
     let env = ls.env();
     for (k, v) in &env {
         settings.push((k.as_str(), v.clone()));

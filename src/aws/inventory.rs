@@ -517,7 +517,8 @@ pub fn start(
             async move { inv.sync().await.map(|_| ()) }
         });
     }
-    if cfg.inventory.reconcile_enabled {
+    // `inventory.enabled = false` switches the whole registry side off, reconciliation too.
+    if cfg.inventory.enabled && cfg.inventory.reconcile_enabled {
         let con = Arc::new(Connectivity::new(client, ctx));
         super::spawn_poller(
             tasks,
