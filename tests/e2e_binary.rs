@@ -750,3 +750,111 @@ async fn the_binary_polls_cloudwatch_into_the_database(pool: PgPool) {
         "{h}"
     );
 }
+
+/// Credentials that do not work, as the real binary meets them: the IoT endpoint refuses every
+/// call (`403 AccessDeniedException`) and the CloudWatch endpoint is down. After
+/// `aws.failures_before_alert` polls each, exactly one alert is open, our own
+/// `aws_poll_failing`, naming both pollers and the cause; `/healthz` shows them failing;
+/// nothing else is raised (no device alert, no ingest alert).
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn refused_credentials_raise_our_own_alert_and_nothing_else(pool: PgPool) {
+    use axum::response::IntoResponse;
+    let iot = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let iot_url = format!("http://{}", iot.local_addr().unwrap());
+    tokio::spawn(async move {
+        let refuse = axum::Router::new().fallback(|| async {
+            (
+                axum::http::StatusCode::FORBIDDEN,
+                [
+                    ("x-amzn-ErrorType", "AccessDeniedException"),
+                    ("content-type", "application/json"),
+                ],
+                r#"{"message":"User: arn:aws:iam::123456789012:user/ops is not authorized to perform: iot:ListThings"}"#,
+            )
+                .into_response()
+        });
+        axum::serve(iot, refuse).await.unwrap();
+    });
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let home = tempfile::tempdir().unwrap();
+    let broker = Broker::start().await;
+    let http_port = free_port();
+    let mut settings = fast("1h");
+    settings.extend([
+        ("FLEETWATCH_AWS_ENABLED", "true".into()),
+        ("FLEETWATCH_CLOUDWATCH_POLL", "1s".into()),
+        ("FLEETWATCH_INVENTORY_SYNC", "1s".into()),
+        ("AWS_ENDPOINT_URL_IOT", iot_url),
+        ("AWS_ENDPOINT_URL_CLOUDWATCH", closed),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "AKIAEXPIRED".into()),
+        ("AWS_SECRET_ACCESS_KEY", "expired".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        (
+            "AWS_CONFIG_FILE",
+            home.path().join("config").display().to_string(),
+        ),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            home.path().join("credentials").display().to_string(),
+        ),
+    ]);
+    let _guard = service(&pool, &broker, http_port, "e2e-denied", &settings);
+    let api = api(&format!("http://127.0.0.1:{http_port}"));
+    let mut p = Publisher::connect(broker.port, "screen-ok").await;
+    eventually(30, "the binary serving", || async {
+        api.http
+            .get(format!("{}/readyz", api.base))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    // The device keeps reporting throughout: its health must not depend on AWS.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        beat(&mut p, "screen-ok").await;
+        let (_, body) = api.get("/api/v1/alerts?kind=aws_poll_failing").await;
+        let named_both = body["items"].as_array().is_some_and(|a| {
+            a.len() == 1
+                && a[0]["details"]["pollers"]["inventory"].is_object()
+                && a[0]["details"]["pollers"]["cloudwatch"].is_object()
+        });
+        if named_both {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no aws_poll_failing naming both pollers within 60 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, all) = api.get("/api/v1/alerts").await;
+    let items = all["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "only our own alert: {all}");
+    let a = &items[0];
+    assert_eq!(
+        (
+            a["kind"].as_str(),
+            a["device_id"].is_null(),
+            a["status"].as_str()
+        ),
+        (Some("aws_poll_failing"), true, Some("firing"))
+    );
+    let inventory_error = a["details"]["pollers"]["inventory"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        inventory_error.contains("AccessDenied"),
+        "the cause is named: {a}"
+    );
+    let (_, h) = api.get("/healthz").await;
+    for poller in ["inventory", "cloudwatch"] {
+        assert_eq!(h["aws"]["pollers"][poller]["failing"], true, "{h}");
+    }
+    let (_, device) = api.get("/api/v1/devices/screen-ok").await;
+    assert_eq!(
+        device["state"], "healthy",
+        "the fleet is not blamed: {device}"
+    );
+}
