@@ -262,6 +262,33 @@ async fn reordered_arrivals_judge_by_event_time(pool: PgPool) {
     assert_eq!(details["address"], CARRIER_B);
 }
 
+/// A drift alert shows the newest move: a late event of an older move, arriving in a later
+/// pass while the alert fires, is recorded but does not rewrite what the alert tells.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_late_older_drift_does_not_rewrite_the_firing_alert(pool: PgPool) {
+    let f = Fleet::new(pool, enabled()).await;
+    let t = f.now();
+    f.connect_at("screen-1", CARRIER_A, t).await;
+    f.clock.advance(min(61));
+    f.settle().await;
+    f.connect_at("screen-1", CARRIER_B, t + min(60)).await;
+    f.clock.advance(min(2));
+    f.settle().await;
+    let alerts = f.drift_alerts().await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    // from a third network, at t + 30 min, delivered only now
+    f.connect_at("screen-1", "192.0.2.1", t + min(30)).await;
+    f.clock.advance(min(2));
+    f.settle().await;
+    let (_, details, _) = f.alert(alerts[0].0).await;
+    assert_eq!(details["address"], CARRIER_B, "{details}");
+    assert_eq!(
+        f.networks("screen-1").await.len(),
+        3,
+        "the late one is recorded"
+    );
+}
+
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn disabled_by_default_raises_nothing_but_keeps_the_history(pool: PgPool) {
     let f = Fleet::new(pool.clone(), Config::default()).await;

@@ -226,6 +226,9 @@ pub async fn pass(
                 .into_iter()
                 .collect();
         for (c, seen) in drifts {
+            if shows_a_later_drift(tx, c).await? {
+                continue;
+            }
             let spec = spec(c, &seen, groups.get(c.device).cloned().flatten(), s);
             let fired = lifecycle::fire(tx, &spec, now, s.reopen_window)
                 .await
@@ -292,6 +295,28 @@ async fn resolve(
         }
     }
     Ok(())
+}
+
+/// Whether the device's firing drift alert already shows a later connection than `c`: a late
+/// event of an older move (or several moves in one pass) must not overwrite the newest drift
+/// the alert tells about. It is still recorded in the history.
+async fn shows_a_later_drift(tx: &mut PgConnection, c: &Connect<'_>) -> anyhow::Result<bool> {
+    let Some(id) = crate::db::alerts::firing_id(tx, Kind::AddressDrift, c.device)
+        .await
+        .context("address drift: reading the firing alert")?
+    else {
+        return Ok(false);
+    };
+    let shown = crate::db::alerts::snapshot(tx, id)
+        .await
+        .context("address drift: reading the firing alert")?
+        .and_then(|a| {
+            a.details
+                .get("connected_at")
+                .and_then(|v| v.as_str())
+                .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+        });
+    Ok(shown.is_some_and(|t| t > c.ev.event_ts))
 }
 
 fn spec(
