@@ -22,7 +22,7 @@ use sqlx::PgPool;
 
 use crate::config::{Config, DashboardConfig, Secret};
 use crate::db;
-pub use crate::db::users::UserRow;
+pub use crate::db::users::{Disabled, UserRow};
 use crate::tokens;
 pub use crate::tokens::MAX_NAME_CHARS;
 
@@ -341,13 +341,13 @@ pub async fn run_cli(
         }
         UserCommand::List => write_table(out, &db::users::list(&pool).await?)?,
         UserCommand::Disable { name } => match db::users::disable(&pool, &name, now).await? {
-            Some((name, at, ended)) if at == now => {
-                writeln!(out, "disabled user {name:?}; {ended} session(s) ended")?
+            Disabled::Now { name, sessions } => {
+                writeln!(out, "disabled user {name:?}; {sessions} session(s) ended")?
             }
-            Some((name, at, _)) => {
+            Disabled::Already { name, at } => {
                 writeln!(out, "user {name:?} was already disabled at {}", ts(at))?
             }
-            None => bail!("no user named {name:?} (see `fleetwatch user list`)"),
+            Disabled::NotFound => bail!("no user named {name:?} (see `fleetwatch user list`)"),
         },
     }
     pool.close().await;

@@ -80,34 +80,57 @@ pub async fn credentials(pool: &PgPool, name: &str) -> sqlx::Result<Option<Crede
     .await
 }
 
-/// Disable the user named `name` and delete their sessions, in one transaction. Returns the
-/// stored name and when it was disabled (now, or earlier: disabling is idempotent), `None`
-/// when there is no such user.
-pub async fn disable(
-    pool: &PgPool,
-    name: &str,
-    now: DateTime<Utc>,
-) -> sqlx::Result<Option<(String, DateTime<Utc>, u64)>> {
+/// What [`disable`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disabled {
+    /// Disabled now; this many sessions ended with it.
+    Now {
+        name: String,
+        sessions: u64,
+    },
+    /// It already was, since then (disabling is idempotent; the first time is kept).
+    Already {
+        name: String,
+        at: DateTime<Utc>,
+    },
+    NotFound,
+}
+
+/// Disable the user named `name` (case-insensitively) and delete their sessions, in one
+/// transaction, so no request can slip in between with a session of a disabled user.
+pub async fn disable(pool: &PgPool, name: &str, now: DateTime<Utc>) -> sqlx::Result<Disabled> {
     let mut tx = pool.begin().await?;
-    let row: Option<(i64, String, DateTime<Utc>)> = sqlx::query_as(
-        r#"update users set disabled_at = coalesce(disabled_at, $2)
-           where lower(name) = lower($1)
-           returning id, name, disabled_at"#,
+    let row: Option<(i64, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        r#"select id, name, disabled_at from users where lower(name) = lower($1) for update"#,
     )
     .bind(name)
-    .bind(now)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((id, name, at)) = row else {
-        return Ok(None);
+    let Some((id, name, disabled_at)) = row else {
+        return Ok(Disabled::NotFound);
     };
-    let ended = sqlx::query(r#"delete from sessions where user_id = $1"#)
+    if let Some(at) = disabled_at {
+        // Sessions cannot exist for a disabled user (login refuses them), but delete any
+        // anyway: this command is how an operator makes sure.
+        sqlx::query(r#"delete from sessions where user_id = $1"#)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        return Ok(Disabled::Already { name, at });
+    }
+    sqlx::query(r#"update users set disabled_at = $2 where id = $1"#)
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    let sessions = sqlx::query(r#"delete from sessions where user_id = $1"#)
         .bind(id)
         .execute(&mut *tx)
         .await?
         .rows_affected();
     tx.commit().await?;
-    Ok(Some((name, at, ended)))
+    Ok(Disabled::Now { name, sessions })
 }
 
 /// Start a session for `user_id` (at login) and record the login; `replaces` (the session
