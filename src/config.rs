@@ -1562,6 +1562,57 @@ mod tests {
     }
 
     #[test]
+    fn dashboard_keys_defaults_env_and_validation() {
+        let c = Config::load_with_env(None, &env(&[])).unwrap();
+        assert_eq!(c.dashboard.session_idle.0, Duration::from_secs(12 * 3600));
+        assert_eq!(c.dashboard.session_max.0, Duration::from_secs(7 * 86400));
+        assert_eq!(c.dashboard.login_failures, 5);
+        assert_eq!(c.dashboard.login_window.0, Duration::from_secs(900));
+        assert!(!c.dashboard.https() && !c.dashboard.trust_proxy_headers);
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("FLEETWATCH_DASHBOARD_SESSION_IDLE", "30m"),
+                ("FLEETWATCH_DASHBOARD_SESSION_MAX", "1d"),
+                (
+                    "FLEETWATCH_DASHBOARD_PUBLIC_URL",
+                    "HTTPS://fleet.example.com",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.dashboard.session_idle.0, Duration::from_secs(1800));
+        assert_eq!(c.dashboard.session_max.0, Duration::from_secs(86400));
+        assert!(c.dashboard.https());
+        let c = Config::from_toml(
+            "[dashboard]\ntrust_proxy_headers = true\nlogin_failures = 3\nlogin_window = \"1h\"\n",
+        )
+        .unwrap();
+        assert!(c.dashboard.trust_proxy_headers);
+        assert_eq!(c.dashboard.login_failures, 3);
+        for (vars, key) in [
+            (
+                ("FLEETWATCH_DASHBOARD_SESSION_IDLE", "0s"),
+                "dashboard.session_idle",
+            ),
+            (
+                ("FLEETWATCH_DASHBOARD_SESSION_MAX", "soon"),
+                "FLEETWATCH_DASHBOARD_SESSION_MAX",
+            ),
+            (
+                ("FLEETWATCH_DASHBOARD_PUBLIC_URL", "fleet.example.com"),
+                "dashboard.public_url",
+            ),
+        ] {
+            let e = Config::load_with_env(None, &env(&[vars]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        assert!(Config::from_toml("[dashboard]\nsession = \"1h\"\n").is_err());
+    }
+
+    #[test]
     fn env_overrides_apply() {
         let c = Config::load_with_env(
             None,

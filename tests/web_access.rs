@@ -290,6 +290,51 @@ async fn failed_logins_are_rate_limited_per_name_and_address(pool: PgPool) {
     assert_eq!(r.status, StatusCode::SEE_OTHER);
 }
 
+/// Malformed and hostile login bodies: refused or failed, never a 5xx, never a session.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn hostile_login_bodies(pool: PgPool) {
+    create_user(&pool, "alice", "operator").await;
+    let app = app(&pool);
+    let correct = form(&[("username", "alice"), ("password", PASSWORD)]);
+    for body in [
+        String::new(),
+        "username=alice".into(),
+        "password=x".into(),
+        "username=%ZZ&password=%".into(),
+        "username=alice&username=bob&password=x".into(),
+        format!("{correct}&password=wrong"),
+        "username=ali%00ce&password=correct+horse+battery".into(),
+        "username=%E2%80%AEecila&password=x".into(),
+        "\u{0}\u{1}garbage==&&==".into(),
+        format!("username={}&password=x", "a".repeat(1_000_000)),
+    ] {
+        let r = req(&app, Method::POST, "/login", &[SAME], Some(body.clone())).await;
+        assert!(
+            r.status.is_client_error() || r.status == StatusCode::OK,
+            "{} for {:.60}",
+            r.status,
+            body
+        );
+        assert!(r.header(SET_COOKIE).is_none(), "{body:.60}");
+    }
+    // a JSON body where a form is expected
+    let r = req(
+        &app,
+        Method::POST,
+        "/login",
+        &[SAME, ("content-type", "application/json")],
+        None,
+    )
+    .await;
+    assert!(r.status.is_client_error(), "{}", r.status);
+    // nothing signed anyone in
+    let n: i64 = sqlx::query_scalar("select count(*) from sessions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn logout_ends_the_session(pool: PgPool) {
     create_user(&pool, "alice", "operator").await;

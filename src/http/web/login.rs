@@ -166,7 +166,9 @@ pub async fn submit(
         );
         return Ok((status, [(RETRY_AFTER, HeaderValue::from(secs))], page).into_response());
     }
-    let found = if name.chars().count() <= users::MAX_NAME_CHARS && !name.is_empty() {
+    // A name no user can have (too long, control characters: a NUL would even make Postgres
+    // refuse the query) is an unknown user, without a lookup.
+    let found = if crate::tokens::validate_name(&name).is_ok() {
         db::users::credentials(&state.pool, &name).await?
     } else {
         None
