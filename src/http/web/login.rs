@@ -190,7 +190,8 @@ pub async fn submit(
             state.login_limiter.fail(&keys, now);
             state.login_warn.warn(
                 "login_failed",
-                &format_args!("a dashboard login failed (user name {name:?}, address {ip:?})"),
+                // Not the name typed: people type their password into the name field.
+                &format_args!("a dashboard sign-in failed (client address {ip:?})"),
             );
             let (status, page) = page(FAILED, StatusCode::OK);
             return Ok((status, page).into_response());
