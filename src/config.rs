@@ -172,6 +172,51 @@ pub struct Config {
     /// `[networks.<name>] prefixes = [...]`: named carrier networks (`domain::network`).
     pub networks: BTreeMap<String, NetworkConfig>,
     pub address_drift: AddressDriftConfig,
+    pub dashboard: DashboardConfig,
+}
+
+/// `[dashboard]`: staff access to the web pages (README "Dashboard access").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// A session with no request for this long ends (`FLEETWATCH_DASHBOARD_SESSION_IDLE`).
+    pub session_idle: HumanDuration,
+    /// A session ends this long after login however active (`FLEETWATCH_DASHBOARD_SESSION_MAX`).
+    pub session_max: HumanDuration,
+    /// The address staff open the dashboard at (`FLEETWATCH_DASHBOARD_PUBLIC_URL`). When it
+    /// starts with `https://` the session cookie is `Secure`.
+    pub public_url: Option<String>,
+    /// Believe `X-Forwarded-Proto: https` (a TLS-terminating proxy in front) for the cookie's
+    /// `Secure` flag and the CSRF origin check, and the first `X-Forwarded-For` address for
+    /// the login rate limit. Off by default: without a proxy, any client could send them.
+    pub trust_proxy_headers: bool,
+    /// Failed logins allowed per user name, and per client address, within `login_window`.
+    pub login_failures: u32,
+    /// The window failed logins are counted in; the answer after too many is `429`.
+    pub login_window: HumanDuration,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            session_idle: dur("12h"),
+            session_max: dur("7d"),
+            public_url: None,
+            trust_proxy_headers: false,
+            login_failures: 5,
+            login_window: dur("15m"),
+        }
+    }
+}
+
+impl DashboardConfig {
+    /// Whether the dashboard is served over TLS as configured (`public_url` is `https://`).
+    pub fn https(&self) -> bool {
+        self.public_url.as_deref().is_some_and(|u| {
+            u.get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1092,6 +1137,15 @@ impl Config {
         if let Some(d) = duration(env, "FLEETWATCH_FLUSH_INTERVAL")? {
             self.telemetry.flush_interval = d;
         }
+        if let Some(d) = duration(env, "FLEETWATCH_DASHBOARD_SESSION_IDLE")? {
+            self.dashboard.session_idle = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_DASHBOARD_SESSION_MAX")? {
+            self.dashboard.session_max = d;
+        }
+        if let Some(v) = env.get("FLEETWATCH_DASHBOARD_PUBLIC_URL") {
+            self.dashboard.public_url = (!v.is_empty()).then(|| v.clone());
+        }
         if let Some(v) = env.get("FLEETWATCH_API_TOKEN") {
             if !v.is_empty() {
                 self.api.token = Some(Secret::new(v.clone()));
@@ -1144,6 +1198,15 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if let Some(u) = &self.dashboard.public_url {
+            let lower = u.to_ascii_lowercase();
+            if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+                bail!("dashboard.public_url: expected an http:// or https:// URL, got {u:?}");
+            }
+        }
+        if self.dashboard.login_failures == 0 {
+            bail!("dashboard.login_failures: expected a positive number");
+        }
         BrokerAddr::parse(&self.mqtt.url).map_err(|e| anyhow::anyhow!("mqtt.url: {e}"))?;
         if self.mqtt.connections == 0 || self.mqtt.connections > 256 {
             bail!(
@@ -1246,6 +1309,9 @@ impl Config {
             ("retention.interval", self.retention.interval),
             ("http.header_read_timeout", self.http.header_read_timeout),
             ("http.idle_timeout", self.http.idle_timeout),
+            ("dashboard.session_idle", self.dashboard.session_idle),
+            ("dashboard.session_max", self.dashboard.session_max),
+            ("dashboard.login_window", self.dashboard.login_window),
         ] {
             if d.0.is_zero() {
                 bail!("{k}: expected a positive duration");
@@ -1493,6 +1559,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("http.idle_timeout"), "{e}");
+    }
+
+    #[test]
+    fn dashboard_keys_defaults_env_and_validation() {
+        let c = Config::load_with_env(None, &env(&[])).unwrap();
+        assert_eq!(c.dashboard.session_idle.0, Duration::from_secs(12 * 3600));
+        assert_eq!(c.dashboard.session_max.0, Duration::from_secs(7 * 86400));
+        assert_eq!(c.dashboard.login_failures, 5);
+        assert_eq!(c.dashboard.login_window.0, Duration::from_secs(900));
+        assert!(!c.dashboard.https() && !c.dashboard.trust_proxy_headers);
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("FLEETWATCH_DASHBOARD_SESSION_IDLE", "30m"),
+                ("FLEETWATCH_DASHBOARD_SESSION_MAX", "1d"),
+                (
+                    "FLEETWATCH_DASHBOARD_PUBLIC_URL",
+                    "HTTPS://fleet.example.com",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.dashboard.session_idle.0, Duration::from_secs(1800));
+        assert_eq!(c.dashboard.session_max.0, Duration::from_secs(86400));
+        assert!(c.dashboard.https());
+        let c = Config::from_toml(
+            "[dashboard]\ntrust_proxy_headers = true\nlogin_failures = 3\nlogin_window = \"1h\"\n",
+        )
+        .unwrap();
+        assert!(c.dashboard.trust_proxy_headers);
+        assert_eq!(c.dashboard.login_failures, 3);
+        for (vars, key) in [
+            (
+                ("FLEETWATCH_DASHBOARD_SESSION_IDLE", "0s"),
+                "dashboard.session_idle",
+            ),
+            (
+                ("FLEETWATCH_DASHBOARD_SESSION_MAX", "soon"),
+                "FLEETWATCH_DASHBOARD_SESSION_MAX",
+            ),
+            (
+                ("FLEETWATCH_DASHBOARD_PUBLIC_URL", "fleet.example.com"),
+                "dashboard.public_url",
+            ),
+        ] {
+            let e = Config::load_with_env(None, &env(&[vars]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        assert!(Config::from_toml("[dashboard]\nsession = \"1h\"\n").is_err());
     }
 
     #[test]

@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod retention;
 pub mod retirement;
 pub mod tokens;
+pub mod users;

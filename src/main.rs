@@ -31,14 +31,22 @@ enum Command {
         #[command(subcommand)]
         command: fleetwatch::tokens::TokenCommand,
     },
+    /// Manage dashboard users: create (password from the terminal or stdin), list, disable.
+    User {
+        #[command(subcommand)]
+        command: fleetwatch::users::UserCommand,
+    },
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // The subscriber writes to stdout, which `token` commands keep for their result alone (a
+    // The subscriber writes to stdout, which `token` and `user` commands keep for their result alone (a
     // script captures the new token from it); their errors still reach stderr below.
-    if !matches!(cli.command, Some(Command::Token { .. })) {
+    if !matches!(
+        cli.command,
+        Some(Command::Token { .. } | Command::User { .. })
+    ) {
         logging::init();
     }
     match run(cli).await {
@@ -68,6 +76,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fleetwatch::tokens::run_cli(
                 &cfg,
                 command,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )
+            .await
+        }
+        Command::User { command } => {
+            fleetwatch::users::run_cli(
+                &cfg,
+                command,
+                &mut std::io::stdin().lock(),
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
             )

@@ -3,7 +3,8 @@
 //! together with their trail and notifications. Deletes go in bounded batches so the job never
 //! holds long locks; everything is idempotent, so it may run on every replica. The supervisor
 //! (`app::tasks`) runs [`tick`] every `retention.interval`. The deletes themselves are in
-//! `db::{presence, notifications, alerts, cloudwatch}`.
+//! `db::{presence, notifications, alerts, cloudwatch, users}`; expired dashboard sessions
+//! go too.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -23,6 +24,8 @@ pub struct Deleted {
     pub notifications: u64,
     pub alerts: u64,
     pub cloudwatch_samples: u64,
+    /// Dashboard sessions past their idle or absolute expiry.
+    pub sessions: u64,
 }
 
 fn cutoff(now: DateTime<Utc>, keep: HumanDuration) -> DateTime<Utc> {
@@ -78,5 +81,7 @@ pub async fn tick(
         db::cloudwatch::delete_samples_before,
     )
     .await?;
+    // Expired sessions are already refused on every request; this only keeps the table small.
+    d.sessions = drain(pool, now, db::users::delete_sessions_expired_before).await?;
     Ok(d)
 }

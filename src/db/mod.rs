@@ -13,6 +13,7 @@ pub mod retirement;
 pub mod silences;
 pub mod telemetry;
 pub mod tokens;
+pub mod users;
 pub mod webhooks;
 
 use std::str::FromStr;

@@ -32,6 +32,15 @@ impl Actor {
         }
     }
 
+    /// A dashboard user acting (`user:<name>`), signed in with a session. The name is the
+    /// stored one (unique ignoring case), so one person is one principal in every trail.
+    pub fn user(name: &str) -> Actor {
+        Actor {
+            principal: format!("user:{name}"),
+            on_behalf_of: None,
+        }
+    }
+
     /// `details` of a trail event, with `on_behalf_of` added when the request gave a name.
     pub fn details(&self, mut details: Map<String, Value>) -> Value {
         if let Some(name) = &self.on_behalf_of {
@@ -70,6 +79,14 @@ mod tests {
             ..a
         };
         assert_eq!(b.details(m), json!({"note": "n"}));
+    }
+
+    #[test]
+    fn users_are_named_by_name() {
+        let a = Actor::user("alice");
+        assert_eq!(a.principal, "user:alice");
+        assert_eq!(a.on_behalf_of, None);
+        assert_eq!(a.to_string(), "user:alice");
     }
 
     #[test]

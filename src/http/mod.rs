@@ -1,5 +1,5 @@
 //! The HTTP server: REST API under `/api/v1` (bearer tokens with scopes), health and metrics
-//! endpoints.
+//! endpoints, and the dashboard's pages (`web`, session cookies; never the API's tokens).
 //! [`router`] is a pure function of the state, so tests drive it with `oneshot`.
 
 pub mod api;
@@ -11,6 +11,7 @@ pub mod health;
 pub mod openapi;
 pub mod rate_limit;
 pub mod server;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,10 @@ pub struct AppState {
     pub api_token_digest: Option<Arc<[u8; 32]>>,
     /// Per-token request budgets for `/api` (`[api] rate_limit_*`).
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
+    /// Failed dashboard logins per user name and client address (`[dashboard] login_*`).
+    pub login_limiter: Arc<web::login::LoginLimiter>,
+    /// Failed logins are logged at most once a minute.
+    pub login_warn: Arc<crate::logging::RateLimitedWarn>,
 }
 
 impl AppState {
@@ -55,6 +60,11 @@ impl AppState {
         mqtt: Arc<[Arc<ConnectionStatus>]>,
         clock: SharedClock,
     ) -> Self {
+        // Compute the dummy password hash now, off this thread, so the first sign-in with an
+        // unknown name does not take twice as long as any other (a timing tell).
+        std::thread::spawn(|| {
+            crate::users::dummy_hash();
+        });
         AppState {
             api_token_digest: config
                 .api
@@ -62,6 +72,10 @@ impl AppState {
                 .as_ref()
                 .map(|t| Arc::new(auth::digest(t.expose()))),
             rate_limiter: Arc::new(rate_limit::RateLimiter::from_config(&config.api)),
+            login_limiter: Arc::new(web::login::LoginLimiter::new(&config.dashboard)),
+            login_warn: Arc::new(crate::logging::RateLimitedWarn::new(Duration::from_secs(
+                60,
+            ))),
             config,
             pool,
             metrics,
@@ -105,6 +119,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/openapi.json", get(openapi::document))
         .method_not_allowed_fallback(api::method_not_allowed)
         .nest("/api/v1", api)
+        .merge(web::router(state.clone()))
         .fallback(api::not_found)
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

@@ -412,6 +412,8 @@ async fn connection(
     cancel: CancellationToken,
 ) -> Closed {
     let _ = stream.set_nodelay(true);
+    // The client's address, for handlers that need it (the login rate limit per address).
+    let peer = stream.peer_addr().ok();
     let io = TokioIo::new(Watched {
         inner: stream,
         slot: slot.clone(),
@@ -420,7 +422,12 @@ async fn connection(
         let slot = slot.clone();
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let guard = InFlight::start(slot.clone());
-            let response = router.clone().oneshot(req.map(Body::new));
+            let mut req = req.map(Body::new);
+            if let Some(peer) = peer {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+            }
+            let response = router.clone().oneshot(req);
             async move {
                 let response = response.await.unwrap_or_else(|e: Infallible| match e {});
                 Ok::<_, Infallible>(response.map(|inner| Tracked {
