@@ -1477,6 +1477,20 @@ mod tests {
     }
 
     #[test]
+    fn counts_keys_parse_and_refuse_zero() {
+        let d = Config::default();
+        assert_eq!(d.counts.fold.0, Duration::from_secs(10));
+        assert_eq!(d.counts.check.0, Duration::from_secs(600));
+        let c = Config::from_toml("[counts]\nfold = \"2s\"\ncheck = \"1h\"").unwrap();
+        assert_eq!(c.counts.fold.0, Duration::from_secs(2));
+        assert_eq!(c.counts.check.0, Duration::from_secs(3600));
+        c.validate().unwrap();
+        let zero = Config::from_toml("[counts]\ncheck = \"0s\"").unwrap();
+        assert!(zero.validate().unwrap_err().to_string().contains("counts.check"));
+        assert!(Config::from_toml("[counts]\nrecount = \"1m\"").is_err());
+    }
+
+    #[test]
     fn defaults_are_valid_and_match_the_contract() {
         let c = Config::load_with_env(None, &env(&[])).unwrap();
         assert_eq!(c.http.addr, "127.0.0.1:8080");
