@@ -1486,7 +1486,11 @@ mod tests {
         assert_eq!(c.counts.check.0, Duration::from_secs(3600));
         c.validate().unwrap();
         let zero = Config::from_toml("[counts]\ncheck = \"0s\"").unwrap();
-        assert!(zero.validate().unwrap_err().to_string().contains("counts.check"));
+        assert!(zero
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("counts.check"));
         assert!(Config::from_toml("[counts]\nrecount = \"1m\"").is_err());
     }
 
