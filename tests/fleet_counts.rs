@@ -770,3 +770,90 @@ async fn the_groups_endpoint_pages_tiles_with_their_worst_state(pool: PgPool) {
     let unauth = common::http::get_with(&app.app, "/api/v1/fleet/groups", "wrong").await;
     common::http::assert_unauthorized(&unauth, "groups without a token");
 }
+
+/// The real writers, not plain SQL: retirement through the API and an alert through
+/// `alerts::lifecycle`, acknowledged through the API, move the summary and the tiles at once.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn retirement_and_acknowledgement_through_the_api_move_the_counts(pool: PgPool) {
+    use axum::http::Method;
+    use common::http::call;
+    let app = TestApp::new(&pool, TOKEN);
+    group(&pool, "lobby").await;
+    device(&pool, "r1", Some("lobby"), "offline").await;
+    device(&pool, "r2", Some("lobby"), "healthy").await;
+    let spec = fleetwatch::alerts::AlertSpec {
+        kind: fleetwatch::domain::alert::Kind::HeartbeatGap,
+        subject: "r1".into(),
+        device_id: Some("r1".into()),
+        group_id: Some("lobby".into()),
+        severity: fleetwatch::domain::alert::Severity::Error,
+        summary: "r1 offline".into(),
+        details: json!({}),
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let fired = fleetwatch::alerts::lifecycle::fire(
+        &mut tx,
+        &spec,
+        chrono::Utc::now(),
+        chrono::TimeDelta::hours(1),
+    )
+    .await
+    .unwrap();
+    let fleetwatch::alerts::lifecycle::Fired::Opened(id) = fired else {
+        panic!("{fired:?}")
+    };
+    tx.commit().await.unwrap();
+    let s = get_ok(&app, "/api/v1/fleet/summary").await;
+    assert_eq!(s["firing_alerts_by_kind"]["heartbeat_gap"], json!(1));
+    assert_eq!(s["unacknowledged_alerts"], json!(1));
+
+    let r = call(
+        &app.app,
+        Method::POST,
+        &format!("/api/v1/alerts/{id}/ack"),
+        app.auth(),
+        Some(&json!({"by": "alice"})),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let s = get_ok(&app, "/api/v1/fleet/summary").await;
+    assert_eq!(s["unacknowledged_alerts"], json!(0));
+    assert_eq!(s["firing_alerts"], json!(1));
+
+    let r = call(
+        &app.app,
+        Method::POST,
+        "/api/v1/devices/r1/retire",
+        app.auth(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let s = get_ok(&app, "/api/v1/fleet/summary").await;
+    assert_eq!(s["devices_by_state"]["retired"], json!(1));
+    assert_eq!(s["devices_by_state"]["offline"], json!(0));
+    assert_eq!(
+        s["firing_alerts"],
+        json!(0),
+        "retiring resolves the device's alerts"
+    );
+    let tiles = get_ok(&app, "/api/v1/fleet/groups").await;
+    assert_eq!(
+        tile(&tiles, json!("lobby"))["worst_state"],
+        json!("healthy")
+    );
+
+    let r = call(
+        &app.app,
+        Method::POST,
+        "/api/v1/devices/r1/unretire",
+        app.auth(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let s = get_ok(&app, "/api/v1/fleet/summary").await;
+    assert_eq!(s["devices_by_state"]["retired"], json!(0));
+    assert_eq!(s["devices"], json!(2));
+    assert_exact(&pool, "retire, ack, unretire").await;
+}
