@@ -157,6 +157,7 @@ pub struct Config {
     pub fleet: FleetConfig,
     pub api: ApiConfig,
     pub retention: RetentionConfig,
+    pub counts: CountsConfig,
     /// Groups (buildings, sites), keyed by group id.
     pub groups: BTreeMap<String, GroupConfig>,
     /// Client ID → device id, for bridges whose MQTT client ID is not the device id.
@@ -900,6 +901,27 @@ impl Default for DetectorConfig {
     }
 }
 
+/// `[counts]`: upkeep of the fleet counts (`crate::fleet_counts`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CountsConfig {
+    /// How often the appended count deltas are folded into one row per key (every replica;
+    /// keeps the summary's read to a few hundred rows).
+    pub fold: HumanDuration,
+    /// How often the leader recounts the devices and firing alerts and corrects any drift (a
+    /// full scan: about half a second at 100,000 devices).
+    pub check: HumanDuration,
+}
+
+impl Default for CountsConfig {
+    fn default() -> Self {
+        Self {
+            fold: dur("10s"),
+            check: dur("10m"),
+        }
+    }
+}
+
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
@@ -1307,6 +1329,8 @@ impl Config {
             ("detector.tick", self.detector.tick),
             ("telemetry.flush_interval", self.telemetry.flush_interval),
             ("retention.interval", self.retention.interval),
+            ("counts.fold", self.counts.fold),
+            ("counts.check", self.counts.check),
             ("http.header_read_timeout", self.http.header_read_timeout),
             ("http.idle_timeout", self.http.idle_timeout),
             ("dashboard.session_idle", self.dashboard.session_idle),
@@ -1516,6 +1540,24 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn counts_keys_parse_and_refuse_zero() {
+        let d = Config::default();
+        assert_eq!(d.counts.fold.0, Duration::from_secs(10));
+        assert_eq!(d.counts.check.0, Duration::from_secs(600));
+        let c = Config::from_toml("[counts]\nfold = \"2s\"\ncheck = \"1h\"").unwrap();
+        assert_eq!(c.counts.fold.0, Duration::from_secs(2));
+        assert_eq!(c.counts.check.0, Duration::from_secs(3600));
+        c.validate().unwrap();
+        let zero = Config::from_toml("[counts]\ncheck = \"0s\"").unwrap();
+        assert!(zero
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("counts.check"));
+        assert!(Config::from_toml("[counts]\nrecount = \"1m\"").is_err());
     }
 
     #[test]

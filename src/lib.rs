@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod detect;
 pub mod domain;
+pub mod fleet_counts;
 pub mod http;
 pub mod ingest;
 pub mod logging;

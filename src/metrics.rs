@@ -145,6 +145,9 @@ pub struct TaskMetrics {
     pub delivery_seconds: HistogramFamily,
     /// Silences in force now (refreshed by the `silences_gauge` task).
     pub silences_active: Gauge,
+    /// Devices or firing alerts by which the fleet counts differed from a recount and were
+    /// corrected, by table (`devices`, `alerts`); should stay zero (`crate::fleet_counts`).
+    pub counts_drift: Family<Labels, Counter>,
 }
 
 fn tick_histogram() -> Histogram {
@@ -165,6 +168,7 @@ impl TaskMetrics {
             deliveries: Family::default(),
             delivery_seconds: Family::new_with_constructor(delivery_histogram),
             silences_active: Gauge::default(),
+            counts_drift: Family::default(),
         };
         registry.register(
             "task_restarts",
@@ -201,6 +205,14 @@ impl TaskMetrics {
             "Silences in force",
             m.silences_active.clone(),
         );
+        registry.register(
+            "fleet_counts_drift",
+            "Devices or firing alerts by which the fleet counts differed from a recount (corrected), by table",
+            m.counts_drift.clone(),
+        );
+        for t in ["devices", "alerts"] {
+            let _ = m.counts_drift.get_or_create(&label("table", t));
+        }
         // Zeros from the start, so a dashboard sees a flat line rather than no data.
         for kind in crate::domain::alert::Kind::ALL {
             let _ = m.alerts_opened.get_or_create(&label("kind", kind.as_str()));

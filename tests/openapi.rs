@@ -70,6 +70,7 @@ async fn the_document_describes_every_route_and_the_auth_scheme(pool: PgPool) {
         ("/api/v1/alerts/{id}/ack", "post"),
         ("/api/v1/alerts/{id}/ticket", "put"),
         ("/api/v1/fleet/summary", "get"),
+        ("/api/v1/fleet/groups", "get"),
     ] {
         let op = &paths[path][method];
         assert!(op.is_object(), "{method} {path} missing");

@@ -120,6 +120,8 @@ async fn an_injected_failure_is_restarted_counted_and_shown(pool: PgPool) {
         ("telemetry_flusher", "restart"),
         ("retention", "restart"),
         ("silences_gauge", "restart"),
+        ("counts_fold", "restart"),
+        ("counts_check", "restart"),
         ("db_gate", "restart"),
         ("dispatcher", "vital"),
         ("http_server", "vital"),
@@ -128,6 +130,8 @@ async fn an_injected_failure_is_restarted_counted_and_shown(pool: PgPool) {
         assert_eq!(h["tasks"][name]["policy"], policy, "{name}: {h}");
     }
     assert_eq!(h["tasks"]["detector"]["leader_only"], true);
+    assert_eq!(h["tasks"]["counts_check"]["leader_only"], true);
+    assert_eq!(h["tasks"]["counts_fold"]["leader_only"], false);
     let mqtt: Vec<&String> = h["tasks"]
         .as_object()
         .unwrap()

@@ -198,6 +198,22 @@ impl App {
             );
         }
         {
+            // Fleet counts: every replica folds (safe concurrently), the leader self-checks.
+            let pool2 = pool.clone();
+            tasks.periodic(Periodic::new("counts_fold", cfg.counts.fold.0), move |_| {
+                let pool = pool2.clone();
+                async move { crate::fleet_counts::fold(&pool).await.map(drop) }
+            });
+            let (pool, metrics) = (pool.clone(), metrics.clone());
+            tasks.periodic(
+                Periodic::new("counts_check", cfg.counts.check.0).leader_only(),
+                move |_| {
+                    let (pool, metrics) = (pool.clone(), metrics.clone());
+                    async move { crate::fleet_counts::check(&pool, &metrics).await.map(drop) }
+                },
+            );
+        }
+        {
             // The IoT Core per-connection limit: gauges and a rate-limited warning (every
             // replica: each measures its own connections).
             let (connections, clock, metrics) = (statuses.clone(), clock.clone(), metrics.clone());

@@ -195,6 +195,8 @@ pub async fn link_inhibited(
 }
 
 /// Firing alerts per kind: (kind, firing, covered by an outage, unacknowledged).
+/// A scan of the firing alerts: the summary reads `db::fleet_counts` instead; this stays as the
+/// reference the tests and `benches/summary.rs` compare the counts with.
 pub async fn firing_by_kind(
     conn: impl sqlx::PgExecutor<'_>,
 ) -> sqlx::Result<Vec<(String, i64, i64, i64)>> {

@@ -190,7 +190,9 @@ pub async fn sync_config(pool: &PgPool, cfg: &Config, identity: &Identity) -> sq
     tx.commit().await
 }
 
-/// Devices per state, retired devices counted as `retired` whatever their last state.
+/// Devices per state, retired devices counted as `retired` whatever their last state, by
+/// counting the whole table: the summary reads `db::fleet_counts` instead; this stays as the
+/// reference the tests and `benches/summary.rs` compare the counts with.
 pub async fn count_by_state(conn: impl sqlx::PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> {
     sqlx::query_as(
         r#"select case when retired_at is not null then 'retired' else state end, count(*)

@@ -4,6 +4,7 @@ pub mod alerts;
 pub mod cloudwatch;
 pub mod detector;
 pub mod devices;
+pub mod fleet_counts;
 pub mod inventory;
 pub mod metric_series;
 pub mod networks;

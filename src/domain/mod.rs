@@ -13,6 +13,7 @@ pub mod alert;
 pub mod device;
 pub mod drift;
 pub mod drop_reason;
+pub mod fleet;
 pub mod health;
 pub mod identity;
 pub mod inhibit;

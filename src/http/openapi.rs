@@ -29,6 +29,7 @@ use super::api;
         api::alerts::ack,
         api::alerts::ticket,
         api::fleet::summary,
+        api::fleet::groups,
         api::metrics::cloudwatch,
         api::webhooks::list,
         api::webhooks::redrive,

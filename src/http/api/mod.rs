@@ -108,6 +108,7 @@ pub fn router() -> Router<AppState> {
         .route("/alerts/{id}/ack", post(alerts::ack))
         .route("/alerts/{id}/ticket", put(alerts::ticket))
         .route("/fleet/summary", get(fleet::summary))
+        .route("/fleet/groups", get(fleet::groups))
         .route("/metrics/cloudwatch", get(metrics::cloudwatch))
         .route("/webhooks/deliveries", get(webhooks::list))
         .route("/webhooks/deliveries/{id}/redrive", post(webhooks::redrive))
