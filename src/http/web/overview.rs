@@ -1,6 +1,6 @@
 //! `GET /`: for now a minimal, honest overview: who is signed in, and the devices per health
-//! state from the same read as `GET /api/v1/fleet/summary` (`db::devices::count_by_state`),
-//! each a plain number. The real overview (issue 10 item 1) replaces this page.
+//! state from the same read as `GET /api/v1/fleet/summary` (`db::fleet_counts::devices_by_state`:
+//! counts kept by triggers, cheap at any fleet size), each a plain number. The real overview (issue 10 item 1) replaces this page.
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -37,7 +37,7 @@ pub async fn page(
     user: CurrentUser,
     State(state): State<AppState>,
 ) -> Result<OverviewPage, ApiError> {
-    let by_state = db::devices::count_by_state(&state.pool).await?;
+    let by_state = db::fleet_counts::devices_by_state(&state.pool).await?;
     let counts: Vec<(&'static str, i64)> = DeviceState::NAMES
         .iter()
         .map(|s| {
