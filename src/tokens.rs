@@ -330,8 +330,14 @@ fn join(scopes: &[Scope]) -> String {
         .join(",")
 }
 
-fn ts(t: DateTime<Utc>) -> String {
+/// A time in the command-line tables: RFC 3339 UTC to the second.
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// An optional time in the command-line tables, `-` when absent.
+pub(crate) fn ts_or_dash(t: Option<DateTime<Utc>>) -> String {
+    t.map(ts).unwrap_or_else(|| "-".into())
 }
 
 fn write_table(out: &mut dyn Write, rows: &[TokenRow]) -> std::io::Result<()> {
@@ -344,7 +350,6 @@ fn write_table(out: &mut dyn Write, rows: &[TokenRow]) -> std::io::Result<()> {
         "LAST USED",
         "REVOKED",
     ];
-    let opt = |t: Option<DateTime<Utc>>| t.map(ts).unwrap_or_else(|| "-".into());
     let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
@@ -354,31 +359,37 @@ fn write_table(out: &mut dyn Write, rows: &[TokenRow]) -> std::io::Result<()> {
                 r.scopes.join(","),
                 r.prefix.clone(),
                 ts(r.created_at),
-                opt(r.last_used_at),
-                opt(r.revoked_at),
+                ts_or_dash(r.last_used_at),
+                ts_or_dash(r.revoked_at),
             ]
         })
         .collect();
+    write_columns(out, header, &cells)
+}
+
+/// Print `header` and `cells` as left-aligned columns two spaces apart (the `token list` and
+/// `user list` tables).
+pub(crate) fn write_columns<const N: usize>(
+    out: &mut dyn Write,
+    header: [&str; N],
+    cells: &[[String; N]],
+) -> std::io::Result<()> {
     let mut widths = header.map(|h| h.chars().count());
-    for row in &cells {
+    for row in cells {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
     }
     let line = |out: &mut dyn Write, row: &[&str]| -> std::io::Result<()> {
         let mut s = String::new();
-        for (i, (c, w)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(c);
-                s.extend(std::iter::repeat_n(' ', w - c.chars().count() + 2));
-            }
+        for (c, w) in row.iter().zip(widths) {
+            s.push_str(c);
+            s.extend(std::iter::repeat_n(' ', w - c.chars().count() + 2));
         }
         writeln!(out, "{}", s.trim_end())
     };
     line(out, &header)?;
-    for row in &cells {
+    for row in cells {
         line(out, &row.each_ref().map(String::as_str))?;
     }
     Ok(())

@@ -17,7 +17,7 @@ use std::io::{BufRead, IsTerminal, Read, Write};
 use std::str::FromStr;
 
 use anyhow::{bail, Context};
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 
 use crate::config::{Config, DashboardConfig, Secret};
@@ -344,9 +344,11 @@ pub async fn run_cli(
             Disabled::Now { name, sessions } => {
                 writeln!(out, "disabled user {name:?}; {sessions} session(s) ended")?
             }
-            Disabled::Already { name, at } => {
-                writeln!(out, "user {name:?} was already disabled at {}", ts(at))?
-            }
+            Disabled::Already { name, at } => writeln!(
+                out,
+                "user {name:?} was already disabled at {}",
+                tokens::ts(at)
+            )?,
             Disabled::NotFound => bail!("no user named {name:?} (see `fleetwatch user list`)"),
         },
     }
@@ -354,44 +356,24 @@ pub async fn run_cli(
     Ok(())
 }
 
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
 fn write_table(out: &mut dyn Write, rows: &[UserRow]) -> std::io::Result<()> {
-    let header = ["NAME", "ROLE", "CREATED", "LAST LOGIN", "DISABLED"];
-    let opt = |t: Option<DateTime<Utc>>| t.map(ts).unwrap_or_else(|| "-".into());
     let cells: Vec<[String; 5]> = rows
         .iter()
         .map(|r| {
             [
                 r.name.clone(),
                 r.role.clone(),
-                ts(r.created_at),
-                opt(r.last_login_at),
-                opt(r.disabled_at),
+                tokens::ts(r.created_at),
+                tokens::ts_or_dash(r.last_login_at),
+                tokens::ts_or_dash(r.disabled_at),
             ]
         })
         .collect();
-    let mut widths = header.map(|h| h.chars().count());
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |out: &mut dyn Write, row: &[&str]| -> std::io::Result<()> {
-        let mut s = String::new();
-        for (c, w) in row.iter().zip(widths) {
-            s.push_str(c);
-            s.extend(std::iter::repeat_n(' ', w - c.chars().count() + 2));
-        }
-        writeln!(out, "{}", s.trim_end())
-    };
-    line(out, &header)?;
-    for row in &cells {
-        line(out, &row.each_ref().map(String::as_str))?;
-    }
-    Ok(())
+    tokens::write_columns(
+        out,
+        ["NAME", "ROLE", "CREATED", "LAST LOGIN", "DISABLED"],
+        &cells,
+    )
 }
 
 #[cfg(test)]
