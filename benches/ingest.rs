@@ -10,9 +10,12 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+mod bench;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench::{arg, drop_db, fresh_db};
 use chrono::{TimeDelta, Utc};
 use common::*;
 use fleetwatch::app::App;
@@ -21,31 +24,6 @@ use fleetwatch::ingest::{telemetry, DeviceRegistry, IngestContext};
 use fleetwatch::metrics::Metrics;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-
-fn arg(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn fresh_db() -> (PgPool, String) {
-    let master = std::env::var("DATABASE_URL").expect("DATABASE_URL (maintenance database)");
-    let (base, _) = master.rsplit_once('/').unwrap();
-    let url = format!("{base}/fleetwatch_bench_{}", std::process::id());
-    let pool = fleetwatch::db::connect(&url, 16).await.unwrap();
-    fleetwatch::db::migrate(&pool).await.unwrap();
-    (pool, url)
-}
-
-async fn drop_db(pool: PgPool, url: &str) {
-    pool.close().await;
-    let (base, name) = url.rsplit_once('/').unwrap();
-    let admin = PgPool::connect(&format!("{base}/postgres")).await.unwrap();
-    let _ = sqlx::query(&format!("drop database if exists {name} with (force)"))
-        .execute(&admin)
-        .await;
-}
 
 async fn count(pool: &PgPool) -> i64 {
     sqlx::query_scalar::<_, Option<i64>>("select sum(count)::bigint from impressions_hourly")
@@ -60,7 +38,7 @@ async fn main() {
     let messages = arg("BENCH_MESSAGES", 100_000);
     let devices = arg("BENCH_DEVICES", 2_000);
     let presence = arg("BENCH_PRESENCE", 10_000);
-    let (pool, url) = fresh_db().await;
+    let (pool, url) = fresh_db("").await;
     let broker = Broker::start().await;
 
     // 1. telemetry end to end

@@ -14,37 +14,15 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+mod bench;
+
 use std::time::{Duration, Instant};
 
+use bench::{arg, drop_db, fresh_db};
 use common::http::{get, TestApp};
 use sqlx::PgPool;
 
 const TOKEN: &str = "bench-token";
-
-fn arg(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn fresh_db() -> (PgPool, String) {
-    let master = std::env::var("DATABASE_URL").expect("DATABASE_URL (maintenance database)");
-    let (base, _) = master.rsplit_once('/').unwrap();
-    let url = format!("{base}/fleetwatch_bench_summary_{}", std::process::id());
-    let pool = fleetwatch::db::connect(&url, 16).await.unwrap();
-    fleetwatch::db::migrate(&pool).await.unwrap();
-    (pool, url)
-}
-
-async fn drop_db(pool: PgPool, url: &str) {
-    pool.close().await;
-    let (base, name) = url.rsplit_once('/').unwrap();
-    let admin = PgPool::connect(&format!("{base}/postgres")).await.unwrap();
-    let _ = sqlx::query(&format!("drop database if exists {name} with (force)"))
-        .execute(&admin)
-        .await;
-}
 
 /// p50 and p99 in milliseconds of `n` runs of `f` (after 5 warm-up runs).
 async fn measure<F, Fut>(n: usize, mut f: F) -> (f64, f64)
@@ -216,7 +194,7 @@ async fn main() {
     let groups = arg("BENCH_GROUPS", 60);
     let alerts = arg("BENCH_ALERTS", 10_000);
     let runs = arg("BENCH_RUNS", 200);
-    let (pool, url) = fresh_db().await;
+    let (pool, url) = fresh_db("summary_").await;
     let t = Instant::now();
     seed(&pool, devices, groups, alerts).await;
     println!(
