@@ -17,12 +17,11 @@ use axum::http::header::{
 };
 use axum::http::{Method, Request, StatusCode};
 use chrono::TimeDelta;
-use common::http::{t, Resp, TestApp, NOW};
+use common::http::{respond, t, Resp, TestApp, NOW};
 use fleetwatch::config::{Config, Secret};
 use fleetwatch::http::web;
 use fleetwatch::users::{self, UserCommand};
 use sqlx::PgPool;
-use tower::ServiceExt;
 
 const PASSWORD: &str = "correct horse battery";
 const TOKEN: &str = "bootstrap-token-for-tests";
@@ -71,23 +70,11 @@ async fn req(
     if body.is_some() {
         b = b.header(CONTENT_TYPE, "application/x-www-form-urlencoded");
     }
-    let resp = app
-        .app
-        .clone()
-        .oneshot(b.body(Body::from(body.unwrap_or_default())).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = axum::body::to_bytes(resp.into_body(), 16 << 20)
-        .await
-        .unwrap()
-        .to_vec();
-    Resp {
-        status,
-        headers,
-        body,
-    }
+    respond(
+        &app.app,
+        b.body(Body::from(body.unwrap_or_default())).unwrap(),
+    )
+    .await
 }
 
 fn form(pairs: &[(&str, &str)]) -> String {

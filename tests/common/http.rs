@@ -142,11 +142,12 @@ pub async fn send(
     if let Some(ct) = content_type {
         req = req.header(CONTENT_TYPE, ct);
     }
-    let resp = app
-        .clone()
-        .oneshot(req.body(Body::from(body)).unwrap())
-        .await
-        .unwrap();
+    respond(app, req.body(Body::from(body)).unwrap()).await
+}
+
+/// Run one built request through the router and collect the whole answer.
+pub async fn respond(app: &Router, req: Request<Body>) -> Resp {
+    let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = axum::body::to_bytes(resp.into_body(), 16 << 20)
