@@ -238,6 +238,9 @@ pub struct HttpConfig {
     pub header_read_timeout: HumanDuration,
     /// A connection with no request in flight (and no request begun) is closed after this.
     pub idle_timeout: HumanDuration,
+    /// A handler that has not answered within this gets `408` (`FLEETWATCH_HTTP_REQUEST_TIMEOUT`).
+    /// The dashboard's event stream (`/live`) answers at once and then streams: not bounded.
+    pub request_timeout: HumanDuration,
     /// Largest request body accepted; larger ones get `413`.
     pub max_body_bytes: usize,
 }
@@ -561,6 +564,7 @@ impl Default for HttpConfig {
             max_connections: None,
             header_read_timeout: dur("10s"),
             idle_timeout: dur("60s"),
+            request_timeout: dur("30s"),
             // The largest body the API takes is a silence (comment ≤ 4000 characters).
             max_body_bytes: 64 * 1024,
         }
@@ -1070,6 +1074,9 @@ impl Config {
         }
         if let Some(d) = duration(env, "FLEETWATCH_HTTP_IDLE_TIMEOUT")? {
             self.http.idle_timeout = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_HTTP_REQUEST_TIMEOUT")? {
+            self.http.request_timeout = d;
         }
         if let Some(v) = env.get("FLEETWATCH_AWS_ENABLED") {
             self.aws.enabled = parse_bool(v).ok_or_else(|| {

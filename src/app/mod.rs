@@ -286,6 +286,13 @@ impl App {
                 }
             });
         }
+        {
+            // The dashboard's live updates: one LISTEN per replica (http::web::live).
+            let (hub, pool) = (state.live.clone(), state.pool.clone());
+            tasks.restartable("live_listener", move |cancel| {
+                crate::http::web::live::listen(hub.clone(), pool.clone(), cancel)
+            });
+        }
         let aws = match crate::aws::connect(&cfg.aws).await {
             crate::aws::Connection::Off(reason) => {
                 tracing::info!(%reason, "AWS pollers are off");

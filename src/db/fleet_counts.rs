@@ -102,6 +102,13 @@ pub async fn groups_page(
 /// and inserts their sums, atomically to every reader; a concurrent fold finds those rows
 /// already deleted and skips them, and deltas committed meanwhile are left for the next fold.
 pub async fn fold(conn: &mut sqlx::PgConnection) -> sqlx::Result<u64> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    // The rows are rewritten, no count changes: no live `devices` event (migration
+    // 20261204001000).
+    sqlx::query("set local fleetwatch.live_quiet = 'on'")
+        .execute(&mut *tx)
+        .await?;
     let devices: i64 = sqlx::query_scalar(
         r#"with gone as (delete from device_state_counts returning group_id, state, n),
                 kept as (
@@ -112,7 +119,7 @@ pub async fn fold(conn: &mut sqlx::PgConnection) -> sqlx::Result<u64> {
                 )
            select (select count(*) from gone) - (select count(*) from kept)"#,
     )
-    .fetch_one(&mut *conn)
+    .fetch_one(&mut *tx)
     .await?;
     let alerts: i64 = sqlx::query_scalar(
         r#"with gone as (
@@ -127,8 +134,9 @@ pub async fn fold(conn: &mut sqlx::PgConnection) -> sqlx::Result<u64> {
                 )
            select (select count(*) from gone) - (select count(*) from kept)"#,
     )
-    .fetch_one(&mut *conn)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok((devices.max(0) + alerts.max(0)) as u64)
 }
 

@@ -48,6 +48,9 @@ pub struct AppState {
     pub login_limiter: Arc<web::login::LoginLimiter>,
     /// Failed logins are logged at most once a minute.
     pub login_warn: Arc<crate::logging::RateLimitedWarn>,
+    /// The dashboard's live updates of this replica (`web::live`); fed by the `live_listener`
+    /// task of a running service, by nothing in router tests (which may publish to it).
+    pub live: Arc<web::live::Hub>,
 }
 
 impl AppState {
@@ -76,6 +79,7 @@ impl AppState {
             login_warn: Arc::new(crate::logging::RateLimitedWarn::new(Duration::from_secs(
                 60,
             ))),
+            live: Arc::new(web::live::Hub::new()),
             config,
             pool,
             metrics,
@@ -121,9 +125,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .merge(web::router(state.clone()))
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn(web::error::html_errors))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+            state.config.http.request_timeout.0,
         ))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)

@@ -243,3 +243,27 @@ pub fn assert_unauthorized(r: &Resp, what: &str) {
     assert_problem(r, 401, what);
     assert_eq!(r.header(WWW_AUTHENTICATE), Some("Bearer"), "{what}");
 }
+
+/// A page holds nothing a CSP without `'unsafe-inline'` would block: every `<script>` has a
+/// `src` and no body, no `<style>` element, no `style=` attribute, no `on…=` handler.
+pub fn assert_no_inline_code(html: &str) {
+    let lower = html.to_ascii_lowercase();
+    let mut rest = lower.as_str();
+    while let Some(i) = rest.find("<script") {
+        let tag_end = rest[i..]
+            .find('>')
+            .map(|e| i + e)
+            .expect("script tag closes");
+        let tag = &rest[i..=tag_end];
+        assert!(tag.contains(" src="), "inline script: {tag}");
+        assert!(
+            rest[tag_end + 1..].starts_with("</script>"),
+            "script with a body: {tag}"
+        );
+        rest = &rest[tag_end + 1..];
+    }
+    assert!(!lower.contains("<style"), "a <style> element");
+    assert!(!lower.contains(" style="), "a style attribute");
+    let handler = regex::Regex::new(r#"<[^>]*\son[a-z]+\s*="#).unwrap();
+    assert!(!handler.is_match(&lower), "an inline event handler");
+}

@@ -20,11 +20,34 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 /// Every static file: its path under `/static/`, its content type, its bytes.
-pub const FILES: &[(&str, &str, &[u8])] = &[(
-    "app.css",
-    "text/css; charset=utf-8",
-    include_bytes!("../../../static/app.css"),
-)];
+pub const FILES: &[(&str, &str, &[u8])] = &[
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../../static/app.css"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../static/app.js"),
+    ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_bytes!("../../../static/favicon.svg"),
+    ),
+    // Vendored from the npm registry, unmodified (static/vendor/README.md says how).
+    (
+        "vendor/htmx-2.0.11.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../static/vendor/htmx-2.0.11.min.js"),
+    ),
+    (
+        "vendor/idiomorph-ext-0.8.0.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../static/vendor/idiomorph-ext-0.8.0.min.js"),
+    ),
+];
 
 /// The content tag of each file: 16 hex digits of its SHA-256.
 fn tags() -> &'static Vec<String> {

@@ -55,7 +55,7 @@ impl Page for LoginPage {
     fn title(&self) -> &str {
         "Sign in"
     }
-    fn signed_in(&self) -> Option<&session::CurrentUser> {
+    fn chrome(&self) -> Option<&super::view::Chrome> {
         None
     }
 }

@@ -16,10 +16,14 @@
 //!   came from a device or a user.
 
 pub mod assets;
+pub mod chart;
 pub mod csrf;
+pub mod error;
+pub mod live;
 pub mod login;
 pub mod overview;
 pub mod session;
+pub mod view;
 
 use axum::extract::Request;
 use axum::http::header::{
@@ -45,27 +49,60 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/", get(overview::page))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
+        .route("/live", get(live::stream))
         .route("/static/{*path}", get(assets::serve))
         .route_layer(axum::middleware::from_fn_with_state(state, csrf::guard))
         .layer(axum::middleware::from_fn(security_headers))
 }
 
+/// The main navigation: (href, label). A page names the entry it belongs to with [`Page::nav`].
+pub const NAV: &[(&str, &str)] = &[
+    ("/", "Overview"),
+    ("/devices", "Devices"),
+    ("/alerts", "Alerts"),
+    ("/silences", "Silences"),
+    ("/webhooks", "Webhooks"),
+];
+
 /// What `templates/base.html` asks of every page's struct.
 pub trait Page {
     /// The page's title (before "· fleetwatch").
     fn title(&self) -> &str;
-    /// Who is signed in, for the header (name, role, sign-out button); `None` on the login page.
-    fn signed_in(&self) -> Option<&session::CurrentUser>;
-    /// The stylesheet's versioned URL.
-    fn css_url(&self) -> String {
-        assets::url("app.css")
+    /// Who is signed in and the fleet's zone; `None` on the login page.
+    fn chrome(&self) -> Option<&view::Chrome>;
+    /// The [`NAV`] entry this page belongs to (its href); `""` for none.
+    fn nav(&self) -> &'static str {
+        ""
+    }
+    /// Who is signed in, for the header (name, role, sign-out button).
+    fn signed_in(&self) -> Option<&session::CurrentUser> {
+        self.chrome().map(|c| &c.user)
+    }
+    /// The fleet's configured time zone (one of the viewer's choices).
+    fn fleet_tz(&self) -> &str {
+        self.chrome().map_or("UTC", |c| c.fleet_tz.as_str())
+    }
+    fn nav_items(&self) -> &'static [(&'static str, &'static str)] {
+        NAV
+    }
+    fn nav_current(&self, href: &str) -> bool {
+        self.nav() == href
+    }
+    /// A static file's versioned URL.
+    fn asset(&self, name: &str) -> String {
+        assets::url(name)
     }
 }
 
 /// Add the headers of the module contract to a response.
 pub async fn security_headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
-    let h = res.headers_mut();
+    apply_security_headers(res.headers_mut());
+    res
+}
+
+/// The headers of the module contract (also on error pages rendered outside this router).
+pub fn apply_security_headers(h: &mut axum::http::HeaderMap) {
     let set = |h: &mut axum::http::HeaderMap, k: HeaderName, v: &'static str| {
         h.insert(k, HeaderValue::from_static(v));
     };
@@ -75,5 +112,4 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
     if !h.contains_key(CACHE_CONTROL) {
         set(h, CACHE_CONTROL, "no-store");
     }
-    res
 }

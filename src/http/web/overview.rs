@@ -6,7 +6,7 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::State;
 
-use super::session::CurrentUser;
+use super::view::Chrome;
 use super::Page;
 use crate::db;
 use crate::domain::device::DeviceState;
@@ -17,7 +17,7 @@ use crate::http::AppState;
 #[derive(Template, WebTemplate)]
 #[template(path = "overview.html")]
 pub struct OverviewPage {
-    pub user: CurrentUser,
+    pub chrome: Chrome,
     /// Every state, zero included, in the API's order.
     pub counts: Vec<(&'static str, i64)>,
     pub total: i64,
@@ -27,16 +27,16 @@ impl Page for OverviewPage {
     fn title(&self) -> &str {
         "Fleet"
     }
-    fn signed_in(&self) -> Option<&CurrentUser> {
-        Some(&self.user)
+    fn chrome(&self) -> Option<&Chrome> {
+        Some(&self.chrome)
+    }
+    fn nav(&self) -> &'static str {
+        "/"
     }
 }
 
 /// `GET /`
-pub async fn page(
-    user: CurrentUser,
-    State(state): State<AppState>,
-) -> Result<OverviewPage, ApiError> {
+pub async fn page(chrome: Chrome, State(state): State<AppState>) -> Result<OverviewPage, ApiError> {
     let by_state = db::fleet_counts::devices_by_state(&state.pool).await?;
     let counts: Vec<(&'static str, i64)> = DeviceState::NAMES
         .iter()
@@ -51,7 +51,7 @@ pub async fn page(
         .collect();
     Ok(OverviewPage {
         total: counts.iter().map(|(_, n)| n).sum(),
-        user,
+        chrome,
         counts,
     })
 }
