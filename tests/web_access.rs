@@ -18,12 +18,12 @@ use axum::http::header::{
 use axum::http::{Method, Request, StatusCode};
 use chrono::TimeDelta;
 use common::http::{respond, t, Resp, TestApp, NOW};
+use common::web::{create_user, database_url, form, PASSWORD};
 use fleetwatch::config::{Config, Secret};
 use fleetwatch::http::web;
 use fleetwatch::users::{self, UserCommand};
 use sqlx::PgPool;
 
-const PASSWORD: &str = "correct horse battery";
 const TOKEN: &str = "bootstrap-token-for-tests";
 
 fn app(pool: &PgPool) -> TestApp {
@@ -32,26 +32,6 @@ fn app(pool: &PgPool) -> TestApp {
 
 fn app_with(pool: &PgPool, tweak: impl FnOnce(&mut Config)) -> TestApp {
     TestApp::build(pool, t(NOW), Some(TOKEN), tweak)
-}
-
-/// Create a user through the CLI code path (`fleetwatch user create`), password on "stdin".
-async fn create_user(pool: &PgPool, name: &str, role: &str) {
-    let mut cfg = Config::default();
-    cfg.database.url = Secret::new(database_url(pool));
-    let mut input = std::io::Cursor::new(format!("{PASSWORD}\n").into_bytes());
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    users::run_cli(
-        &cfg,
-        UserCommand::Create {
-            name: name.into(),
-            role: role.into(),
-        },
-        &mut input,
-        &mut out,
-        &mut err,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}: {}", String::from_utf8_lossy(&err)));
 }
 
 /// A request as a browser on this site would send it: same-origin Fetch-Metadata on unsafe
@@ -75,19 +55,6 @@ async fn req(
         b.body(Body::from(body.unwrap_or_default())).unwrap(),
     )
     .await
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                web::session::percent_encode(v).replace('/', "%2F")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 const SAME: (&str, &str) = ("sec-fetch-site", "same-origin");
@@ -699,13 +666,6 @@ async fn over_a_socket_the_address_is_rate_limited(pool: PgPool) {
 
 // ---------------------------------------------------------------------------------------------
 // The real binary
-
-fn database_url(pool: &PgPool) -> String {
-    let master = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let db = pool.connect_options().get_database().unwrap().to_string();
-    let (base, _) = master.rsplit_once('/').unwrap();
-    format!("{base}/{db}")
-}
 
 fn fleetwatch(pool: &PgPool, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fleetwatch"))

@@ -5,6 +5,7 @@
 
 pub mod aws;
 pub mod http;
+pub mod web;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
