@@ -485,27 +485,6 @@ async fn pages_carry_the_security_headers(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
-async fn the_overview_shows_the_summary_counts(pool: PgPool) {
-    create_user(&pool, "alice", "viewer").await;
-    sqlx::query(
-        "insert into devices (id, state) values ('d1', 'healthy'), ('d2', 'healthy'), ('d3', 'silent')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    let app = app(&pool);
-    let token = session_of(&login_as(&app, "alice", PASSWORD, &[]).await);
-    let html = page(&app, "/", &token).await.text();
-    let api = common::http::get_ok(&app, "/api/v1/fleet/summary").await;
-    for (state, n) in api["devices_by_state"].as_object().unwrap() {
-        let row = format!(r#"<tr><th scope="row">{state}</th><td>{n}</td></tr>"#);
-        assert!(html.contains(&row), "{row} in {html}");
-    }
-    assert!(html.contains("(3 in all)"), "{html}");
-    assert!(html.contains("viewer"), "{html}");
-}
-
-#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn static_files_are_cached_and_nothing_else_is_served(pool: PgPool) {
     let app = app(&pool);
     let url = web::assets::url("app.css");

@@ -592,3 +592,32 @@ pub async fn delete_resolved_before(
     .await?
     .rows_affected())
 }
+
+/// One entry of the overview's feed: an alert event with what the alert is about.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FeedRow {
+    pub at: DateTime<Utc>,
+    #[sqlx(rename = "type")]
+    pub event: String,
+    pub actor: String,
+    pub alert_id: i64,
+    pub kind: String,
+    pub subject: String,
+    pub device_id: Option<String>,
+    pub severity: String,
+}
+
+/// The newest `limit` alert events of the whole fleet (the overview's feed of state changes),
+/// newest first: a backward scan of `alert_events_at_idx`, so it costs the same at any size.
+pub async fn recent_events(conn: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<FeedRow>> {
+    sqlx::query_as(
+        r#"select e.at, e.type, e.actor, a.id as alert_id, a.kind, a.subject, a.device_id,
+                  a.severity
+           from (select * from alert_events order by at desc limit $1) e
+           join alerts a on a.id = e.alert_id
+           order by e.at desc, e.id desc"#,
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

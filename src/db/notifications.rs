@@ -426,3 +426,18 @@ pub async fn delete_finished_before(
     .await?
     .rows_affected())
 }
+
+/// The webhook backlog: pending notifications (counted up to `cap`, so the count stays cheap
+/// when an endpoint has been down for days; `cap` means "at least") and the oldest one's
+/// creation (the lowest id: ids grow with time). Both read the `(status, id)` index.
+pub async fn backlog(pool: &PgPool, cap: i64) -> sqlx::Result<(i64, Option<DateTime<Utc>>)> {
+    sqlx::query_as(
+        r#"select (select count(*) from (select 1 from notifications where status = 'pending'
+                                         limit $1) p),
+                  (select created_at from notifications where status = 'pending'
+                   order by id limit 1)"#,
+    )
+    .bind(cap)
+    .fetch_one(pool)
+    .await
+}

@@ -23,6 +23,13 @@ pub async fn healthz(
     State(state): State<AppState>,
     liveness: Option<Extension<Liveness>>,
 ) -> impl IntoResponse {
+    Json(report(&state, liveness.as_ref().map(|Extension(l)| l)))
+}
+
+/// What `/healthz` says: the MQTT connections and their rates, HTTP connections, and (in a
+/// running service) leadership, the canary, the tasks and the AWS pollers. The dashboard's
+/// overview shows the same report.
+pub fn report(state: &AppState, liveness: Option<&Liveness>) -> Value {
     // The per-connection limit (`ingest::rate`): each connection's receive rate, a warning
     // when it nears IoT Core's limit, and what the total rate needs.
     let limits = crate::ingest::rate::Limits::from_config(&state.config);
@@ -64,12 +71,12 @@ pub async fn healthz(
             "open_files_limit": state.metrics.http.open_files_limit.get(),
         },
     });
-    if let (Some(Extension(l)), Value::Object(body)) = (liveness, &mut body) {
+    if let (Some(l), Value::Object(body)) = (liveness, &mut body) {
         if let Value::Object(extra) = (l.0)() {
             body.extend(extra);
         }
     }
-    Json(body)
+    body
 }
 
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

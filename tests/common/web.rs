@@ -185,3 +185,13 @@ pub async fn send(
     )
     .await
 }
+
+/// `s` as askama writes it into HTML (numeric entities for `& < > " '`), to find text from a
+/// page's data in its HTML.
+pub fn escaped(s: &str) -> String {
+    s.replace('&', "&#38;")
+        .replace('<', "&#60;")
+        .replace('>', "&#62;")
+        .replace('"', "&#34;")
+        .replace('\'', "&#39;")
+}
