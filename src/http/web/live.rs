@@ -166,7 +166,8 @@ impl Hub {
         self.listening.load(Ordering::Relaxed)
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Change> {
+    /// A receiver of every change published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.tx.subscribe()
     }
 }
