@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod browser;
 pub mod http;
 pub mod web;
 

@@ -477,8 +477,7 @@ async fn cloudwatch(
     let slots: Vec<DateTime<Utc>> = (0..CHART_SPAN.num_seconds() / CHART_STEP_SECS)
         .map(|i| from + TimeDelta::seconds(i * CHART_STEP_SECS))
         .collect();
-    let mut by_name: BTreeMap<String, Vec<(String, Vec<(DateTime<Utc>, Option<f64>)>)>> =
-        BTreeMap::new();
+    let mut by_name: BTreeMap<String, Vec<(String, Points)>> = BTreeMap::new();
     for m in &metrics {
         let samples = by_id.remove(&m.id).unwrap_or_default();
         let points = slots
@@ -506,6 +505,9 @@ async fn cloudwatch(
         .collect();
     Ok((charts, None))
 }
+
+/// A series' samples per bucket; `None` where CloudWatch had none.
+type Points = Vec<(DateTime<Utc>, Option<f64>)>;
 
 /// `Protocol=MQTT` for a dimension set; `all` for none.
 fn dimensions_label(d: &Value) -> String {
