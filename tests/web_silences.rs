@@ -205,7 +205,7 @@ async fn the_silences_page_shows_active_scheduled_and_recently_ended_and_warns_o
     );
     // its first link: the firing alerts it matches
     assert!(row(&html, &format!("silence-{ok}"))
-        .contains("href=\"/alerts?status=firing&amp;device=d1\""));
+        .contains("href=\"/alerts?status=firing&#38;device=d1\""));
     let scheduled = section(&html, "Scheduled");
     assert!(scheduled.contains(&format!("id=\"silence-{later}\"")));
     assert!(scheduled.contains("3h"), "starts in");
