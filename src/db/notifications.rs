@@ -135,17 +135,47 @@ pub async fn list(
     before_id: Option<i64>,
     limit: i64,
 ) -> sqlx::Result<Vec<DeliveryRow>> {
+    list_of_endpoint(pool, status, None, before_id, limit).await
+}
+
+/// [`list`], optionally of one endpoint too (the dashboard's webhooks page filters by
+/// endpoint). With an endpoint, the newest-first walk (`notifications_status_idx`, or the
+/// primary key) skips other endpoints' rows: endpoints are few, so a page is found quickly.
+pub async fn list_of_endpoint(
+    pool: &PgPool,
+    status: Option<NotificationStatus>,
+    endpoint: Option<&str>,
+    before_id: Option<i64>,
+    limit: i64,
+) -> sqlx::Result<Vec<DeliveryRow>> {
     sqlx::query_as(
         r#"select id, alert_id, endpoint, event, delivery_id, status, attempts, next_attempt_at,
                   created_at, delivered_at, finished_at, last_error
            from notifications
            where ($1::text is null or status = $1) and ($2::bigint is null or id < $2)
+             and ($4::text is null or endpoint = $4)
            order by id desc limit $3"#,
     )
     .bind(status)
     .bind(before_id)
     .bind(limit)
+    .bind(endpoint)
     .fetch_all(pool)
+    .await
+}
+
+/// The webhook backlog (the dashboard's webhooks page): how many notifications are pending,
+/// counted up to `cap` (a bounded count), and when the oldest pending one was written (lowest
+/// id: `notifications_status_idx`).
+pub async fn backlog(pool: &PgPool, cap: i64) -> sqlx::Result<(i64, Option<DateTime<Utc>>)> {
+    sqlx::query_as(
+        r#"select (select count(*) from (select 1 from notifications
+                                         where status = 'pending' limit $1) p),
+                  (select created_at from notifications where status = 'pending'
+                   order by id limit 1)"#,
+    )
+    .bind(cap)
+    .fetch_one(pool)
     .await
 }
 
@@ -425,19 +455,4 @@ pub async fn delete_finished_before(
     .execute(pool)
     .await?
     .rows_affected())
-}
-
-/// The webhook backlog: pending notifications (counted up to `cap`, so the count stays cheap
-/// when an endpoint has been down for days; `cap` means "at least") and the oldest one's
-/// creation (the lowest id: ids grow with time). Both read the `(status, id)` index.
-pub async fn backlog(pool: &PgPool, cap: i64) -> sqlx::Result<(i64, Option<DateTime<Utc>>)> {
-    sqlx::query_as(
-        r#"select (select count(*) from (select 1 from notifications where status = 'pending'
-                                         limit $1) p),
-                  (select created_at from notifications where status = 'pending'
-                   order by id limit 1)"#,
-    )
-    .bind(cap)
-    .fetch_one(pool)
-    .await
 }

@@ -244,3 +244,129 @@ pub async fn catch_up_due(
         .fetch_all(conn)
         .await
 }
+
+/// The silences page (`http::web::silences`): silences that stopped muting within
+/// (`since`, `now`], by expiry or by being ended early, the latest first, at most `limit`.
+/// Not indexed for this read: the table holds maintenance windows (thousands over years, not
+/// millions), and the undeleted part is served by `silences_active_idx`.
+pub async fn recently_over(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<SilenceRow>> {
+    let sql = format!(
+        r#"select {COLUMNS} from silences
+           where least(ends_at, coalesce(deleted_at, ends_at)) <= $1
+             and least(ends_at, coalesce(deleted_at, ends_at)) > $2
+           order by least(ends_at, coalesce(deleted_at, ends_at)) desc, id desc
+           limit $3"#
+    );
+    sqlx::query_as(&sql)
+        .bind(now)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// The silences page: silences not ended that start after `now` (scheduled), soonest first,
+/// at most `limit` (`silences_active_idx` holds every undeleted silence not yet over).
+pub async fn upcoming(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<SilenceRow>> {
+    let sql = format!(
+        r#"select {COLUMNS} from silences
+           where deleted_at is null and ends_at > $1 and starts_at > $1
+           order by starts_at, id limit $2"#
+    );
+    sqlx::query_as(&sql)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// The silences page's warning: which of `ids` match nothing at `now`. A silence matches
+/// nothing when it has a device or group matcher, no device that is not retired has that id
+/// and that group (both, when both are set), and no alert it matches (device, group and kind,
+/// as [`active_match`]) is firing or resolved after `recent_since`. A kind-only silence is
+/// never flagged: any device or the service itself may raise any kind. Few ids (the page's
+/// active and scheduled silences); each check is an index probe (`devices` primary key or
+/// `devices_group_idx`, `alerts_device_idx`) except a group-only silence of an empty group,
+/// whose alert check reads the alerts table.
+pub async fn matching_nothing(
+    pool: &PgPool,
+    ids: &[i64],
+    recent_since: DateTime<Utc>,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        r#"select s.id from silences s
+           where s.id = any($1)
+             and (s.device_id is not null or s.group_id is not null)
+             and not exists (
+                 select 1 from devices d
+                 where d.retired_at is null
+                   and (s.device_id is null or d.id = s.device_id)
+                   and (s.group_id is null or d.group_id = s.group_id))
+             and not exists (
+                 select 1 from alerts a
+                 where (s.device_id is null or a.device_id = s.device_id)
+                   and (s.group_id is null or a.group_id = s.group_id)
+                   and (s.kind is null or a.kind = s.kind)
+                   and (a.status = 'firing' or a.resolved_at > $2))
+           order by s.id"#,
+    )
+    .bind(ids)
+    .bind(recent_since)
+    .fetch_all(pool)
+    .await
+}
+
+/// The new-silence preview's counts, each capped at `cap` (a bounded count: the page says
+/// "1000+" rather than count a whole fleet): devices with the matcher's device id and group
+/// (`None` when neither is set: a kind-only silence is about any device), and firing alerts
+/// the matcher would silence now.
+pub async fn preview_counts(
+    pool: &PgPool,
+    device_id: Option<&str>,
+    group_id: Option<&str>,
+    kind: Option<Kind>,
+    cap: i64,
+) -> sqlx::Result<(Option<i64>, i64)> {
+    let devices = if device_id.is_none() && group_id.is_none() {
+        None
+    } else {
+        Some(
+            sqlx::query_scalar(
+                r#"select count(*) from (
+                       select 1 from devices
+                       where ($1::text is null or id = $1) and ($2::text is null or group_id = $2)
+                       limit $3) m"#,
+            )
+            .bind(device_id)
+            .bind(group_id)
+            .bind(cap)
+            .fetch_one(pool)
+            .await?,
+        )
+    };
+    let firing = sqlx::query_scalar(
+        r#"select count(*) from (
+               select 1 from alerts a
+               where a.status = 'firing'
+                 and ($1::text is null or a.device_id = $1)
+                 and ($2::text is null or a.group_id = $2)
+                 and ($3::text is null or a.kind = $3)
+               limit $4) m"#,
+    )
+    .bind(device_id)
+    .bind(group_id)
+    .bind(kind)
+    .bind(cap)
+    .fetch_one(pool)
+    .await?;
+    Ok((devices, firing))
+}

@@ -23,7 +23,9 @@ pub mod live;
 pub mod login;
 pub mod overview;
 pub mod session;
+pub mod silences;
 pub mod view;
+pub mod webhooks;
 
 use axum::extract::Request;
 use axum::http::header::{
@@ -51,6 +53,11 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/logout", post(login::logout))
         .route("/live", get(live::stream))
         .route("/static/{*path}", get(assets::serve))
+        .route("/silences", get(silences::page).post(silences::create))
+        .route("/silences/new", get(silences::new_form))
+        .route("/silences/{id}/end", post(silences::end))
+        .route("/webhooks", get(webhooks::page))
+        .route("/webhooks/redrive", post(webhooks::redrive))
         .route_layer(axum::middleware::from_fn_with_state(state, csrf::guard))
         .layer(axum::middleware::from_fn(security_headers))
 }
