@@ -18,6 +18,7 @@
 pub mod assets;
 pub mod chart;
 pub mod csrf;
+pub mod devices;
 pub mod error;
 pub mod live;
 pub mod login;
@@ -51,6 +52,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/logout", post(login::logout))
         .route("/live", get(live::stream))
         .route("/static/{*path}", get(assets::serve))
+        .route("/devices", get(devices::list))
+        .route("/devices/{id}", get(devices::page))
+        .route("/devices/{id}/retire", post(devices::retire))
+        .route("/devices/{id}/unretire", post(devices::unretire))
         .route_layer(axum::middleware::from_fn_with_state(state, csrf::guard))
         .layer(axum::middleware::from_fn(security_headers))
 }
