@@ -621,3 +621,25 @@ pub async fn recent_events(conn: impl PgExecutor<'_>, limit: i64) -> sqlx::Resul
     .fetch_all(conn)
     .await
 }
+
+/// The trail entries of `ids` that change whether and how an alert fires (`opened`,
+/// `reopened`, `reclassified`, `resolved`), by alert then in order: the device page draws its
+/// heartbeat strip from them in one query (the callers bound `ids`).
+pub async fn firing_trail_of(pool: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<(i64, EventRow)>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        alert_id: i64,
+        #[sqlx(flatten)]
+        event: EventRow,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        r#"select alert_id, id, at, type, actor, details from alert_events
+           where alert_id = any($1)
+             and type in ('opened', 'reopened', 'reclassified', 'resolved')
+           order by alert_id, id"#,
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.alert_id, r.event)).collect())
+}

@@ -42,6 +42,9 @@ pub struct DeviceFilter {
     pub group: Option<String>,
     /// Substring of the id, case-insensitive.
     pub q: Option<String>,
+    /// `Some(true)`: connected now; `Some(false)`: not connected (disconnected, or never seen
+    /// connecting: connectivity unknown counts as not connected).
+    pub connected: Option<bool>,
     /// Only ids strictly after this (cursor).
     pub after: Option<String>,
     pub limit: i64,
@@ -68,6 +71,7 @@ pub async fn list(pool: &PgPool, f: &DeviceFilter) -> sqlx::Result<Vec<DeviceRow
           and ($2::text is null or group_id = $2)
           and ($3::text is null or id ilike $3)
           and ($4::text is null or id > $4)
+          and ($6::boolean is null or (connected is true) = $6)
         order by id
         limit $5
         "#
@@ -78,6 +82,7 @@ pub async fn list(pool: &PgPool, f: &DeviceFilter) -> sqlx::Result<Vec<DeviceRow
         .bind(f.q.as_deref().map(like_escape))
         .bind(&f.after)
         .bind(f.limit)
+        .bind(f.connected)
         .fetch_all(pool)
         .await
 }
@@ -233,4 +238,34 @@ pub async fn groups_of(
         .bind(ids)
         .fetch_all(conn)
         .await
+}
+
+/// (id, name) of the first `limit` groups by id, for the device list's group filter. The
+/// groups table is small next to devices (buildings, not screens); the caller asks for one more
+/// than it shows to know whether the list is whole.
+pub async fn group_choices(
+    conn: impl sqlx::PgExecutor<'_>,
+    limit: i64,
+) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as("select id, name from groups order by id limit $1")
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}
+
+/// The client IDs mapped to `device` (`client_ids`: configuration and registry mappings whose
+/// client ID differs from the device id), at most `limit`, for the device page. No index on
+/// `device_id`: the table holds only the exceptions, not one row per device.
+pub async fn client_ids_of(
+    conn: impl sqlx::PgExecutor<'_>,
+    device: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as(
+        "select client_id, source from client_ids where device_id = $1 order by client_id limit $2",
+    )
+    .bind(device)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
 }

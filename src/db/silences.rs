@@ -370,3 +370,30 @@ pub async fn preview_counts(
     .await?;
     Ok((devices, firing))
 }
+
+/// The silences active at `now` that match alerts of device `device` in group `group`: those
+/// naming this device or none, and this group or none (a kind-only silence matches every
+/// device's alerts of its kind), newest first, at most `limit`. The device page's list; the
+/// matching rule is [`active_match`]'s. Uses the partial index of undeleted silences by end.
+pub async fn active_for_device(
+    pool: &PgPool,
+    device: &str,
+    group: Option<&str>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<SilenceRow>> {
+    let sql = format!(
+        r#"select {COLUMNS} from silences
+           where deleted_at is null and starts_at <= $1 and ends_at > $1
+             and (device_id is null or device_id = $2)
+             and (group_id is null or group_id is not distinct from $3)
+           order by id desc limit $4"#
+    );
+    sqlx::query_as(&sql)
+        .bind(now)
+        .bind(device)
+        .bind(group)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}

@@ -29,6 +29,9 @@ pub struct ListQuery {
     pub group: Option<String>,
     /// Case-insensitive substring of the device id.
     pub q: Option<String>,
+    /// `true`: only devices connected now; `false`: only devices not connected (disconnected,
+    /// or never seen connecting).
+    pub connected: Option<bool>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
@@ -48,6 +51,7 @@ pub async fn list(
         state: parse_filter("state", q.state.as_deref())?,
         group: clean("group", q.group)?,
         q: clean("q", q.q)?,
+        connected: q.connected,
         after: paging.after.clone(),
         limit: paging.fetch(),
     };

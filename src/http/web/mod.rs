@@ -18,6 +18,7 @@
 pub mod assets;
 pub mod chart;
 pub mod csrf;
+pub mod devices;
 pub mod error;
 pub mod live;
 pub mod login;
@@ -58,6 +59,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/silences/{id}/end", post(silences::end))
         .route("/webhooks", get(webhooks::page))
         .route("/webhooks/redrive", post(webhooks::redrive))
+        .route("/devices", get(devices::list))
+        .route("/devices/{id}", get(devices::page))
+        .route("/devices/{id}/retire", post(devices::retire))
+        .route("/devices/{id}/unretire", post(devices::unretire))
         .route_layer(axum::middleware::from_fn_with_state(state, csrf::guard))
         .layer(axum::middleware::from_fn(security_headers))
 }
