@@ -121,6 +121,14 @@ async fn a_dead_delivery_is_redriven_with_its_delivery_id_and_others_conflict(po
     assert_eq!(s, StatusCode::OK, "{d}");
     assert_eq!(d["status"], "pending");
     assert_eq!(d["delivery_id"], before.as_str(), "same idempotency key");
+    // who did it is kept: the bootstrap token's principal
+    assert!(
+        d["redriven_by"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("token:")),
+        "{d}"
+    );
+    assert_eq!(d["redriven_at"], "2026-11-27T12:00:00Z");
     assert_eq!(
         d["next_attempt_at"], "2026-11-27T12:00:00Z",
         "due now, on the injected clock"

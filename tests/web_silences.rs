@@ -640,6 +640,18 @@ async fn dead_notifications_are_redriven_one_or_many_as_the_api_does(pool: PgPoo
     assert_eq!((after.2, after.3), (t1, t1), "due now, fresh schedule");
     let html = alice.html("/webhooks?status=dead&done=redriven&n=1").await;
     assert!(html.contains("1 redriven."));
+    // recorded under the user, and shown
+    let by: Option<String> =
+        sqlx::query_scalar("select redriven_by from notifications where id = $1")
+            .bind(dead)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(by.as_deref(), Some("user:alice"));
+    assert!(alice
+        .html("/webhooks")
+        .await
+        .contains("redriven by user:alice"));
     // many, checked: the one still dead is redriven, the pending one skipped
     let body = form(&[
         ("id", &slack.to_string()),
@@ -664,7 +676,7 @@ async fn dead_notifications_are_redriven_one_or_many_as_the_api_does(pool: PgPoo
         .await
         .contains("1 redriven. 1 skipped: not dead any more."));
     // the same result as the API's redrive: the API now refuses it as not dead
-    let api = fleetwatch::db::notifications::redrive(&pool, dead, now())
+    let api = fleetwatch::db::notifications::redrive(&pool, dead, now(), "token:1:ops")
         .await
         .unwrap();
     assert!(!api);

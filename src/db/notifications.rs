@@ -126,6 +126,9 @@ pub struct DeliveryRow {
     pub delivered_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// Who last sent it again after it died (`token:…` or `user:<name>`), and when.
+    pub redriven_by: Option<String>,
+    pub redriven_at: Option<DateTime<Utc>>,
 }
 
 /// Notifications newest first, optionally of one status, strictly before `before_id`.
@@ -150,7 +153,8 @@ pub async fn list_of_endpoint(
 ) -> sqlx::Result<Vec<DeliveryRow>> {
     sqlx::query_as(
         r#"select id, alert_id, endpoint, event, delivery_id, status, attempts, next_attempt_at,
-                  created_at, delivered_at, finished_at, last_error
+                  created_at, delivered_at, finished_at, last_error,
+                  redriven_by, redriven_at
            from notifications
            where ($1::text is null or status = $1) and ($2::bigint is null or id < $2)
              and ($4::text is null or endpoint = $4)
@@ -183,7 +187,8 @@ pub async fn backlog(pool: &PgPool, cap: i64) -> sqlx::Result<(i64, Option<DateT
 pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeliveryRow>> {
     sqlx::query_as(
         r#"select id, alert_id, endpoint, event, delivery_id, status, attempts, next_attempt_at,
-                  created_at, delivered_at, finished_at, last_error
+                  created_at, delivered_at, finished_at, last_error,
+                  redriven_by, redriven_at
            from notifications where id = $1"#,
     )
     .bind(id)
@@ -194,14 +199,15 @@ pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeliveryRow>> {
 /// Re-drive a dead notification: pending again, due now, with a fresh retry schedule (its age
 /// counts from now). The delivery id stays, so receivers can still drop a duplicate. Returns
 /// false if it is not dead.
-pub async fn redrive(pool: &PgPool, id: i64, now: DateTime<Utc>) -> sqlx::Result<bool> {
+pub async fn redrive(pool: &PgPool, id: i64, now: DateTime<Utc>, by: &str) -> sqlx::Result<bool> {
     let n = sqlx::query(
         r#"update notifications set status = 'pending', next_attempt_at = $2, retry_since = $2,
-               finished_at = null
+               finished_at = null, redriven_by = $3, redriven_at = $2
            where id = $1 and status = 'dead'"#,
     )
     .bind(id)
     .bind(now)
+    .bind(by)
     .execute(pool)
     .await?
     .rows_affected();

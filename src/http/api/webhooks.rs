@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::{parse_filter, Page, Paging};
 use crate::alerts::outbox::NotificationStatus;
 use crate::db::notifications::{self, DeliveryRow};
+use crate::http::auth::Principal;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ids, ApiQuery, PathId};
 use crate::http::AppState;
@@ -41,8 +42,8 @@ pub async fn list(
     Ok(Json(paging.page(rows, |d| d.id)))
 }
 
-/// Send a dead notification again (same delivery id, fresh retry schedule). `409` if it is not
-/// dead.
+/// Send a dead notification again (same delivery id, fresh retry schedule), recording who
+/// (`redriven_by`, `redriven_at`). `409` if it is not dead.
 #[utoipa::path(post, path = "/api/v1/webhooks/deliveries/{id}/redrive", tag = "webhooks",
     params(("id" = String, Path, description = "notification id")),
     responses((status = 200, body = DeliveryRow),
@@ -51,10 +52,12 @@ pub async fn list(
               super::ErrorsOne))]
 pub async fn redrive(
     State(state): State<AppState>,
+    principal: Principal,
     id: PathId<ids::Delivery>,
 ) -> ApiResult<Json<DeliveryRow>> {
     let id = id.get();
-    if !notifications::redrive(&state.pool, id, state.clock.now()).await? {
+    let by = principal.actor().to_string();
+    if !notifications::redrive(&state.pool, id, state.clock.now(), &by).await? {
         let exists = notifications::get(&state.pool, id).await?.is_some();
         return Err(if exists {
             ApiError::Conflict(format!("delivery {id} is not dead"))

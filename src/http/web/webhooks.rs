@@ -219,7 +219,7 @@ pub async fn redrive(
     let now = state.clock.now();
     let (mut n, mut skipped) = (0u32, 0u32);
     for id in ids {
-        if db::notifications::redrive(pool, id, now).await? {
+        if db::notifications::redrive(pool, id, now, &by.to_string()).await? {
             tracing::info!(id, %by, "delivery redriven");
             n += 1;
         } else {
