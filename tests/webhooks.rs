@@ -628,10 +628,10 @@ async fn dead_letter_after_max_attempt_age_then_redrive(pool: PgPool) {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, id);
     rx.up().await;
-    assert!(notifications::redrive(&pool, id, clock.now())
+    assert!(notifications::redrive(&pool, id, clock.now(), "user:ops")
         .await
         .unwrap());
-    assert!(!notifications::redrive(&pool, id, clock.now())
+    assert!(!notifications::redrive(&pool, id, clock.now(), "user:ops")
         .await
         .unwrap());
     assert_eq!(tick(&w, &clock).await.delivered, 1);
