@@ -15,6 +15,7 @@
 //! - askama escapes every `{{ }}` as HTML by default; no template may use `|safe` on text that
 //!   came from a device or a user.
 
+pub mod alerts;
 pub mod assets;
 pub mod chart;
 pub mod csrf;
@@ -51,6 +52,11 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/logout", post(login::logout))
         .route("/live", get(live::stream))
         .route("/static/{*path}", get(assets::serve))
+        .route("/alerts", get(alerts::list))
+        .route("/alerts/bulk", post(alerts::bulk))
+        .route("/alerts/{id}", get(alerts::page))
+        .route("/alerts/{id}/ack", post(alerts::ack))
+        .route("/alerts/{id}/ticket", post(alerts::ticket))
         .route_layer(axum::middleware::from_fn_with_state(state, csrf::guard))
         .layer(axum::middleware::from_fn(security_headers))
 }
