@@ -46,8 +46,10 @@ use crate::http::AppState;
 /// Rows on a page of the list.
 pub const PAGE_SIZE: usize = 50;
 /// The most alerts one "everything this filter matches" action handles. Each alert is its own
-/// transaction through the lifecycle (trail and outbox rows as the API writes them); beyond
-/// this the operator repeats the action, and the confirmation says so.
+/// transaction through the lifecycle (trail and outbox rows as the API writes them), about a
+/// millisecond or two each; beyond this the operator repeats the action, and the confirmation
+/// says so. An action also stops, between alerts, once it has used two thirds of
+/// `http.request_timeout`, rather than be cut off by it.
 pub const FILTER_CAP: usize = 10_000;
 /// The most checked rows one action accepts (a page shows [`PAGE_SIZE`]).
 pub const MAX_SELECTED: usize = 1000;
@@ -469,7 +471,7 @@ pub fn notice(q: &Query) -> Option<String> {
     }
     if q.get("capped").is_some() {
         parts.push(format!(
-            "only the first {FILTER_CAP} matching alerts were handled; repeat for the rest"
+            "not every matching alert was handled (at most {FILTER_CAP} at once); repeat for the rest"
         ));
     }
     Some(format!("{}.", parts.join("; ")))
@@ -506,12 +508,14 @@ fn see_other(back: Option<&str>, fallback: &str, done: &[(&str, String)]) -> Res
     (StatusCode::SEE_OTHER, [(LOCATION, to)]).into_response()
 }
 
-/// How many alerts an action changed, left alone (already so), and did not find.
+/// How many alerts an action changed, left alone (already so), and did not find; whether it
+/// stopped for time before the end.
 #[derive(Debug, Default, Clone, Copy)]
 struct Tally {
     changed: u32,
     already: u32,
     missing: u32,
+    stopped: bool,
 }
 
 impl Tally {
@@ -530,11 +534,16 @@ impl Tally {
         if self.missing > 0 {
             d.push(("missing", self.missing.to_string()));
         }
-        if capped {
+        if capped || self.stopped {
             d.push(("capped", "1".into()));
         }
         d
     }
+}
+
+/// When a bulk action stops taking more alerts: two thirds into the request timeout.
+fn deadline(state: &AppState) -> std::time::Instant {
+    std::time::Instant::now() + state.config.http.request_timeout.0 * 2 / 3
 }
 
 /// Acknowledge `ids` one by one through the lifecycle, as `user:<name>`.
@@ -545,8 +554,13 @@ async fn acknowledge_all(
     note: Option<&str>,
 ) -> Result<Tally, ApiError> {
     let actor = op.0.actor();
+    let deadline = deadline(state);
     let mut t = Tally::default();
     for &id in ids {
+        if std::time::Instant::now() > deadline {
+            t.stopped = true;
+            break;
+        }
         let r = lifecycle::acknowledge(&state.pool, id, &actor, note, state.clock.now()).await?;
         t.add(r);
     }
@@ -562,8 +576,13 @@ async fn ticket_all(
     url: Option<&str>,
 ) -> Result<Tally, ApiError> {
     let actor = op.0.actor();
+    let deadline = deadline(state);
     let mut t = Tally::default();
     for &id in ids {
+        if std::time::Instant::now() > deadline {
+            t.stopped = true;
+            break;
+        }
         let r = lifecycle::link_ticket(&state.pool, id, reference, url, &actor, state.clock.now())
             .await?;
         t.add(r);
