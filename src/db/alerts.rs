@@ -107,17 +107,26 @@ pub struct AlertFilter {
     /// Only alerts strictly before this (opened_at, id), newest first.
     pub before: Option<(DateTime<Utc>, i64)>,
     pub limit: i64,
+    /// Only alerts of this severity (the dashboard's filter; the API does not offer it).
+    pub severity: Option<Severity>,
+    /// Only acknowledged (`true`) or unacknowledged (`false`) alerts (the dashboard's filter).
+    pub acked: Option<bool>,
 }
+
+/// The `where` of [`list`] and [`ids_matching`]: one definition of what a filter matches.
+const LIST_WHERE: &str = r#"($1::text is null or status = $1)
+             and ($2::text is null or kind = $2)
+             and ($3::text is null or device_id = $3)
+             and ($4::text is null or group_id = $4)
+             and ($5::timestamptz is null or (opened_at, id) < ($5, $6))
+             and ($8::text is null or severity = $8)
+             and ($9::bool is null or (acknowledged_by is not null) = $9)"#;
 
 pub async fn list(pool: &PgPool, f: &AlertFilter) -> sqlx::Result<Vec<AlertRow>> {
     let (ts, id) = f.before.unzip();
     let sql = format!(
         r#"select {ALERT_COLUMNS} from alerts
-           where ($1::text is null or status = $1)
-             and ($2::text is null or kind = $2)
-             and ($3::text is null or device_id = $3)
-             and ($4::text is null or group_id = $4)
-             and ($5::timestamptz is null or (opened_at, id) < ($5, $6))
+           where {LIST_WHERE}
            order by opened_at desc, id desc
            limit $7"#
     );
@@ -129,6 +138,71 @@ pub async fn list(pool: &PgPool, f: &AlertFilter) -> sqlx::Result<Vec<AlertRow>>
         .bind(ts)
         .bind(id)
         .bind(f.limit)
+        .bind(f.severity)
+        .bind(f.acked)
+        .fetch_all(pool)
+        .await
+}
+
+/// The ids [`list`] would return for `f` (newest first, at most `f.limit`): what the
+/// dashboard's "everything this filter matches" actions go through, without reading rows.
+pub async fn ids_matching(pool: &PgPool, f: &AlertFilter) -> sqlx::Result<Vec<i64>> {
+    let (ts, id) = f.before.unzip();
+    let sql = format!(
+        r#"select id from alerts
+           where {LIST_WHERE}
+           order by opened_at desc, id desc
+           limit $7"#
+    );
+    sqlx::query_scalar(&sql)
+        .bind(f.status)
+        .bind(f.kind)
+        .bind(&f.device)
+        .bind(&f.group)
+        .bind(ts)
+        .bind(id)
+        .bind(f.limit)
+        .bind(f.severity)
+        .bind(f.acked)
+        .fetch_all(pool)
+        .await
+}
+
+/// The alerts among `ids` (the dashboard's selected rows), in id order; unknown ids are
+/// skipped. The caller bounds `ids`.
+pub async fn get_many(pool: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<AlertRow>> {
+    let sql = format!("select {ALERT_COLUMNS} from alerts where id = any($1) order by id");
+    sqlx::query_as::<_, AlertRow>(&sql)
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+}
+
+/// Up to `limit` alerts that alert `id` covers (`covered_by`, an outage speaking for device
+/// alerts), newest first: the alert page. Index `alerts_covered_idx`.
+pub async fn covered_by(pool: &PgPool, id: i64, limit: i64) -> sqlx::Result<Vec<AlertRow>> {
+    linked_to(pool, "covered_by", id, limit).await
+}
+
+/// Up to `limit` alerts that alert `id` inhibits (`inhibited_by`), newest first: the alert
+/// page. Index `alerts_inhibited_idx` (migration 20261205000300).
+pub async fn inhibited_by(pool: &PgPool, id: i64, limit: i64) -> sqlx::Result<Vec<AlertRow>> {
+    linked_to(pool, "inhibited_by", id, limit).await
+}
+
+async fn linked_to(
+    pool: &PgPool,
+    column: &'static str,
+    id: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<AlertRow>> {
+    let sql = format!(
+        "select {ALERT_COLUMNS} from alerts where {column} = $1
+         order by opened_at desc, id desc limit $2"
+    );
+    sqlx::query_as::<_, AlertRow>(&sql)
+        .bind(id)
+        .bind(limit)
         .fetch_all(pool)
         .await
 }

@@ -183,6 +183,52 @@ pub async fn backlog(pool: &PgPool, cap: i64) -> sqlx::Result<(i64, Option<DateT
     .await
 }
 
+/// Up to `limit` notifications of alert `alert_id`, newest first: the dashboard's alert page.
+/// Index `notifications_alert_idx` (alert_id leads it); an alert has a handful of rows per
+/// endpoint (its changes and reminders), so the sort is over few rows.
+pub async fn of_alert(pool: &PgPool, alert_id: i64, limit: i64) -> sqlx::Result<Vec<DeliveryRow>> {
+    sqlx::query_as(
+        r#"select id, alert_id, endpoint, event, delivery_id, status, attempts, next_attempt_at,
+                  created_at, delivered_at, finished_at, last_error,
+                  redriven_by, redriven_at
+           from notifications where alert_id = $1
+           order by id desc limit $2"#,
+    )
+    .bind(alert_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// One delivery attempt of a notification (`delivery_attempts`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub notification_id: i64,
+    pub at: DateTime<Utc>,
+    /// None: no HTTP response came back.
+    pub status_code: Option<i32>,
+    pub latency_ms: i64,
+    /// As stored: scrubbed of secrets when written.
+    pub error: Option<String>,
+}
+
+/// The last `per` attempts of each notification in `ids`, newest first within each: the
+/// alert page. Index `delivery_attempts_notification_idx`, one bounded look-up per id.
+pub async fn attempts_of(pool: &PgPool, ids: &[i64], per: i64) -> sqlx::Result<Vec<AttemptRow>> {
+    sqlx::query_as(
+        r#"select a.notification_id, a.at, a.status_code, a.latency_ms, a.error
+           from unnest($1::bigint[]) as n(id)
+           cross join lateral (
+               select * from delivery_attempts d where d.notification_id = n.id
+               order by d.id desc limit $2) a
+           order by a.notification_id desc, a.id desc"#,
+    )
+    .bind(ids)
+    .bind(per)
+    .fetch_all(pool)
+    .await
+}
+
 /// One notification.
 pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeliveryRow>> {
     sqlx::query_as(

@@ -50,6 +50,8 @@ pub async fn list(
         group: clean("group", q.group)?,
         before: paging.after,
         limit: paging.fetch(),
+        severity: None,
+        acked: None,
     };
     let rows = alert_rows::list(&state.pool, &filter).await?;
     Ok(Json(paging.page(rows, |a| (a.opened_at, a.id))))

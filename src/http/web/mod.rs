@@ -15,6 +15,7 @@
 //! - askama escapes every `{{ }}` as HTML by default; no template may use `|safe` on text that
 //!   came from a device or a user.
 
+pub mod alerts;
 pub mod assets;
 pub mod chart;
 pub mod csrf;
@@ -63,6 +64,11 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/devices/{id}", get(devices::page))
         .route("/devices/{id}/retire", post(devices::retire))
         .route("/devices/{id}/unretire", post(devices::unretire))
+        .route("/alerts", get(alerts::list))
+        .route("/alerts/bulk", post(alerts::bulk))
+        .route("/alerts/{id}", get(alerts::page))
+        .route("/alerts/{id}/ack", post(alerts::ack))
+        .route("/alerts/{id}/ticket", post(alerts::ticket))
         .route_layer(axum::middleware::from_fn_with_state(state, csrf::guard))
         .layer(axum::middleware::from_fn(security_headers))
 }

@@ -439,8 +439,8 @@ async fn preview(
             kind,
             device: device.map(String::from),
             group: group.map(String::from),
-            before: None,
             limit: PREVIEW,
+            ..AlertFilter::default()
         },
     )
     .await?;
