@@ -136,3 +136,122 @@ async fn the_overview_lives_in_a_browser(pool: PgPool) {
     );
     b.close().await;
 }
+
+/// The alerts list by keyboard: `/` searches, `j`/`k` move, `x` selects (and a selection
+/// pauses live refreshes, said on the page, until it is cleared), `a` acknowledges the row;
+/// and every page fits a phone's width.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn alerts_by_keyboard_and_pages_at_phone_width(pool: PgPool) {
+    if common::browser::skipped() {
+        return;
+    }
+    common::web::create_user(&pool, "alice", "operator").await;
+    let app = TestApp::build(&pool, t(NOW), Some("tok"), |_| {});
+    sqlx::raw_sql(
+        "insert into devices (id, state) values ('d1', 'offline'), ('d2', 'silent'), ('d3', 'healthy');
+         insert into alerts (kind, subject, device_id, severity, status, opened_at, summary, updated_at)
+         values ('heartbeat_gap', 'd1', 'd1', 'error', 'firing', '2026-11-27T11:00:00Z', 'gap d1', now()),
+                ('heartbeat_gap', 'd2', 'd2', 'error', 'firing', '2026-11-27T11:30:00Z', 'gap d2', now());",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let served = Served::start(&app, &pool).await;
+    let b = Browser::start().await;
+    b.login(&served, "alice").await;
+    let c = &b.client;
+    c.goto(&served.url("/alerts?status=firing")).await.unwrap();
+    b.wait_for("the live stream", || async {
+        b.text("#live-status").await == "live"
+    })
+    .await;
+    let body = c.find(Locator::Css("body")).await.unwrap();
+
+    // "/" focuses the search box
+    body.send_keys("/").await.unwrap();
+    assert_eq!(
+        b.js("return document.activeElement.hasAttribute('data-search');")
+            .await,
+        true
+    );
+    b.js("document.activeElement.blur(); return 1;").await;
+
+    // j moves to the first row (the newest: d2), x selects it: live refreshes pause (keys go
+    // to the focused element, as a user's would)
+    body.send_keys("j").await.unwrap();
+    assert_eq!(
+        b.js("return document.activeElement.matches('tr[data-row]') && document.activeElement.textContent.includes('d2');").await,
+        true
+    );
+    c.active_element().await.unwrap().send_keys("x").await.unwrap();
+    b.wait_for("the pause to be said", || async {
+        b.text("#live-status").await.contains("paused")
+    })
+    .await;
+    // a change meanwhile does not disturb the table (the checked box stays checked) …
+    sqlx::raw_sql(
+        "insert into alerts (kind, subject, device_id, severity, status, opened_at, summary, updated_at)
+         values ('flapping', 'd3', 'd3', 'warning', 'firing', now(), 'flap d3', now());",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    b.wait_for("changes waiting", || async {
+        b.text("#live-status").await.contains("changes waiting")
+    })
+    .await;
+    assert!(!b.text("#alerts-table").await.contains("flap d3"));
+    assert_eq!(
+        b.js("return document.querySelectorAll('input[data-select]:checked').length;")
+            .await,
+        1
+    );
+    // … and it arrives once the selection is cleared
+    c.active_element().await.unwrap().send_keys("x").await.unwrap();
+    b.wait_for("the refresh after the pause", || async {
+        b.text("#alerts-table").await.contains("flap d3")
+    })
+    .await;
+
+    // "a" on a row acknowledges it, recorded under the user
+    b.js("document.querySelector('tr[data-row]').focus(); return 1;")
+        .await;
+    let focused_subject = b
+        .js("return document.activeElement.textContent.includes('d3') ? 'd3' : 'other';")
+        .await;
+    assert_eq!(focused_subject, "d3", "the newest alert is first");
+    c.active_element().await.unwrap().send_keys("a").await.unwrap();
+    let acked = || async {
+        sqlx::query_scalar::<_, Option<String>>(
+            "select acknowledged_by from alerts where subject = 'd3'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    b.wait_for("the acknowledgement", || async {
+        acked().await.as_deref() == Some("user:alice")
+    })
+    .await;
+
+    // phone width: nothing wider than the screen
+    c.set_window_size(390, 844).await.unwrap();
+    for path in [
+        "/",
+        "/devices",
+        "/alerts",
+        "/devices/d1",
+        "/silences",
+        "/webhooks",
+    ] {
+        c.goto(&served.url(path)).await.unwrap();
+        let overflow = b
+            .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+            .await;
+        assert!(
+            overflow.as_i64().unwrap() <= 0,
+            "{path} is {overflow} px wider than a phone"
+        );
+    }
+    b.close().await;
+}

@@ -303,18 +303,30 @@ pub async fn matching_nothing(
     recent_since: DateTime<Utc>,
 ) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar(
+        // Each existence test is split by which matcher leads, so that each uses an index
+        // (devices: primary key or devices_group_idx; alerts: alerts_device_idx or
+        // alerts_group_idx) instead of a scan per silence.
         r#"select s.id from silences s
            where s.id = any($1)
              and (s.device_id is not null or s.group_id is not null)
              and not exists (
                  select 1 from devices d
-                 where d.retired_at is null
-                   and (s.device_id is null or d.id = s.device_id)
+                 where s.device_id is not null and d.id = s.device_id
+                   and d.retired_at is null
                    and (s.group_id is null or d.group_id = s.group_id))
              and not exists (
+                 select 1 from devices d
+                 where s.device_id is null and d.group_id = s.group_id
+                   and d.retired_at is null)
+             and not exists (
                  select 1 from alerts a
-                 where (s.device_id is null or a.device_id = s.device_id)
+                 where s.device_id is not null and a.device_id = s.device_id
                    and (s.group_id is null or a.group_id = s.group_id)
+                   and (s.kind is null or a.kind = s.kind)
+                   and (a.status = 'firing' or a.resolved_at > $2))
+             and not exists (
+                 select 1 from alerts a
+                 where s.device_id is null and a.group_id = s.group_id
                    and (s.kind is null or a.kind = s.kind)
                    and (a.status = 'firing' or a.resolved_at > $2))
            order by s.id"#,
