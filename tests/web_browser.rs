@@ -183,7 +183,12 @@ async fn alerts_by_keyboard_and_pages_at_phone_width(pool: PgPool) {
         b.js("return document.activeElement.matches('tr[data-row]') && document.activeElement.textContent.includes('d2');").await,
         true
     );
-    c.active_element().await.unwrap().send_keys("x").await.unwrap();
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys("x")
+        .await
+        .unwrap();
     b.wait_for("the pause to be said", || async {
         b.text("#live-status").await.contains("paused")
     })
@@ -207,7 +212,12 @@ async fn alerts_by_keyboard_and_pages_at_phone_width(pool: PgPool) {
         1
     );
     // … and it arrives once the selection is cleared
-    c.active_element().await.unwrap().send_keys("x").await.unwrap();
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys("x")
+        .await
+        .unwrap();
     b.wait_for("the refresh after the pause", || async {
         b.text("#alerts-table").await.contains("flap d3")
     })
@@ -220,7 +230,12 @@ async fn alerts_by_keyboard_and_pages_at_phone_width(pool: PgPool) {
         .js("return document.activeElement.textContent.includes('d3') ? 'd3' : 'other';")
         .await;
     assert_eq!(focused_subject, "d3", "the newest alert is first");
-    c.active_element().await.unwrap().send_keys("a").await.unwrap();
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys("a")
+        .await
+        .unwrap();
     let acked = || async {
         sqlx::query_scalar::<_, Option<String>>(
             "select acknowledged_by from alerts where subject = 'd3'",
