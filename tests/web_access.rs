@@ -11,13 +11,12 @@ use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::http::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, RETRY_AFTER, SET_COOKIE,
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, LOCATION, RETRY_AFTER, SET_COOKIE,
 };
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use chrono::TimeDelta;
-use common::http::{respond, t, Resp, TestApp, NOW};
+use common::http::{t, Resp, TestApp, NOW};
 use common::web::{create_user, database_url, form, PASSWORD};
 use fleetwatch::config::{Config, Secret};
 use fleetwatch::http::web;
@@ -43,18 +42,7 @@ async fn req(
     headers: &[(&str, &str)],
     body: Option<String>,
 ) -> Resp {
-    let mut b = Request::builder().method(method).uri(uri);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    if body.is_some() {
-        b = b.header(CONTENT_TYPE, "application/x-www-form-urlencoded");
-    }
-    respond(
-        &app.app,
-        b.body(Body::from(body.unwrap_or_default())).unwrap(),
-    )
-    .await
+    common::web::send(app, method, uri, headers, body).await
 }
 
 const SAME: (&str, &str) = ("sec-fetch-site", "same-origin");

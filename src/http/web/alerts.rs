@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 
 use super::login::safe_next;
 use super::session::Operator;
-use super::view::{ago, encode, Chrome, Pager, Query, When};
+use super::view::{ago, encode, wants_fragment, Chrome, Pager, Query, When};
 use super::Page;
 use crate::alerts::lifecycle;
 use crate::db;
@@ -377,13 +377,6 @@ impl Page for AlertsPage {
 pub struct AlertsTable {
     pub q: Query,
     pub list: AlertList,
-}
-
-fn wants_fragment(headers: &HeaderMap, id: &str) -> bool {
-    headers.contains_key("hx-request")
-        && headers
-            .get("hx-target")
-            .is_some_and(|v| v.as_bytes() == id.as_bytes())
 }
 
 /// The request's query without the confirmation parameters.

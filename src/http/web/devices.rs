@@ -65,13 +65,7 @@ pub const HISTORY_SHOWN: usize = 50;
 
 /// The `HX-Target` of a fragment request, if this is one.
 fn fragment_target(headers: &HeaderMap) -> Option<String> {
-    if !headers.contains_key("hx-request") {
-        return None;
-    }
-    headers
-        .get("hx-target")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    super::view::hx_target(headers).map(str::to_string)
 }
 
 fn render(t: impl Template) -> Result<Response, ApiError> {

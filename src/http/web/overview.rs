@@ -138,7 +138,7 @@ impl Page for OverviewPage {
 
 /// The section an htmx request targets, if it is one of ours.
 pub fn target(headers: &HeaderMap) -> Option<&'static str> {
-    let t = headers.get("hx-target")?.to_str().ok()?;
+    let t = super::view::hx_target(headers)?;
     SECTIONS.into_iter().find(|s| *s == t)
 }
 

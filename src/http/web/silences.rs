@@ -28,7 +28,7 @@ use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 
 use super::login::safe_next;
 use super::session::Operator;
-use super::view::{ago, Chrome, Pager, Query, When};
+use super::view::{ago, wants_fragment, Chrome, Pager, Query, When};
 use super::Page;
 use crate::config::HumanDuration;
 use crate::db;
@@ -151,15 +151,6 @@ impl Page for SilencesPage {
     fn nav(&self) -> &'static str {
         "/silences"
     }
-}
-
-/// Whether a request is htmx re-fetching the element `id`.
-pub fn wants_fragment(headers: &HeaderMap, id: &str) -> bool {
-    headers.contains_key("hx-request")
-        && headers
-            .get("hx-target")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t == id)
 }
 
 /// The confirmation a `done=` value stands for (fixed texts, never the parameter itself).

@@ -176,6 +176,21 @@ pub fn encode(s: &str) -> String {
     out
 }
 
+/// The element an htmx request re-fetches (`HX-Target`), when the request is htmx's
+/// (`HX-Request`): a page then renders only that part (the live-fragment convention of
+/// `templates/base.html` and `static/app.js`).
+pub fn hx_target(headers: &axum::http::HeaderMap) -> Option<&str> {
+    if !headers.contains_key("hx-request") {
+        return None;
+    }
+    headers.get("hx-target").and_then(|v| v.to_str().ok())
+}
+
+/// Whether a request is htmx re-fetching the element `id`.
+pub fn wants_fragment(headers: &axum::http::HeaderMap, id: &str) -> bool {
+    hx_target(headers) == Some(id)
+}
+
 /// Links for keyset paging (the API's cursors): back to the first page, on to the next.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pager {

@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
 use super::session::Operator;
-use super::silences::{back_to, form_pairs, wants_fragment};
+use super::silences::{back_to, form_pairs};
+use super::view::wants_fragment;
 use super::view::{ago, Chrome, Pager, Query, When};
 use super::Page;
 use crate::db;
