@@ -263,6 +263,9 @@ pub struct HttpMetrics {
     pub closed: Family<Labels, Counter>,
     /// Failed `accept` calls (e.g. out of descriptors).
     pub accept_errors: Counter,
+    /// Dashboard sign-ins by outcome: `ok`, `failed` (wrong name or password, disabled user),
+    /// `limited` (refused by the login rate limit). A rising `failed` is someone guessing.
+    pub logins: Family<Labels, Counter>,
 }
 
 impl HttpMetrics {
@@ -273,6 +276,7 @@ impl HttpMetrics {
             open_files_limit: Gauge::default(),
             closed: Family::default(),
             accept_errors: Counter::default(),
+            logins: Family::default(),
         };
         registry.register(
             "http_connections",
@@ -299,8 +303,16 @@ impl HttpMetrics {
             "Failed accepts of HTTP connections",
             m.accept_errors.clone(),
         );
+        registry.register(
+            "dashboard_logins",
+            "Dashboard sign-ins, by outcome (ok, failed, limited)",
+            m.logins.clone(),
+        );
         for r in ["idle_timeout", "header_timeout", "evicted", "shutdown"] {
             let _ = m.closed.get_or_create(&vec![("reason", r.to_string())]);
+        }
+        for o in ["ok", "failed", "limited"] {
+            let _ = m.logins.get_or_create(&vec![("outcome", o.to_string())]);
         }
         m
     }

@@ -230,6 +230,15 @@ async fn failed_logins_are_rate_limited_per_name_and_address(pool: PgPool) {
     app.clock.advance(TimeDelta::minutes(15));
     let r = login_as(&app, "alice", PASSWORD, &[]).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
+    // each outcome is counted on /metrics
+    let metrics = common::http::get(&app, "/metrics").await.text();
+    for line in [
+        r#"dashboard_logins_total{outcome="failed"} 5"#,
+        r#"dashboard_logins_total{outcome="limited"} 1"#,
+        r#"dashboard_logins_total{outcome="ok"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 /// Malformed and hostile login bodies: refused or failed, never a 5xx, never a session.

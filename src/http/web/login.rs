@@ -65,6 +65,16 @@ pub struct NextQuery {
     next: Option<String>,
 }
 
+/// Count a sign-in's outcome (`dashboard_logins` on `/metrics`).
+fn login_outcome(state: &AppState, outcome: &str) {
+    state
+        .metrics
+        .http
+        .logins
+        .get_or_create(&vec![("outcome", outcome.to_string())])
+        .inc();
+}
+
 /// `GET /login`
 pub async fn form(Query(q): Query<NextQuery>) -> LoginPage {
     LoginPage {
@@ -156,6 +166,7 @@ pub async fn submit(
     };
     if let Err(wait) = state.login_limiter.check(&keys, now) {
         let secs = wait.num_seconds().max(1) as u64;
+        login_outcome(&state, "limited");
         let minutes = secs.div_ceil(60);
         let (status, page) = page(
             &format!(
@@ -188,6 +199,7 @@ pub async fn submit(
         Some(c) if matches && c.disabled_at.is_none() => c,
         _ => {
             state.login_limiter.fail(&keys, now);
+            login_outcome(&state, "failed");
             state.login_warn.warn(
                 "login_failed",
                 // Not the name typed: people type their password into the name field.
@@ -198,6 +210,7 @@ pub async fn submit(
         }
     };
     state.login_limiter.succeed(&keys);
+    login_outcome(&state, "ok");
     let token =
         users::start_session(&state.pool, cfg, user.id, cookie_token(&headers), now).await?;
     tracing::info!(user = %user.name, "dashboard login");
