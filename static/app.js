@@ -125,9 +125,11 @@
     }
     setStatus();
   }
+  var es = null;
   function connect() {
     if (!window.EventSource || !document.body.hasAttribute("data-live-url")) return;
-    var es = new EventSource(document.body.getAttribute("data-live-url"));
+    if (es) es.close();
+    es = new EventSource(document.body.getAttribute("data-live-url"));
     es.addEventListener("open", function () { liveState = "open"; setStatus(); });
     es.addEventListener("error", function () { liveState = "reconnecting"; setStatus(); });
     es.addEventListener("hello", function (e) {
@@ -228,5 +230,11 @@
     syncSelection();
     setStatus();
     connect();
+    // Close the stream when the page goes away: a browser allows six connections per site, and
+    // a stream left to the page's teardown (or kept by the back-forward cache) holds one of
+    // them, so a few quick navigations would stall the next page. Reopen on a return from
+    // the back-forward cache.
+    window.addEventListener("pagehide", function () { if (es) { es.close(); es = null; } });
+    window.addEventListener("pageshow", function (e) { if (e.persisted) { liveState = "connecting"; setStatus(); connect(); } });
   });
 })();

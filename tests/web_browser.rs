@@ -249,7 +249,8 @@ async fn alerts_by_keyboard_and_pages_at_phone_width(pool: PgPool) {
     })
     .await;
 
-    // phone width: nothing wider than the screen
+    // phone width: nothing wider than the screen; and many navigations in a row each load
+    // (every page holds an event stream: each must be closed when its page goes away)
     c.set_window_size(390, 844).await.unwrap();
     for path in [
         "/",
@@ -258,6 +259,8 @@ async fn alerts_by_keyboard_and_pages_at_phone_width(pool: PgPool) {
         "/devices/d1",
         "/silences",
         "/webhooks",
+        "/",
+        "/alerts",
     ] {
         c.goto(&served.url(path)).await.unwrap();
         let overflow = b

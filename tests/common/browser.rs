@@ -119,11 +119,21 @@ impl Browser {
             b.capabilities(caps.clone());
             match b.connect(&url).await {
                 Ok(client) => {
+                    // A page that does not load in 15 s is a failure, not a slow test (a leaked
+                    // event stream once stalled the sixth navigation for a minute).
+                    client
+                        .update_timeouts(fantoccini::wd::TimeoutConfiguration::new(
+                            None,
+                            Some(Duration::from_secs(15)),
+                            None,
+                        ))
+                        .await
+                        .expect("page-load timeout");
                     return Browser {
                         client,
                         driver,
                         _profile: profile,
-                    }
+                    };
                 }
                 Err(e) => last = Some(e),
             }
