@@ -1,0 +1,525 @@
+//! The simulator (`fleetwatch::sim`): repeatable from its seed, the incident mix's shapes and
+//! counts, the rate, on a simulated clock without a broker; and `fleetwatch simulate`, the real
+//! binary, against a private Mosquitto.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use common::*;
+use fleetwatch::sim::{EventKind, IncidentKind, Mix, Outgoing, Settings, Simulator};
+use serde_json::Value;
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+        .unwrap()
+        .to_utc()
+}
+
+fn settings(devices: usize, rate: f64, seed: u64, mix: &str) -> Settings {
+    Settings {
+        devices,
+        rate,
+        seed,
+        mix: mix.parse().unwrap(),
+        incidents_after: TimeDelta::seconds(10),
+        incidents_within: TimeDelta::seconds(60),
+        ..Settings::default()
+    }
+}
+
+fn run(s: &Settings, for_: TimeDelta) -> (Simulator, Vec<Outgoing>) {
+    let mut sim = Simulator::new(s, t0()).unwrap();
+    let ev = sim.events_until(t0() + for_);
+    (sim, ev)
+}
+
+fn json(o: &Outgoing) -> Value {
+    serde_json::from_str(&o.payload).unwrap()
+}
+
+#[test]
+fn the_same_seed_gives_the_same_events_and_another_seed_others() {
+    let s = settings(300, 30.0, 42, "blip=3,crash=1,duplicate=1,power-cut=1");
+    let (_, a) = run(&s, TimeDelta::minutes(10));
+    let (_, b) = run(&s, TimeDelta::minutes(10));
+    assert!(a.len() > 10_000, "{}", a.len());
+    assert_eq!(a, b);
+    // asked in small steps, the same stream
+    let mut sim = Simulator::new(&s, t0()).unwrap();
+    let mut c = Vec::new();
+    for i in 1..=600 {
+        c.extend(sim.events_until(t0() + TimeDelta::seconds(i)));
+    }
+    assert_eq!(a, c);
+    let (_, d) = run(
+        &settings(300, 30.0, 43, "blip=3,crash=1,duplicate=1,power-cut=1"),
+        TimeDelta::minutes(10),
+    );
+    assert_ne!(a, d);
+    // in time order
+    assert!(a.windows(2).all(|w| w[0].at <= w[1].at));
+}
+
+#[test]
+fn every_screen_connects_in_aws_format_then_sends_impressions_at_the_rate() {
+    let s = settings(600, 50.0, 1, "none");
+    let (sim, ev) = run(&s, TimeDelta::seconds(80));
+    let connects: Vec<&Outgoing> = ev
+        .iter()
+        .filter(|o| o.kind == EventKind::Connected)
+        .collect();
+    assert_eq!(connects.len(), 600);
+    let ids: BTreeSet<&str> = connects.iter().map(|o| o.device.as_str()).collect();
+    assert_eq!(ids.len(), 600);
+    for o in &connects {
+        assert!(o.at < t0() + TimeDelta::seconds(2));
+        let j = json(o);
+        assert_eq!(
+            o.topic,
+            format!(
+                "$aws/events/presence/connected/{}",
+                j["clientId"].as_str().unwrap()
+            )
+        );
+        assert_eq!(j["eventType"], "connected");
+        assert_eq!(j["timestamp"], o.at.timestamp_millis());
+        assert!(j["versionNumber"].as_i64().unwrap() >= 1);
+        assert!(j["sessionIdentifier"].as_str().unwrap().len() == 36);
+        assert!(j["ipAddress"]
+            .as_str()
+            .unwrap()
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok());
+        assert!(j["principalIdentifier"].as_str().unwrap().len() == 64);
+    }
+    assert_eq!(sim.interval(), TimeDelta::seconds(12));
+    // a simulated minute after the start-up: 50 per second, every screen once per 12 s
+    let from = t0() + TimeDelta::seconds(15);
+    let minute: Vec<&Outgoing> = ev
+        .iter()
+        .filter(|o| {
+            o.kind == EventKind::Impression && o.at >= from && o.at < from + TimeDelta::seconds(60)
+        })
+        .collect();
+    assert!((2990..=3010).contains(&minute.len()), "{}", minute.len());
+    // spread evenly: every second of it has about 50
+    let mut per_second: BTreeMap<i64, usize> = BTreeMap::new();
+    for o in &minute {
+        *per_second.entry((o.at - from).num_seconds()).or_default() += 1;
+    }
+    assert!(
+        per_second.values().all(|n| (48..=52).contains(n)),
+        "{per_second:?}"
+    );
+    let o = minute[0];
+    let j = json(o);
+    assert_eq!(o.topic, format!("dt/{}/impressions", o.device));
+    assert_eq!(j["timestamp"], o.at.timestamp_millis());
+}
+
+#[test]
+fn a_power_cut_disconnects_every_screen_of_one_building_within_seconds() {
+    let s = settings(500, 20.0, 9, "power-cut=1");
+    let (sim, ev) = run(&s, TimeDelta::minutes(5));
+    let plan = &sim.plan()[0];
+    assert_eq!(plan.kind, IncidentKind::PowerCut);
+    let b = sim.fleet().screens[plan.screens[0]].building;
+    let building: BTreeSet<String> = sim.fleet().buildings[b]
+        .screens
+        .iter()
+        .map(|&s| sim.fleet().screens[s].device_id.clone())
+        .collect();
+    assert_eq!(plan.screens.len(), building.len());
+    let cut: Vec<&Outgoing> = ev
+        .iter()
+        .filter(|o| o.incident == Some(IncidentKind::PowerCut))
+        .collect();
+    assert_eq!(cut.len(), building.len());
+    assert_eq!(
+        cut.iter()
+            .map(|o| o.device.clone())
+            .collect::<BTreeSet<_>>(),
+        building
+    );
+    for o in &cut {
+        assert_eq!(o.kind, EventKind::Disconnected);
+        assert!(o.at >= plan.at && o.at < plan.at + TimeDelta::seconds(3));
+        assert_eq!(json(o)["disconnectReason"], "MQTT_KEEP_ALIVE_TIMEOUT");
+    }
+    // and they stay silent
+    let after = plan.at + TimeDelta::seconds(3);
+    assert!(!ev
+        .iter()
+        .any(|o| o.at > after && building.contains(&o.device)));
+    // the other screens go on
+    assert!(ev
+        .iter()
+        .any(|o| o.at > after && o.kind == EventKind::Impression));
+}
+
+#[test]
+fn a_duplicate_client_id_alternates_two_sessions_from_two_addresses() {
+    let s = settings(100, 10.0, 5, "duplicate=1");
+    let (sim, ev) = run(&s, TimeDelta::minutes(5));
+    let plan = &sim.plan()[0];
+    let (a, b) = (
+        &sim.fleet().screens[plan.screens[0]],
+        &sim.fleet().screens[plan.screens[1]],
+    );
+    assert_eq!(b.client_id, a.client_id);
+    assert_ne!(b.device_id, a.device_id);
+    let conflict: Vec<&Outgoing> = ev
+        .iter()
+        .filter(|o| o.incident == Some(IncidentKind::Duplicate))
+        .collect();
+    let kicked: Vec<Value> = conflict
+        .iter()
+        .filter(|o| o.kind == EventKind::Disconnected)
+        .map(|o| json(o))
+        .collect();
+    assert_eq!(kicked.len(), 8);
+    for k in &kicked {
+        assert_eq!(k["disconnectReason"], "DUPLICATE_CLIENTID");
+        assert_eq!(k["clientId"], a.client_id.as_str());
+    }
+    let sessions: Vec<&str> = kicked
+        .iter()
+        .map(|k| k["sessionIdentifier"].as_str().unwrap())
+        .collect();
+    assert_eq!(sessions.iter().collect::<BTreeSet<_>>().len(), 2);
+    assert!(
+        sessions.windows(2).all(|w| w[0] != w[1]),
+        "alternating: {sessions:?}"
+    );
+    let addresses: BTreeSet<String> = conflict
+        .iter()
+        .filter(|o| o.kind == EventKind::Connected)
+        .map(|o| json(o)["ipAddress"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(addresses.len(), 2);
+    // each disconnect ends the connection before it: same session and version as that connect
+    let conns: Vec<Value> = conflict
+        .iter()
+        .filter(|o| o.kind == EventKind::Connected)
+        .map(|o| json(o))
+        .collect();
+    for (i, k) in kicked.iter().enumerate().skip(1) {
+        assert_eq!(k["versionNumber"], conns[i - 1]["versionNumber"]);
+        assert_eq!(k["sessionIdentifier"], conns[i - 1]["sessionIdentifier"]);
+    }
+    // the clone was not installed before: no events of it before the incident
+    assert!(!ev.iter().any(|o| o.device == b.device_id && o.at < plan.at));
+    assert!(ev
+        .iter()
+        .any(|o| o.device == b.device_id && o.kind == EventKind::Impression));
+}
+
+#[test]
+fn each_incident_has_its_shape_and_count() {
+    let s = settings(
+        400,
+        40.0,
+        3,
+        "blip=4,crash=2,dead-modem=1,flapping=1,throttled=1,bad-cert=1,new-network=1",
+    );
+    let (sim, ev) = run(&s, TimeDelta::minutes(15));
+    let count = |k: IncidentKind| sim.plan().iter().filter(|p| p.kind == k).count();
+    assert_eq!(count(IncidentKind::Blip), 4);
+    assert_eq!(count(IncidentKind::Crash), 2);
+    assert_eq!(sim.plan().len(), 11);
+    let all_screens: Vec<usize> = sim.plan().iter().flat_map(|p| p.screens.clone()).collect();
+    assert_eq!(
+        all_screens.iter().collect::<BTreeSet<_>>().len(),
+        all_screens.len(),
+        "each screen in one incident"
+    );
+    for p in sim.plan() {
+        assert!(p.at >= t0() + TimeDelta::seconds(10) && p.at < t0() + TimeDelta::seconds(70));
+        let dev = &sim.fleet().screens[p.screens[0]].device_id;
+        let mine: Vec<&Outgoing> = ev
+            .iter()
+            .filter(|o| &o.device == dev && o.at >= p.at)
+            .collect();
+        let of_kind = |k: EventKind| mine.iter().filter(|o| o.kind == k).count();
+        let reasons: Vec<String> = mine
+            .iter()
+            .filter(|o| o.kind == EventKind::Disconnected)
+            .map(|o| json(o)["disconnectReason"].as_str().unwrap().to_string())
+            .collect();
+        match p.kind {
+            IncidentKind::Blip => {
+                assert_eq!(reasons, ["CONNECTION_LOST"]);
+                assert_eq!(of_kind(EventKind::Connected), 1);
+                let reconnect = mine
+                    .iter()
+                    .find(|o| o.kind == EventKind::Connected)
+                    .unwrap()
+                    .at;
+                assert!(
+                    reconnect - p.at >= TimeDelta::seconds(3)
+                        && reconnect - p.at < TimeDelta::seconds(15)
+                );
+                // the backlog: old device times, sent just after the reconnect
+                let backlog: Vec<&&Outgoing> = mine
+                    .iter()
+                    .filter(|o| {
+                        o.kind == EventKind::Impression && o.incident == Some(IncidentKind::Blip)
+                    })
+                    .collect();
+                assert!(backlog.len() >= 3);
+                for o in backlog {
+                    let ts = json(o)["timestamp"].as_i64().unwrap();
+                    assert!(ts >= p.at.timestamp_millis() && ts < reconnect.timestamp_millis());
+                    assert!(o.at >= reconnect && o.at < reconnect + TimeDelta::seconds(5));
+                }
+                // nothing between the disconnect and the reconnect
+                assert!(!mine.iter().any(|o| o.at > p.at && o.at < reconnect));
+            }
+            IncidentKind::Crash => assert!(mine.is_empty(), "{mine:?}"),
+            IncidentKind::DeadModem => {
+                assert_eq!(mine.len(), 1);
+                assert_eq!(reasons, ["MQTT_KEEP_ALIVE_TIMEOUT"]);
+            }
+            IncidentKind::Flapping => {
+                assert_eq!(reasons.len(), 12);
+                assert!(reasons.iter().all(|r| r == "CONNECTION_LOST"));
+                let last = mine.iter().rfind(|o| o.incident.is_some()).unwrap();
+                assert!(
+                    last.at - p.at < TimeDelta::minutes(30),
+                    "within the flapping window"
+                );
+            }
+            IncidentKind::Throttled => {
+                assert_eq!(reasons, ["THROTTLED"; 5]);
+                assert_eq!(of_kind(EventKind::Connected), 5);
+            }
+            IncidentKind::BadCert => {
+                assert_eq!(of_kind(EventKind::ConnectFailed), 8);
+                assert_eq!(mine.len(), 8, "never connects, sends nothing else");
+                let j = json(mine[0]);
+                assert_eq!(j["connectFailureReason"], "AUTHORIZATION_FAILED");
+                assert_eq!(
+                    mine[0].topic,
+                    format!("$aws/events/presence/connect_failed/{dev}")
+                );
+                assert!(!ev.iter().any(|o| &o.device == dev && o.at < p.at));
+            }
+            IncidentKind::NewNetwork => {
+                let before = sim.fleet().screens[p.screens[0]].address.to_string();
+                let conn = json(
+                    mine.iter()
+                        .find(|o| o.kind == EventKind::Connected)
+                        .unwrap(),
+                );
+                let ip: std::net::Ipv4Addr = conn["ipAddress"].as_str().unwrap().parse().unwrap();
+                assert_eq!(&ip.octets()[..2], &[192, 0]);
+                assert!(!before.starts_with("192.0."));
+            }
+            _ => unreachable!(),
+        }
+        // versions grow per session; a disconnect carries its connection's version
+        let mut version = 0;
+        for o in mine
+            .iter()
+            .filter(|o| matches!(o.kind, EventKind::Connected | EventKind::Disconnected))
+        {
+            let v = json(o)["versionNumber"].as_i64().unwrap();
+            assert!(v >= version);
+            version = v;
+        }
+    }
+}
+
+#[test]
+fn the_mix_and_bad_settings_are_refused_clearly() {
+    assert_eq!(
+        Mix::default().to_string(),
+        "blip=5,crash=1,dead-modem=1,duplicate=1,flapping=1,throttled=1,bad-cert=1,power-cut=1,new-network=1"
+    );
+    assert_eq!(
+        Mix::default().to_string().parse::<Mix>().unwrap(),
+        Mix::default()
+    );
+    assert_eq!("none".parse::<Mix>().unwrap(), Mix::none());
+    let e = "blip=x".parse::<Mix>().unwrap_err();
+    assert!(e.contains("expected a count"), "{e}");
+    let e = "meteor=1".parse::<Mix>().unwrap_err();
+    assert!(
+        e.contains("unknown incident \"meteor\"") && e.contains("power-cut"),
+        "{e}"
+    );
+    assert!("blip".parse::<Mix>().unwrap_err().contains("KIND=COUNT"));
+    assert!("blip=1,blip=2"
+        .parse::<Mix>()
+        .unwrap_err()
+        .contains("twice"));
+    let err = |s: Settings| Simulator::new(&s, t0()).err().unwrap();
+    assert!(err(settings(0, 1.0, 1, "none")).contains("devices"));
+    assert!(err(settings(10, 0.0, 1, "none")).contains("rate"));
+    assert!(err(settings(10, f64::NAN, 1, "none")).contains("rate"));
+    assert!(err(settings(10, 1.0, 1, "power-cut=2")).contains("power cuts"));
+    assert!(err(settings(10, 1.0, 1, "crash=11")).contains("more screens"));
+}
+
+#[tokio::test]
+async fn the_command_publishes_to_a_broker_in_real_time() {
+    let broker = Broker::start().await;
+    // a subscriber that keeps everything
+    let mut o = rumqttc::MqttOptions::new("counter", "127.0.0.1", broker.port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 10_000);
+    client
+        .subscribe("demo/events/presence/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .subscribe("dt/+/impressions", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (up_tx, mut up) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    let _ = up_tx.send(true);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), up.wait_for(|u| *u))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let out = tokio::task::spawn_blocking({
+        let url = broker.url();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
+                .args([
+                    "simulate",
+                    "--mqtt-url",
+                    &url,
+                    "--devices",
+                    "300",
+                    "--rate",
+                    "100",
+                ])
+                .args([
+                    "--duration",
+                    "4s",
+                    "--seed",
+                    "7",
+                    "--presence-prefix",
+                    "demo/events/presence",
+                ])
+                .args([
+                    "--incidents",
+                    "blip=2,bad-cert=1",
+                    "--incidents-within",
+                    "1s",
+                ])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let total_line = stdout
+        .lines()
+        .find(|l| l.starts_with("total: "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let sent: usize = total_line["total: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .unwrap()
+            .starts_with("simulate: 300 screens in 10 buildings"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("incidents: blip 2 started"), "{stdout}");
+    assert!(stdout.contains("bad-cert 1 started"), "{stdout}");
+
+    let mut got: Vec<(String, Value)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < sent && tokio::time::Instant::now() < deadline {
+        if let Ok(Some((topic, payload))) =
+            tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+        {
+            got.push((topic, serde_json::from_slice(&payload).expect("valid JSON")));
+        }
+    }
+    assert_eq!(got.len(), sent, "{stdout}");
+    let connected: Vec<&(String, Value)> = got
+        .iter()
+        .filter(|(t, _)| t.starts_with("demo/events/presence/connected/"))
+        .collect();
+    assert!(connected.len() >= 299, "{}", connected.len());
+    for (t, j) in &got {
+        if let Some(rest) = t.strip_prefix("demo/events/presence/") {
+            let (kind, client) = rest.split_once('/').unwrap();
+            assert_eq!(j["eventType"], kind);
+            assert_eq!(j["clientId"], client);
+        } else {
+            assert!(
+                t.starts_with("dt/screen-") && t.ends_with("/impressions"),
+                "{t}"
+            );
+            assert!(j["timestamp"].is_i64());
+        }
+    }
+    let impressions = got.iter().filter(|(t, _)| t.starts_with("dt/")).count();
+    // 100 per second for about two seconds after the start-up's two seconds, plus backlogs
+    assert!((150..=300).contains(&impressions), "{impressions}");
+    assert!(got
+        .iter()
+        .any(|(t, _)| t.starts_with("demo/events/presence/connect_failed/")));
+}
+
+#[test]
+fn bad_flags_give_a_clear_error() {
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
+            .arg("simulate")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?}");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    assert!(run(&["--incidents", "meteor=1"]).contains("unknown incident"));
+    assert!(run(&["--duration", "soon"]).contains("expected a duration"));
+    assert!(run(&["--mqtt-url", "http://x"]).contains("mqtt://"));
+    assert!(run(&["--mqtt-url", "mqtts://127.0.0.1:1"]).contains("--ca-file"));
+    assert!(run(&["--telemetry-topic", "dt/x"]).contains("{device}"));
+    assert!(run(&["--rate", "0"]).contains("rate"));
+    assert!(run(&["--cert-file", "c.pem"]).contains("--key-file"));
+    assert!(run(&[
+        "--mqtt-url",
+        &format!("mqtt://127.0.0.1:{}", free_port()),
+        "--duration",
+        "1s"
+    ])
+    .contains("could not connect"));
+}
