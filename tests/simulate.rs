@@ -523,3 +523,139 @@ fn bad_flags_give_a_clear_error() {
     ])
     .contains("could not connect"));
 }
+
+/// The URL of the database `#[sqlx::test]` made for this test.
+fn database_url(pool: &sqlx::PgPool) -> String {
+    let master = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let db = pool.connect_options().get_database().unwrap().to_string();
+    let (base, _) = master.rsplit_once('/').unwrap();
+    format!("{base}/{db}")
+}
+
+/// Kills a child process when dropped (a failing test leaves no service behind).
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real service and the real simulator against one broker, on second-scale settings: an
+/// expected interval of 20 s (longer than the longest blip, 15 s), a disconnect grace of 3 s and
+/// one impression per screen per second. A crashed player raises `heartbeat_gap` (silent); the blips raise nothing.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn with_the_service_a_crash_raises_a_gap_and_blips_raise_nothing(pool: sqlx::PgPool) {
+    let broker = Broker::start().await;
+    let http_port = free_port();
+    let _service = Guard(
+        Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
+            .arg("serve")
+            .env("DATABASE_URL", database_url(&pool))
+            .env("FLEETWATCH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("FLEETWATCH_MQTT_URL", broker.url())
+            .env("FLEETWATCH_API_TOKEN", TOKEN)
+            .env(
+                "FLEETWATCH_INSTANCE_ID",
+                format!("sim-{}", std::process::id()),
+            )
+            .env("FLEETWATCH_FLUSH_INTERVAL", "200ms")
+            .env("FLEETWATCH_EXPECTED_INTERVAL", "20s")
+            .env("FLEETWATCH_GRACE", "2s")
+            // a disconnected screen is offline as soon as it is overdue (default: 10 minutes
+            // after the disconnect), so a blip that lasted too long would alert
+            .env("FLEETWATCH_DISCONNECT_GRACE", "3s")
+            .env("FLEETWATCH_TICK", "250ms")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let api = api(&format!("http://127.0.0.1:{http_port}"));
+    eventually(30, "the service is connected to the broker", || async {
+        match api.http.get(format!("{}/healthz", api.base)).send().await {
+            Ok(r) => r.json::<Value>().await.unwrap()["mqtt"]["all_connected"] == true,
+            Err(_) => false,
+        }
+    })
+    .await;
+
+    let sim = tokio::task::spawn_blocking({
+        let url = broker.url();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
+                .args([
+                    "simulate",
+                    "--mqtt-url",
+                    &url,
+                    "--devices",
+                    "40",
+                    "--rate",
+                    "40",
+                ])
+                .args([
+                    "--duration",
+                    "34s",
+                    "--seed",
+                    "11",
+                    "--incidents",
+                    "blip=3,crash=1",
+                ])
+                .args(["--incidents-within", "2s"])
+                .output()
+                .unwrap()
+        }
+    });
+    let out = sim.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let planned = |kind: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("plan: "))
+            .filter_map(|l| {
+                let mut w = l.split(' ');
+                let (_, k, dev) = (w.next()?, w.next()?, w.next()?);
+                (k == kind).then(|| dev.to_string())
+            })
+            .collect()
+    };
+    let crashed = planned("crash");
+    let blipped = planned("blip");
+    assert_eq!((crashed.len(), blipped.len()), (1, 3), "{stdout}");
+
+    // the crash started 10–12 s in, due 20 s + 2 s after its last impression: by the end of
+    // the run (40 s) it is firing, and a blip (10–12 s in, at most 15 s) that had been taken
+    // for an outage would be too
+    eventually(5, "heartbeat_gap for the crashed player", || async {
+        let (_, a) = api.get("/api/v1/alerts?status=firing").await;
+        a["items"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let (_, a) = api.get("/api/v1/alerts?status=firing").await;
+    let items = a["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "only the crash: {a}");
+    assert_eq!(items[0]["kind"], "heartbeat_gap");
+    assert_eq!(items[0]["device_id"], crashed[0].as_str());
+    assert_eq!(items[0]["details"]["classification"], "silent");
+    // nothing at all, ever, for the blips
+    let (_, all) = api.get("/api/v1/alerts?limit=100").await;
+    for b in &blipped {
+        assert!(
+            !all["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["device_id"] == b.as_str()),
+            "{b}: {all}"
+        );
+    }
+    // the service saw the whole fleet
+    let (_, d) = api.get("/api/v1/devices?limit=100").await;
+    assert_eq!(d["items"].as_array().unwrap().len(), 40, "{d}");
+}

@@ -180,6 +180,24 @@ pub async fn run(
         a.mqtt_url
     )?;
 
+    // What will happen to whom, so that a run can be checked against what the service saw.
+    for p in sim.plan() {
+        let fleet = sim.fleet();
+        let who = match p.kind {
+            IncidentKind::PowerCut => {
+                let b = &fleet.buildings[fleet.screens[p.screens[0]].building];
+                format!("{} ({} screens)", b.name, p.screens.len())
+            }
+            _ => p
+                .screens
+                .iter()
+                .map(|&s| fleet.screens[s].device_id.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        let secs = (p.at - start).num_milliseconds() as f64 / 1000.0;
+        writeln!(out, "plan: +{secs:.1}s {} {who}", p.kind)?;
+    }
     let mut tally = Tally::default();
     let mut next_summary = start + chrono::TimeDelta::seconds(10);
     loop {
