@@ -544,14 +544,26 @@ impl Drop for Guard {
 
 /// The real service and the real simulator against one broker, on second-scale settings: an
 /// expected interval of 20 s (longer than the longest blip, 15 s), a disconnect grace of 3 s and
-/// one impression per screen per second. A crashed player raises `heartbeat_gap` (silent); the blips raise nothing.
+/// one impression per screen per second; impressions carry the building in their topic. A
+/// crashed player raises `heartbeat_gap` (silent), a power cut one `group_outage` for its
+/// building; the blips raise nothing.
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn with_the_service_a_crash_raises_a_gap_and_blips_raise_nothing(pool: sqlx::PgPool) {
     let broker = Broker::start().await;
     let http_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("fleetwatch.toml");
+    std::fs::write(
+        &conf,
+        "[mqtt]\ntelemetry_topics = [\"dt/+/+/impressions\"]\n\
+         [telemetry]\ndevice_id_level = 2\ngroup_level = 1\n",
+    )
+    .unwrap();
     let _service = Guard(
         Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
             .arg("serve")
+            .arg("--config")
+            .arg(&conf)
             .env("DATABASE_URL", database_url(&pool))
             .env("FLEETWATCH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("FLEETWATCH_MQTT_URL", broker.url())
@@ -585,24 +597,11 @@ async fn with_the_service_a_crash_raises_a_gap_and_blips_raise_nothing(pool: sql
         let url = broker.url();
         move || {
             Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
-                .args([
-                    "simulate",
-                    "--mqtt-url",
-                    &url,
-                    "--devices",
-                    "40",
-                    "--rate",
-                    "40",
-                ])
-                .args([
-                    "--duration",
-                    "34s",
-                    "--seed",
-                    "11",
-                    "--incidents",
-                    "blip=3,crash=1",
-                ])
+                .args(["simulate", "--mqtt-url", &url, "--seed", "11"])
+                .args(["--devices", "100", "--rate", "100", "--duration", "40s"])
+                .args(["--incidents", "blip=3,crash=1,power-cut=1"])
                 .args(["--incidents-within", "2s"])
+                .args(["--telemetry-topic", "dt/{building}/{device}/impressions"])
                 .output()
                 .unwrap()
         }
@@ -637,14 +636,31 @@ async fn with_the_service_a_crash_raises_a_gap_and_blips_raise_nothing(pool: sql
         a["items"].as_array().is_some_and(|a| !a.is_empty())
     })
     .await;
-    let (_, a) = api.get("/api/v1/alerts?status=firing").await;
+    let building = planned("power-cut");
+    assert_eq!(building.len(), 1, "{stdout}");
+    let (_, a) = api.get("/api/v1/alerts?status=firing&limit=100").await;
     let items = a["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1, "only the crash: {a}");
-    assert_eq!(items[0]["kind"], "heartbeat_gap");
-    assert_eq!(items[0]["device_id"], crashed[0].as_str());
-    assert_eq!(items[0]["details"]["classification"], "silent");
+    let gaps: Vec<&Value> = items
+        .iter()
+        .filter(|i| i["kind"] == "heartbeat_gap")
+        .collect();
+    let crash = gaps
+        .iter()
+        .find(|i| i["device_id"] == crashed[0].as_str())
+        .unwrap_or_else(|| panic!("{a}"));
+    assert_eq!(crash["details"]["classification"], "silent");
+    // the building's 25 screens, offline, and the crash; nothing else
+    assert_eq!(gaps.len(), 26, "{a}");
+    let outages: Vec<&Value> = items
+        .iter()
+        .filter(|i| i["kind"] == "group_outage")
+        .collect();
+    assert_eq!(outages.len(), 1, "{a}");
+    assert_eq!(outages[0]["subject"], building[0].as_str(), "{a}");
+    assert_eq!(items.len(), 27, "{a}");
     // nothing at all, ever, for the blips
     let (_, all) = api.get("/api/v1/alerts?limit=100").await;
+    assert!(all["next_cursor"].is_null());
     for b in &blipped {
         assert!(
             !all["items"]
@@ -657,5 +673,5 @@ async fn with_the_service_a_crash_raises_a_gap_and_blips_raise_nothing(pool: sql
     }
     // the service saw the whole fleet
     let (_, d) = api.get("/api/v1/devices?limit=100").await;
-    assert_eq!(d["items"].as_array().unwrap().len(), 40, "{d}");
+    assert_eq!(d["items"].as_array().unwrap().len(), 100, "{d}");
 }
