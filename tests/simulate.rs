@@ -546,9 +546,10 @@ impl Drop for Guard {
 /// expected interval of 20 s (longer than the longest blip, 15 s), a disconnect grace of 3 s and
 /// one impression per screen per second; impressions carry the building in their topic. A
 /// crashed player raises `heartbeat_gap` (silent), a power cut one `group_outage` for its
-/// building; the blips raise nothing.
+/// building, a duplicated client id `client_id_conflict`, throttled reconnects `throttled`, a
+/// wrong certificate `auth_failure`; the blips raise nothing.
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
-async fn with_the_service_a_crash_raises_a_gap_and_blips_raise_nothing(pool: sqlx::PgPool) {
+async fn with_the_service_each_incident_raises_its_alert_and_blips_nothing(pool: sqlx::PgPool) {
     let broker = Broker::start().await;
     let http_port = free_port();
     let dir = tempfile::tempdir().unwrap();
@@ -599,7 +600,10 @@ async fn with_the_service_a_crash_raises_a_gap_and_blips_raise_nothing(pool: sql
             Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
                 .args(["simulate", "--mqtt-url", &url, "--seed", "11"])
                 .args(["--devices", "100", "--rate", "100", "--duration", "40s"])
-                .args(["--incidents", "blip=3,crash=1,power-cut=1"])
+                .args([
+                    "--incidents",
+                    "blip=3,crash=1,power-cut=1,duplicate=1,throttled=1,bad-cert=1",
+                ])
                 .args(["--incidents-within", "2s"])
                 .args(["--telemetry-topic", "dt/{building}/{device}/impressions"])
                 .output()
@@ -657,7 +661,19 @@ async fn with_the_service_a_crash_raises_a_gap_and_blips_raise_nothing(pool: sql
         .collect();
     assert_eq!(outages.len(), 1, "{a}");
     assert_eq!(outages[0]["subject"], building[0].as_str(), "{a}");
-    assert_eq!(items.len(), 27, "{a}");
+    // the connection patterns, each for its screen's client id
+    let of = |kind: &str| -> Vec<String> {
+        items
+            .iter()
+            .filter(|i| i["kind"] == kind)
+            .map(|i| i["subject"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let duplicate = planned("duplicate");
+    assert_eq!(of("client_id_conflict"), [duplicate[0].clone()], "{a}");
+    assert_eq!(of("throttled"), planned("throttled"), "{a}");
+    assert_eq!(of("auth_failure"), planned("bad-cert"), "{a}");
+    assert_eq!(items.len(), 30, "{a}");
     // nothing at all, ever, for the blips
     let (_, all) = api.get("/api/v1/alerts?limit=100").await;
     assert!(all["next_cursor"].is_null());
@@ -673,5 +689,6 @@ async fn with_the_service_a_crash_raises_a_gap_and_blips_raise_nothing(pool: sql
     }
     // the service saw the whole fleet
     let (_, d) = api.get("/api/v1/devices?limit=100").await;
-    assert_eq!(d["items"].as_array().unwrap().len(), 100, "{d}");
+    // all but the unit whose certificate is refused
+    assert_eq!(d["items"].as_array().unwrap().len(), 99, "{d}");
 }

@@ -11,7 +11,7 @@
 //! | `duplicate` | a second unit with the first one's client id: each connects in turn and AWS disconnects the other (`DUPLICATE_CLIENTID`), 8 takeovers 3–8 s apart, two sessions from two addresses | `client_id_conflict` |
 //! | `flapping` | 12 × (`CONNECTION_LOST`, reconnect 2–6 s later), 15–40 s apart | `flapping` |
 //! | `throttled` | 5 × (`THROTTLED` disconnect, reconnect 1–3 s later), 5–15 s apart | `throttled` |
-//! | `bad-cert` | a unit with a wrong certificate: 8 `connect_failed` `AUTHORIZATION_FAILED`, 5–15 s apart; it never connects | `auth_failure` |
+//! | `bad-cert` | a unit with a wrong certificate: 8 `connect_failed` `AUTHORIZATION_FAILED`, 2–5 s apart; it never connects | `auth_failure` |
 //! | `power-cut` | every screen of one building: `MQTT_KEEP_ALIVE_TIMEOUT` within 3 s, then nothing | `group_outage` (and the devices' gaps under it) |
 //! | `new-network` | `CONNECTION_LOST`, reconnect 3–8 s later from an address in [`FOREIGN_NETWORK`] | `address_drift` (when enabled) |
 //!
@@ -266,7 +266,7 @@ pub fn generate(
             let mut t = at;
             for _ in 0..BAD_CERT_ATTEMPTS {
                 steps.push(pubs(ctx.connect_failed(s, t, "AUTHORIZATION_FAILED", inc)));
-                t += ms(ctx.rng, 5_000, 15_000);
+                t += ms(ctx.rng, 2_000, 5_000);
             }
         }
         IncidentKind::NewNetwork => {
@@ -278,4 +278,165 @@ pub fn generate(
         }
     }
     steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{EventKind, Fleet, Outgoing, ScreenState, Topics};
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .unwrap()
+            .to_utc()
+    }
+
+    /// Run one generator over a fresh 40-screen fleet whose screens are all connected once.
+    fn gen(kind: IncidentKind, screens: &[usize]) -> (Vec<(DateTime<Utc>, Step)>, Fleet) {
+        let mut fleet = Fleet::new(40, 1);
+        if kind == IncidentKind::Duplicate {
+            fleet.share_client_id(screens[1], screens[0]);
+        }
+        let mut states: Vec<ScreenState> = fleet
+            .screens
+            .iter()
+            .map(|s| ScreenState {
+                version: 1,
+                session: format!("session-{}", s.device_id),
+                principal: "p".into(),
+                address: s.address,
+                muted: false,
+            })
+            .collect();
+        let topics = Topics::default();
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut ctx = Ctx {
+            fleet: &fleet,
+            states: &mut states,
+            topics: &topics,
+            rng: &mut rng,
+            interval: TimeDelta::seconds(1),
+        };
+        let steps = generate(kind, screens, t0(), &mut ctx);
+        (steps, fleet)
+    }
+
+    fn published(steps: &[(DateTime<Utc>, Step)]) -> Vec<(Outgoing, serde_json::Value)> {
+        steps
+            .iter()
+            .filter_map(|(_, s)| match s {
+                Step::Publish(o) => Some((o.clone(), serde_json::from_str(&o.payload).unwrap())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_mix_parses_and_prints() {
+        let m: Mix = "blip=5, crash=1,power-cut=0".parse().unwrap();
+        assert_eq!(m.count(IncidentKind::Blip), 5);
+        assert_eq!(m.count(IncidentKind::PowerCut), 0);
+        assert_eq!(m.count(IncidentKind::Flapping), 0);
+        assert_eq!(m.to_string().parse::<Mix>().unwrap(), m);
+        assert_eq!("".parse::<Mix>().unwrap(), Mix::none());
+        assert!("blip=10001".parse::<Mix>().is_err());
+        for k in IncidentKind::ALL {
+            assert_eq!(k.as_str().parse::<IncidentKind>().unwrap(), k);
+        }
+    }
+
+    #[test]
+    fn a_blip_reconnects_and_flushes_its_backlog_with_old_times() {
+        let (steps, _) = gen(IncidentKind::Blip, &[3]);
+        let p = published(&steps);
+        assert_eq!(p[0].1["disconnectReason"], "CONNECTION_LOST");
+        assert_eq!(p[0].1["versionNumber"], 1);
+        assert_eq!(p[1].0.kind, EventKind::Connected);
+        assert_eq!(p[1].1["versionNumber"], 2);
+        assert_ne!(p[1].1["sessionIdentifier"], "session-screen-00004");
+        let back = p[1].0.at;
+        let backlog = &p[2..];
+        assert!(backlog.len() >= 3);
+        for (o, j) in backlog {
+            assert_eq!(o.kind, EventKind::Impression);
+            assert!(o.at > back);
+            assert!(j["timestamp"].as_i64().unwrap() < back.timestamp_millis());
+        }
+        assert!(steps.contains(&(t0(), Step::Mute(3))));
+        assert!(steps.contains(&(back, Step::Unmute(3))));
+    }
+
+    #[test]
+    fn a_crash_only_mutes_and_a_dead_modem_times_out() {
+        assert_eq!(gen(IncidentKind::Crash, &[1]).0, [(t0(), Step::Mute(1))]);
+        let (steps, _) = gen(IncidentKind::DeadModem, &[1]);
+        let p = published(&steps);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].1["disconnectReason"], "MQTT_KEEP_ALIVE_TIMEOUT");
+        assert_eq!(p[0].1["clientInitiatedDisconnect"], false);
+        assert!(steps.contains(&(t0(), Step::Mute(1))));
+    }
+
+    #[test]
+    fn a_duplicate_kicks_the_other_session_each_time() {
+        let (steps, fleet) = gen(IncidentKind::Duplicate, &[2, 7]);
+        let p = published(&steps);
+        assert_eq!(p.len(), 2 * DUPLICATE_TAKEOVERS);
+        let mut last_connect: Option<&serde_json::Value> = None;
+        for pair in p.chunks(2) {
+            let (c, d) = (&pair[0].1, &pair[1].1);
+            assert_eq!(c["eventType"], "connected");
+            assert_eq!(d["disconnectReason"], "DUPLICATE_CLIENTID");
+            assert_eq!(c["clientId"], fleet.screens[2].client_id.as_str());
+            assert_eq!(d["clientId"], c["clientId"]);
+            assert_ne!(c["sessionIdentifier"], d["sessionIdentifier"]);
+            if let Some(prev) = last_connect {
+                // the one kicked is the previous winner, with its version
+                assert_eq!(d["sessionIdentifier"], prev["sessionIdentifier"]);
+                assert_eq!(d["versionNumber"], prev["versionNumber"]);
+                assert_eq!(
+                    c["versionNumber"].as_i64().unwrap(),
+                    prev["versionNumber"].as_i64().unwrap() + 1
+                );
+            }
+            last_connect = Some(c);
+        }
+        assert!(steps.contains(&(t0(), Step::Unmute(7))));
+    }
+
+    #[test]
+    fn patterns_repeat_enough_to_cross_the_default_thresholds() {
+        let reasons = |kind, want: &str| {
+            let p = published(&gen(kind, &[5]).0);
+            p.iter()
+                .filter(|(_, j)| j["disconnectReason"] == want || j["connectFailureReason"] == want)
+                .map(|(o, _)| o.at)
+                .collect::<Vec<_>>()
+        };
+        let f = reasons(IncidentKind::Flapping, "CONNECTION_LOST");
+        assert_eq!(f.len(), FLAPPING_CYCLES);
+        assert!(f[9] - f[0] < TimeDelta::minutes(30), "10 within 30 min");
+        let t = reasons(IncidentKind::Throttled, "THROTTLED");
+        assert_eq!(t.len(), THROTTLED_CYCLES);
+        assert!(t[2] - t[0] < TimeDelta::minutes(10), "3 within 10 min");
+        let a = reasons(IncidentKind::BadCert, "AUTHORIZATION_FAILED");
+        assert_eq!(a.len(), BAD_CERT_ATTEMPTS);
+        assert!(a[4] - a[0] < TimeDelta::seconds(30), "5 within 30 s");
+    }
+
+    #[test]
+    fn a_power_cut_takes_the_building_and_a_new_network_is_foreign() {
+        let fleet = Fleet::new(40, 1);
+        let b = fleet.buildings[0].screens.clone();
+        let (steps, _) = gen(IncidentKind::PowerCut, &b);
+        let p = published(&steps);
+        assert_eq!(p.len(), b.len());
+        assert!(p.iter().all(|(o, _)| o.at - t0() < TimeDelta::seconds(3)));
+        let (steps, _) = gen(IncidentKind::NewNetwork, &[4]);
+        let p = published(&steps);
+        let ip: std::net::Ipv4Addr = p[1].1["ipAddress"].as_str().unwrap().parse().unwrap();
+        assert_eq!(ip.octets()[..2], FOREIGN_NETWORK);
+    }
 }
