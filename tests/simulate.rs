@@ -513,7 +513,9 @@ fn bad_flags_give_a_clear_error() {
     assert!(run(&["--mqtt-url", "http://x"]).contains("mqtt://"));
     assert!(run(&["--mqtt-url", "mqtts://127.0.0.1:1"]).contains("--ca-file"));
     assert!(run(&["--telemetry-topic", "dt/x"]).contains("{device}"));
-    assert!(run(&["--rate", "0"]).contains("rate"));
+    assert!(run(&["--rate", "0"]).contains("--rate: expected a positive number"));
+    assert!(run(&["--devices", "10", "--incidents", "power-cut=2"])
+        .contains("--incidents: 2 power cuts"));
     assert!(run(&["--cert-file", "c.pem"]).contains("--key-file"));
     assert!(run(&[
         "--mqtt-url",

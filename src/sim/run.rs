@@ -110,7 +110,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let settings = settings(&a)?;
     let start = clock.now();
-    let mut sim = Simulator::new(&settings, start).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Its errors start with the setting they are about, which is the flag of the same name.
+    let mut sim = Simulator::new(&settings, start).map_err(|e| anyhow::anyhow!("--{e}"))?;
     let end = start + a.duration.delta();
 
     let _ = rustls::crypto::ring::default_provider().install_default();
