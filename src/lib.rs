@@ -17,5 +17,6 @@ pub mod logging;
 pub mod metrics;
 pub mod retention;
 pub mod retirement;
+pub mod sim;
 pub mod tokens;
 pub mod users;

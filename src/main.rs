@@ -36,16 +36,19 @@ enum Command {
         #[command(subcommand)]
         command: fleetwatch::users::UserCommand,
     },
+    /// Publish a simulated fleet (presence events and impressions, with incidents) to a broker.
+    Simulate(fleetwatch::sim::run::SimulateArgs),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The subscriber writes to stdout, which `token` and `user` commands keep for their result alone (a
-    // script captures the new token from it); their errors still reach stderr below.
+    // script captures the new token from it), and `simulate` for its summary; their errors
+    // still reach stderr below.
     if !matches!(
         cli.command,
-        Some(Command::Token { .. } | Command::User { .. })
+        Some(Command::Token { .. } | Command::User { .. } | Command::Simulate(_))
     ) {
         logging::init();
     }
@@ -60,6 +63,11 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The simulator needs no service configuration (and no database).
+    if let Some(Command::Simulate(args)) = cli.command {
+        return fleetwatch::sim::run::run(args, Arc::new(SystemClock), &mut std::io::stdout())
+            .await;
+    }
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
@@ -81,6 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Simulate(_) => unreachable!("handled above"),
         Command::User { command } => {
             fleetwatch::users::run_cli(
                 &cfg,
