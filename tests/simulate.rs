@@ -695,99 +695,13 @@ async fn with_the_service_each_incident_raises_its_alert_and_blips_nothing(pool:
     assert_eq!(d["items"].as_array().unwrap().len(), 99, "{d}");
 }
 
-/// `openssl` in `dir` (a copy in brief of `tests/mqtt_tls.rs`'s helper, which is private to that
-/// test crate).
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl must be installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `mqtts://` with a CA and a client certificate, against a Mosquitto that requires one.
 #[tokio::test]
 async fn the_command_publishes_over_tls_with_a_client_certificate() {
-    use std::os::unix::fs::PermissionsExt;
-    let pki = tempfile::tempdir().unwrap();
-    let dir = pki.path();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=sim-test-ca"];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
-    ca.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
-    openssl(dir, &ca);
-    for (name, ext) in [
-        (
-            "server",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        ),
-        ("client", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(
-            dir.join(format!("{name}.ext")),
-            format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{ext}"),
-        )
-        .unwrap();
-        let (key, csr, pem, extf) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        let subj = format!("/CN={name}");
-        let mut req = vec!["req", "-subj", &subj, "-keyout", &key, "-out", &csr];
-        req.extend(ec);
-        openssl(dir, &req);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &pem,
-                "-extfile",
-                &extf,
-            ],
-        );
-    }
-    for f in std::fs::read_dir(dir).unwrap() {
-        let p = f.unwrap().path();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
-    let d = dir.display();
-    let broker = Broker::start_conf(
-        false,
-        &format!(
-            "cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
-             require_certificate true\nuse_identity_as_username true\n"
-        ),
-    )
-    .await;
+    let pki = common::pki::Pki::new();
+    let broker = Broker::start_conf(false, &pki.mosquitto_conf()).await;
     let url = format!("mqtts://localhost:{}", broker.port);
-    let file = |f: &str| dir.join(f).display().to_string();
+    let file = |f: &str| pki.file(f).display().to_string();
     let run = |client_cert: bool| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_fleetwatch"));
         c.args(["simulate", "--mqtt-url", &url, "--ca-file", &file("ca.pem")])

@@ -6,6 +6,7 @@
 pub mod aws;
 pub mod browser;
 pub mod http;
+pub mod pki;
 pub mod web;
 
 use std::net::TcpListener;
