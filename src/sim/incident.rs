@@ -164,6 +164,11 @@ impl fmt::Display for Mix {
     }
 }
 
+/// A message to publish, as a step at its time.
+fn pubs(o: super::Outgoing) -> (DateTime<Utc>, Step) {
+    (o.at, Step::Publish(o))
+}
+
 fn ms(rng: &mut impl Rng, lo: i64, hi: i64) -> TimeDelta {
     TimeDelta::milliseconds(rng.random_range(lo..hi))
 }
@@ -172,6 +177,47 @@ pub const DUPLICATE_TAKEOVERS: usize = 8;
 pub const FLAPPING_CYCLES: usize = 12;
 pub const THROTTLED_CYCLES: usize = 5;
 pub const BAD_CERT_ATTEMPTS: usize = 8;
+
+/// A screen dropped and back again and again: disconnected for `reason`, connected again
+/// after `down` (milliseconds, a random span in this range), dropped again after `up`.
+/// Flapping and throttled reconnects differ only in these.
+struct Cycles {
+    count: usize,
+    reason: &'static str,
+    down: (i64, i64),
+    up: (i64, i64),
+}
+
+const FLAPPING: Cycles = Cycles {
+    count: FLAPPING_CYCLES,
+    reason: "CONNECTION_LOST",
+    down: (2_000, 6_000),
+    up: (15_000, 40_000),
+};
+
+const THROTTLED: Cycles = Cycles {
+    count: THROTTLED_CYCLES,
+    reason: "THROTTLED",
+    down: (1_000, 3_000),
+    up: (5_000, 15_000),
+};
+
+fn reconnect_cycles(
+    c: &Cycles,
+    s: usize,
+    at: DateTime<Utc>,
+    inc: Option<IncidentKind>,
+    ctx: &mut Ctx<'_>,
+    steps: &mut Vec<(DateTime<Utc>, Step)>,
+) {
+    let mut t = at;
+    for _ in 0..c.count {
+        steps.push(pubs(ctx.disconnect(s, t, c.reason, inc)));
+        let back = t + ms(ctx.rng, c.down.0, c.down.1);
+        steps.push(pubs(ctx.connect(s, back, inc)));
+        t = back + ms(ctx.rng, c.up.0, c.up.1);
+    }
+}
 
 /// The steps of one incident of `kind` over `screens` (see [`super::Planned`]) starting at
 /// `at`. Updates the screens' state (versions, sessions, addresses) as the events it returns
@@ -183,7 +229,6 @@ pub fn generate(
     ctx: &mut Ctx<'_>,
 ) -> Vec<(DateTime<Utc>, Step)> {
     let inc = Some(kind);
-    let pubs = |o: super::Outgoing| (o.at, Step::Publish(o));
     let mut steps = Vec::new();
     match kind {
         IncidentKind::Blip => {
@@ -241,25 +286,9 @@ pub fn generate(
                 t += ms(ctx.rng, 3_000, 8_000);
             }
         }
-        IncidentKind::Flapping => {
-            let s = screens[0];
-            let mut t = at;
-            for _ in 0..FLAPPING_CYCLES {
-                steps.push(pubs(ctx.disconnect(s, t, "CONNECTION_LOST", inc)));
-                let back = t + ms(ctx.rng, 2_000, 6_000);
-                steps.push(pubs(ctx.connect(s, back, inc)));
-                t = back + ms(ctx.rng, 15_000, 40_000);
-            }
-        }
+        IncidentKind::Flapping => reconnect_cycles(&FLAPPING, screens[0], at, inc, ctx, &mut steps),
         IncidentKind::Throttled => {
-            let s = screens[0];
-            let mut t = at;
-            for _ in 0..THROTTLED_CYCLES {
-                steps.push(pubs(ctx.disconnect(s, t, "THROTTLED", inc)));
-                let back = t + ms(ctx.rng, 1_000, 3_000);
-                steps.push(pubs(ctx.connect(s, back, inc)));
-                t = back + ms(ctx.rng, 5_000, 15_000);
-            }
+            reconnect_cycles(&THROTTLED, screens[0], at, inc, ctx, &mut steps)
         }
         IncidentKind::BadCert => {
             let s = screens[0];
