@@ -12,6 +12,7 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, TimeDelta, Utc};
+use common::alerts::{device_alert, group_alert};
 use common::http::{
     assert_client_problem, assert_json_ok, assert_problem, bearer, get, get_ok, send, send_json, t,
     Resp, TestApp, NOW,
@@ -145,30 +146,6 @@ fn assert_alert_shape(a: &Value) {
 // Seeding: the real lifecycle for alerts, plain SQL for devices and groups.
 
 const REOPEN: TimeDelta = TimeDelta::hours(1);
-
-fn device_alert(kind: Kind, device: &str, group: Option<&str>) -> AlertSpec {
-    AlertSpec {
-        kind,
-        subject: device.to_string(),
-        device_id: Some(device.to_string()),
-        group_id: group.map(str::to_string),
-        severity: kind.default_severity(),
-        summary: format!("{device}: {kind}"),
-        details: json!({"device": device}),
-    }
-}
-
-fn group_alert(kind: Kind, group: &str) -> AlertSpec {
-    AlertSpec {
-        kind,
-        subject: group.to_string(),
-        device_id: None,
-        group_id: Some(group.to_string()),
-        severity: kind.default_severity(),
-        summary: format!("{group}: {kind}"),
-        details: json!({"group": group}),
-    }
-}
 
 async fn fire(pool: &PgPool, spec: &AlertSpec, now: DateTime<Utc>) -> Fired {
     let mut tx = pool.begin().await.unwrap();

@@ -8,6 +8,7 @@ mod common;
 use axum::http::header::LOCATION;
 use axum::http::{Method, StatusCode};
 use chrono::{DateTime, TimeDelta, Utc};
+use common::alerts::{device_alert, group_alert};
 use common::http::{t, Resp, TestApp, NOW};
 use common::web::{form, send, Staff};
 use fleetwatch::alerts::lifecycle::{self, AlertSpec, Fired};
@@ -24,30 +25,6 @@ fn app(pool: &PgPool) -> TestApp {
 
 fn min(n: i64) -> DateTime<Utc> {
     t("2026-11-27T10:00:00Z") + TimeDelta::minutes(n)
-}
-
-fn device_alert(kind: Kind, device: &str, group: Option<&str>) -> AlertSpec {
-    AlertSpec {
-        kind,
-        subject: device.to_string(),
-        device_id: Some(device.to_string()),
-        group_id: group.map(str::to_string),
-        severity: kind.default_severity(),
-        summary: format!("{device}: {kind}"),
-        details: json!({"device": device}),
-    }
-}
-
-fn group_alert(kind: Kind, group: &str) -> AlertSpec {
-    AlertSpec {
-        kind,
-        subject: group.to_string(),
-        device_id: None,
-        group_id: Some(group.to_string()),
-        severity: kind.default_severity(),
-        summary: format!("{group}: {kind}"),
-        details: json!({"group": group}),
-    }
 }
 
 /// Fire a new alert at `at`; its id.

@@ -3,6 +3,7 @@
 //! [`http`]) the API harness and request helpers.
 #![allow(dead_code)]
 
+pub mod alerts;
 pub mod aws;
 pub mod browser;
 pub mod http;
