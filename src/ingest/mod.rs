@@ -11,6 +11,7 @@
 //! reads; ingest depends on no detector code.
 
 pub mod accept;
+pub mod ack;
 pub mod dispatch;
 pub mod health;
 pub mod mqtt;
@@ -40,18 +41,16 @@ pub struct Incoming {
     /// `publish.topic`, checked to be UTF-8 by the poll loop (MQTT 5 carries it as bytes).
     pub topic: String,
     pub publish: rumqttc::v5::mqttbytes::v5::Publish,
-    /// The connection it came on, to acknowledge it there.
-    pub client: rumqttc::v5::AsyncClient,
+    /// Its place in the acknowledgement order of the connection it came on.
+    pub ticket: ack::Ticket,
     pub received_at: DateTime<Utc>,
 }
 
 impl Incoming {
-    /// Acknowledge (QoS 1). Never blocks: the request channel is sized so that this only fails
-    /// when the connection is gone, and then the broker redelivers, which is harmless.
+    /// Acknowledge (QoS 1), once every message that arrived before it on its connection is
+    /// acknowledged too ([`ack`]). Never blocks.
     pub fn ack(&self) {
-        if let Err(e) = self.client.try_ack(&self.publish) {
-            tracing::debug!(error = %e, "could not acknowledge; the broker will redeliver");
-        }
+        self.ticket.ack(&self.publish);
     }
 }
 

@@ -336,6 +336,7 @@ async fn run_connection(
 ) {
     let conn_label = vec![("connection", status.client_id.clone())];
     let client = status.client.clone();
+    let acks = super::ack::AckOrder::new(client.clone());
     let subscriptions: Vec<Filter> = status
         .subscriptions
         .iter()
@@ -353,6 +354,7 @@ async fn run_connection(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 reconnect.connected(Instant::now());
+                acks.reset();
                 let now = lc.clock.now();
                 status.update(|s| {
                     s.connected = true;
@@ -368,6 +370,7 @@ async fn run_connection(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let ticket = acks.ticket();
                 let now = lc.clock.now();
                 status.update(|s| {
                     s.messages += 1;
@@ -381,7 +384,7 @@ async fn run_connection(
                         DropReason::NotUtf8.as_str(),
                         &"skipping a message whose topic is not UTF-8",
                     );
-                    let _ = client.try_ack(&publish);
+                    ticket.ack(&publish);
                     continue;
                 };
                 if publish.payload.len() > lc.max_payload {
@@ -395,13 +398,13 @@ async fn run_connection(
                             lc.max_payload
                         ),
                     );
-                    let _ = client.try_ack(&publish);
+                    ticket.ack(&publish);
                     continue;
                 }
                 let msg = Incoming {
                     topic,
                     publish,
-                    client: client.clone(),
+                    ticket,
                     received_at: lc.clock.now(),
                 };
                 lc.metrics.channel_depth.inc();
