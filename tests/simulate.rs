@@ -334,6 +334,102 @@ fn each_incident_has_its_shape_and_count() {
     }
 }
 
+/// A planned incident with an end is undone then (the demo's story relies on it): the crashed
+/// player and the dead modem send again, the building's power returns, the clone goes quiet,
+/// the unit on a new network comes home, the closed building opens; and a pace of 0.25 makes
+/// the incidents' own spans four times shorter.
+#[test]
+fn planned_incidents_end_when_planned_and_pace_shortens_them() {
+    use fleetwatch::sim::{Fleet, Planned};
+    let s = Settings {
+        pace: 0.25,
+        ..settings(100, 100.0, 3, "none")
+    };
+    let fleet = Fleet::new(100, 3);
+    let b0 = fleet.buildings[0].screens.clone();
+    let b1 = fleet.buildings[1].screens.clone();
+    let (crash, modem, orig, clone, roam) = (b1[0], b1[1], b1[2], b1[3], b1[4]);
+    let at = t0() + TimeDelta::seconds(10);
+    let until = at + TimeDelta::seconds(30);
+    let plan = |kind, screens: Vec<usize>| Planned {
+        kind,
+        at,
+        screens,
+        until: Some(until),
+    };
+    let mut sim = Simulator::with_plan(
+        &s,
+        t0(),
+        vec![
+            plan(IncidentKind::Crash, vec![crash]),
+            plan(IncidentKind::DeadModem, vec![modem]),
+            plan(IncidentKind::PowerCut, b0.clone()),
+            plan(IncidentKind::Duplicate, vec![orig, clone]),
+            plan(IncidentKind::NewNetwork, vec![roam]),
+            plan(IncidentKind::Closed, b1[5..].to_vec()),
+        ],
+    )
+    .unwrap();
+    let before = sim.events_until(until - TimeDelta::milliseconds(1));
+    let after = sim.events_until(until + TimeDelta::seconds(20));
+    let id = |i: usize| fleet.screens[i].device_id.clone();
+    let impressions = |ev: &[Outgoing], i: usize, from: DateTime<Utc>| {
+        ev.iter()
+            .filter(|o| o.kind == EventKind::Impression && o.device == id(i) && o.at > from)
+            .count()
+    };
+    // during: silent (the clone talks, as the original's twin); after: back, or quiet for the clone
+    let quiet_from = at + TimeDelta::seconds(15); // the closing spreads over 60 s × pace
+    for i in [crash, modem, b0[0], b1[5]] {
+        assert_eq!(impressions(&before, i, quiet_from), 0, "{}", id(i));
+        assert!(
+            impressions(&after, i, until + TimeDelta::seconds(15)) > 0,
+            "{}",
+            id(i)
+        );
+    }
+    assert!(impressions(&before, clone, at) > 0);
+    assert_eq!(impressions(&after, clone, until), 0);
+    // the modem and the building reconnect (within 5 s × pace)
+    for i in [modem, b0[0]] {
+        let back = after
+            .iter()
+            .find(|o| o.kind == EventKind::Connected && o.device == id(i))
+            .unwrap_or_else(|| panic!("{} reconnects", id(i)));
+        assert!(
+            back.at - until <= TimeDelta::milliseconds(1250),
+            "{:?}",
+            back.at
+        );
+    }
+    // the duplicate's takeovers are 3-8 s apart × pace
+    let takeovers: Vec<DateTime<Utc>> = before
+        .iter()
+        .filter(|o| json(o)["disconnectReason"] == "DUPLICATE_CLIENTID")
+        .map(|o| o.at)
+        .collect();
+    assert_eq!(
+        takeovers.len(),
+        fleetwatch::sim::incident::DUPLICATE_TAKEOVERS
+    );
+    assert!(takeovers
+        .windows(2)
+        .all(|w| w[1] - w[0] <= TimeDelta::seconds(2) + TimeDelta::milliseconds(40)));
+    // the roaming unit came back from its home address
+    let home = fleet.screens[roam].address.to_string();
+    let connects: Vec<Value> = before
+        .iter()
+        .chain(&after)
+        .filter(|o| o.kind == EventKind::Connected && o.device == id(roam) && o.at >= at)
+        .map(json)
+        .collect();
+    assert_eq!(connects.len(), 2, "{connects:?}");
+    assert_ne!(connects[0]["ipAddress"], home.as_str());
+    assert_eq!(connects[1]["ipAddress"], home.as_str());
+    // a plan naming a screen outside the fleet is refused
+    assert!(Simulator::with_plan(&s, t0(), vec![plan(IncidentKind::Crash, vec![100])]).is_err());
+}
+
 #[test]
 fn the_mix_and_bad_settings_are_refused_clearly() {
     assert_eq!(

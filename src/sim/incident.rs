@@ -14,6 +14,12 @@
 //! | `bad-cert` | a unit with a wrong certificate: 8 `connect_failed` `AUTHORIZATION_FAILED`, 2–5 s apart; it never connects | `auth_failure` |
 //! | `power-cut` | every screen of one building: `MQTT_KEEP_ALIVE_TIMEOUT` within 3 s, then nothing | `group_outage` (and the devices' gaps under it) |
 //! | `new-network` | `CONNECTION_LOST`, reconnect 3–8 s later from an address in [`FOREIGN_NETWORK`] | `address_drift` (when enabled) |
+//! | `closed` | every screen of one building: the players switch off for the night, the modems stay connected | nothing in the building's quiet hours, else `group_outage` (not in the default mix) |
+//!
+//! The spans above are at pace 1 ([`Ctx::pace`] multiplies every one: the demo's story runs
+//! them faster, with thresholds to match). An incident planned with an end ([`super::Planned`])
+//! is undone then by [`recover`]: the player restarts, the modem or the power comes back, the
+//! clone is switched off, the unit returns to its home network, the building opens.
 //!
 //! Throttling appears as `THROTTLED` *disconnects* (what `detect::connection` counts for
 //! `throttled`), not as `connect_failed`: the service counts every `connect_failed` as a
@@ -41,10 +47,11 @@ pub enum IncidentKind {
     BadCert,
     PowerCut,
     NewNetwork,
+    Closed,
 }
 
 impl IncidentKind {
-    pub const ALL: [IncidentKind; 9] = [
+    pub const ALL: [IncidentKind; 10] = [
         IncidentKind::Blip,
         IncidentKind::Crash,
         IncidentKind::DeadModem,
@@ -54,6 +61,7 @@ impl IncidentKind {
         IncidentKind::BadCert,
         IncidentKind::PowerCut,
         IncidentKind::NewNetwork,
+        IncidentKind::Closed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,10 +75,17 @@ impl IncidentKind {
             IncidentKind::BadCert => "bad-cert",
             IncidentKind::PowerCut => "power-cut",
             IncidentKind::NewNetwork => "new-network",
+            IncidentKind::Closed => "closed",
         }
     }
 
-    /// How many screens one incident takes (a power cut takes a whole building instead).
+    /// Whether one incident takes a whole building (instead of [`IncidentKind::screens`]).
+    pub fn takes_building(self) -> bool {
+        matches!(self, IncidentKind::PowerCut | IncidentKind::Closed)
+    }
+
+    /// How many screens one incident takes (a power cut or a closing takes a whole building
+    /// instead).
     pub fn screens(self) -> usize {
         match self {
             IncidentKind::Duplicate => 2,
@@ -117,10 +132,12 @@ impl Mix {
 }
 
 impl Default for Mix {
-    /// Five blips and one of every other kind.
+    /// Five blips and one of every other kind but `closed` (which pages unless the building has
+    /// quiet hours to match).
     fn default() -> Self {
         Mix(IncidentKind::ALL
             .into_iter()
+            .filter(|k| *k != IncidentKind::Closed)
             .map(|k| (k, if k == IncidentKind::Blip { 5 } else { 1 }))
             .collect())
     }
@@ -169,11 +186,17 @@ fn pubs(o: super::Outgoing) -> (DateTime<Utc>, Step) {
     (o.at, Step::Publish(o))
 }
 
-fn ms(rng: &mut impl Rng, lo: i64, hi: i64) -> TimeDelta {
-    TimeDelta::milliseconds(rng.random_range(lo..hi))
+impl Ctx<'_> {
+    /// A random span between `lo` and `hi` milliseconds at pace 1, times [`Ctx::pace`].
+    fn span(&mut self, lo: i64, hi: i64) -> TimeDelta {
+        let v = self.rng.random_range(lo..hi) as f64 * self.pace;
+        TimeDelta::milliseconds(v.round().max(1.0) as i64)
+    }
 }
 
 pub const DUPLICATE_TAKEOVERS: usize = 8;
+// `recover` relies on the original holding the client id after the last takeover.
+const _: () = assert!(DUPLICATE_TAKEOVERS % 2 == 0);
 pub const FLAPPING_CYCLES: usize = 12;
 pub const THROTTLED_CYCLES: usize = 5;
 pub const BAD_CERT_ATTEMPTS: usize = 8;
@@ -213,9 +236,38 @@ fn reconnect_cycles(
     let mut t = at;
     for _ in 0..c.count {
         steps.push(pubs(ctx.disconnect(s, t, c.reason, inc)));
-        let back = t + ms(ctx.rng, c.down.0, c.down.1);
+        let back = t + ctx.span(c.down.0, c.down.1);
         steps.push(pubs(ctx.connect(s, back, inc)));
-        t = back + ms(ctx.rng, c.up.0, c.up.1);
+        t = back + ctx.span(c.up.0, c.up.1);
+    }
+}
+
+/// `CONNECTION_LOST`, then a new connection 3–8 s later from `address`.
+fn reconnect_from(
+    s: usize,
+    address: std::net::Ipv4Addr,
+    at: DateTime<Utc>,
+    inc: Option<IncidentKind>,
+    ctx: &mut Ctx<'_>,
+    steps: &mut Vec<(DateTime<Utc>, Step)>,
+) {
+    steps.push(pubs(ctx.disconnect(s, at, "CONNECTION_LOST", inc)));
+    ctx.states[s].address = address;
+    let back = at + ctx.span(3_000, 8_000);
+    steps.push(pubs(ctx.connect(s, back, inc)));
+}
+
+/// `step` for each of `screens` at a random moment of the minute from `at` (a building's
+/// players switching off or on one by one).
+fn spread(
+    screens: &[usize],
+    at: DateTime<Utc>,
+    step: fn(usize) -> Step,
+    ctx: &mut Ctx<'_>,
+    steps: &mut Vec<(DateTime<Utc>, Step)>,
+) {
+    for &s in screens {
+        steps.push((at + ctx.span(0, 60_000), step(s)));
     }
 }
 
@@ -233,7 +285,7 @@ pub fn generate(
     match kind {
         IncidentKind::Blip => {
             let s = screens[0];
-            let gap = ms(ctx.rng, 3_000, 15_000);
+            let gap = ctx.span(3_000, 15_000);
             steps.push(pubs(ctx.disconnect(s, at, "CONNECTION_LOST", inc)));
             steps.push((at, Step::Mute(s)));
             let back = at + gap;
@@ -255,7 +307,7 @@ pub fn generate(
         }
         IncidentKind::PowerCut => {
             for &s in screens {
-                let t = at + ms(ctx.rng, 0, 3_000);
+                let t = at + ctx.span(0, 3_000);
                 steps.push(pubs(ctx.disconnect(s, t, "MQTT_KEEP_ALIVE_TIMEOUT", inc)));
                 steps.push((t, Step::Mute(s)));
             }
@@ -274,7 +326,6 @@ pub fn generate(
                 let v = ctx.states[a].version;
                 steps.push(pubs(ctx.connected_event(a, newcomer, t, inc)));
                 let kicked = ctx.disconnected_event(
-                    a,
                     holder.0,
                     holder.1,
                     t + TimeDelta::milliseconds(40),
@@ -283,7 +334,7 @@ pub fn generate(
                 );
                 steps.push(pubs(kicked));
                 holder = (newcomer, v);
-                t += ms(ctx.rng, 3_000, 8_000);
+                t += ctx.span(3_000, 8_000);
             }
         }
         IncidentKind::Flapping => reconnect_cycles(&FLAPPING, screens[0], at, inc, ctx, &mut steps),
@@ -295,16 +346,55 @@ pub fn generate(
             let mut t = at;
             for _ in 0..BAD_CERT_ATTEMPTS {
                 steps.push(pubs(ctx.connect_failed(s, t, "AUTHORIZATION_FAILED", inc)));
-                t += ms(ctx.rng, 2_000, 5_000);
+                t += ctx.span(2_000, 5_000);
             }
         }
         IncidentKind::NewNetwork => {
-            let s = screens[0];
-            steps.push(pubs(ctx.disconnect(s, at, "CONNECTION_LOST", inc)));
-            ctx.states[s].address = address_in(FOREIGN_NETWORK, ctx.rng);
-            let back = at + ms(ctx.rng, 3_000, 8_000);
-            steps.push(pubs(ctx.connect(s, back, inc)));
+            let foreign = address_in(FOREIGN_NETWORK, ctx.rng);
+            reconnect_from(screens[0], foreign, at, inc, ctx, &mut steps);
         }
+        IncidentKind::Closed => spread(screens, at, Step::Mute, ctx, &mut steps),
+    }
+    steps
+}
+
+/// The steps that undo an incident of `kind` over `screens` at `at` (the fleet back to normal:
+/// see the module doc). Blips, flapping and throttled reconnects end connected by themselves,
+/// and a unit with a refused certificate gives up: nothing to undo.
+pub fn recover(
+    kind: IncidentKind,
+    screens: &[usize],
+    at: DateTime<Utc>,
+    ctx: &mut Ctx<'_>,
+) -> Vec<(DateTime<Utc>, Step)> {
+    let inc = Some(kind);
+    let mut steps = Vec::new();
+    match kind {
+        IncidentKind::Blip
+        | IncidentKind::Flapping
+        | IncidentKind::Throttled
+        | IncidentKind::BadCert => {}
+        IncidentKind::Crash => steps.push((at, Step::Unmute(screens[0]))),
+        IncidentKind::DeadModem => {
+            steps.push(pubs(ctx.connect(screens[0], at, inc)));
+            steps.push((at, Step::Unmute(screens[0])));
+        }
+        IncidentKind::PowerCut => {
+            // the modems boot at different speeds
+            for &s in screens {
+                let t = at + ctx.span(0, 5_000);
+                steps.push(pubs(ctx.connect(s, t, inc)));
+                steps.push((t, Step::Unmute(s)));
+            }
+        }
+        // The original holds the client id after the last takeover (an even number of them):
+        // the clone is switched off.
+        IncidentKind::Duplicate => steps.push((at, Step::Mute(screens[1]))),
+        IncidentKind::NewNetwork => {
+            let home = ctx.fleet.screens[screens[0]].address;
+            reconnect_from(screens[0], home, at, inc, ctx, &mut steps);
+        }
+        IncidentKind::Closed => spread(screens, at, Step::Unmute, ctx, &mut steps),
     }
     steps
 }
@@ -347,6 +437,7 @@ mod tests {
             topics: &topics,
             rng: &mut rng,
             interval: TimeDelta::seconds(1),
+            pace: 1.0,
         };
         let steps = generate(kind, screens, t0(), &mut ctx);
         (steps, fleet)

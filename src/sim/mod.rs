@@ -143,6 +143,8 @@ pub struct Ctx<'a> {
     pub rng: &'a mut StdRng,
     /// One screen's time between impressions.
     pub interval: TimeDelta,
+    /// Multiplies every span inside an incident (1: as in a real fleet).
+    pub pace: f64,
 }
 
 impl Ctx<'_> {
@@ -207,20 +209,12 @@ impl Ctx<'_> {
         reason: &str,
         incident: Option<IncidentKind>,
     ) -> Outgoing {
-        self.disconnected_event(
-            screen,
-            screen,
-            self.states[screen].version,
-            at,
-            reason,
-            incident,
-        )
+        self.disconnected_event(screen, self.states[screen].version, at, reason, incident)
     }
 
     /// A `disconnected` event of `unit`'s session `version` under `unit`'s client id.
     pub fn disconnected_event(
         &self,
-        _owner: usize,
         unit: usize,
         version: i64,
         at: DateTime<Utc>,
@@ -306,6 +300,8 @@ pub struct Settings {
     /// incidents_within)`.
     pub incidents_after: TimeDelta,
     pub incidents_within: TimeDelta,
+    /// Multiplies every span inside an incident ([`Ctx::pace`]).
+    pub pace: f64,
 }
 
 impl Default for Settings {
@@ -318,6 +314,7 @@ impl Default for Settings {
             topics: Topics::default(),
             incidents_after: TimeDelta::seconds(10),
             incidents_within: TimeDelta::minutes(2),
+            pace: 1.0,
         }
     }
 }
@@ -325,18 +322,21 @@ impl Default for Settings {
 /// The longest fleet accepted.
 pub const MAX_DEVICES: usize = 1_000_000;
 
-/// A planned incident: its kind, when it starts, and the screens it involves.
+/// A planned incident: its kind, when it starts, the screens it involves, and when it is
+/// undone ([`incident::recover`]), if ever.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Planned {
     pub kind: IncidentKind,
     pub at: DateTime<Utc>,
     pub screens: Vec<usize>,
+    pub until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum Action {
     Tick(usize),
     Start(usize),
+    End(usize),
     Step(Step),
 }
 
@@ -346,6 +346,7 @@ pub struct Simulator {
     states: Vec<ScreenState>,
     topics: Topics,
     interval: TimeDelta,
+    pace: f64,
     rng: StdRng,
     plan: Vec<Planned>,
     queue: BinaryHeap<Reverse<(DateTime<Utc>, u64)>>,
@@ -354,94 +355,67 @@ pub struct Simulator {
 }
 
 impl Simulator {
-    /// Plan a run starting at `start`. Errors name what is wrong with the settings.
+    /// Plan a run starting at `start` with incidents drawn from `settings.mix`. Errors name
+    /// what is wrong with the settings.
     pub fn new(settings: &Settings, start: DateTime<Utc>) -> Result<Simulator, String> {
-        if settings.devices == 0 || settings.devices > MAX_DEVICES {
-            return Err(format!(
-                "devices: expected 1 to {MAX_DEVICES}, got {}",
-                settings.devices
-            ));
+        let (interval, fleet, principals, mut rng) = seeded(settings)?;
+        let plan = random_plan(settings, &fleet, start, &mut rng)?;
+        Ok(Self::start(
+            settings, start, interval, fleet, principals, rng, plan,
+        ))
+    }
+
+    /// Plan a run starting at `start` with the incidents of `plan` (the demo's story): each
+    /// screen index must be in the fleet; `settings.mix` is not used.
+    pub fn with_plan(
+        settings: &Settings,
+        start: DateTime<Utc>,
+        plan: Vec<Planned>,
+    ) -> Result<Simulator, String> {
+        let (interval, fleet, principals, rng) = seeded(settings)?;
+        for p in &plan {
+            let want = if p.kind.takes_building() {
+                1
+            } else {
+                p.kind.screens()
+            };
+            if p.screens.len() < want || p.screens.iter().any(|&s| s >= fleet.screens.len()) {
+                return Err(format!(
+                    "incidents: {} at {} needs {want} screen(s) of the {} in the fleet",
+                    p.kind,
+                    p.at,
+                    fleet.screens.len()
+                ));
+            }
         }
-        if !settings.rate.is_finite() || settings.rate <= 0.0 {
-            return Err(format!(
-                "rate: expected a positive number of messages per second, got {}",
-                settings.rate
-            ));
-        }
-        let interval_ms = settings.devices as f64 / settings.rate * 1000.0;
-        if !(1.0..=86_400_000.0).contains(&interval_ms) {
-            return Err(format!(
-                "rate: {} messages per second over {} devices means one message per screen \
-                 every {interval_ms} ms; expected between 1 ms and a day",
-                settings.rate, settings.devices
-            ));
-        }
-        let interval = TimeDelta::milliseconds(interval_ms.round() as i64);
-        let mut rng = StdRng::seed_from_u64(settings.seed);
-        let mut fleet = Fleet::new(settings.devices, settings.seed);
+        Ok(Self::start(
+            settings, start, interval, fleet, principals, rng, plan,
+        ))
+    }
+
+    fn start(
+        settings: &Settings,
+        start: DateTime<Utc>,
+        interval: TimeDelta,
+        mut fleet: Fleet,
+        principals: Vec<String>,
+        rng: StdRng,
+        plan: Vec<Planned>,
+    ) -> Simulator {
         let states: Vec<ScreenState> = fleet
             .screens
             .iter()
-            .map(|s| ScreenState {
+            .zip(principals)
+            .map(|(s, principal)| ScreenState {
                 version: 0,
                 session: String::new(),
-                principal: principal_id(&mut rng),
+                principal,
                 address: s.address,
                 muted: false,
             })
             .collect();
-
-        // Subjects: each screen in at most one incident; power cuts take whole buildings.
-        let mut buildings: Vec<usize> = (0..fleet.buildings.len()).collect();
-        buildings.shuffle(&mut rng);
-        let mut taken = vec![false; fleet.screens.len()];
-        let mut plan = Vec::new();
-        let window = settings.incidents_within.num_milliseconds().max(1);
-        let when = |rng: &mut StdRng| {
-            start + settings.incidents_after + TimeDelta::milliseconds(rng.random_range(0..window))
-        };
-        let cuts = settings.mix.count(IncidentKind::PowerCut);
-        if cuts > buildings.len() {
-            return Err(format!(
-                "incidents: {cuts} power cuts need {cuts} buildings; the fleet has {}",
-                buildings.len()
-            ));
-        }
-        for &b in buildings.iter().take(cuts) {
-            let screens = fleet.buildings[b].screens.clone();
-            for &s in &screens {
-                taken[s] = true;
-            }
-            plan.push(Planned {
-                kind: IncidentKind::PowerCut,
-                at: when(&mut rng),
-                screens,
-            });
-        }
-        let mut pool: Vec<usize> = (0..fleet.screens.len()).filter(|&s| !taken[s]).collect();
-        pool.shuffle(&mut rng);
-        for (kind, n) in settings.mix.iter() {
-            if kind == IncidentKind::PowerCut {
-                continue;
-            }
-            for _ in 0..n {
-                let need = kind.screens();
-                if pool.len() < need {
-                    return Err(format!(
-                        "incidents: the mix needs more screens than the {} devices \
-                         (each screen takes part in at most one incident)",
-                        settings.devices
-                    ));
-                }
-                let screens = pool.split_off(pool.len() - need);
-                plan.push(Planned {
-                    kind,
-                    at: when(&mut rng),
-                    screens,
-                });
-            }
-        }
-
+        // Units that are not installed when the run starts: a clone (it appears with the
+        // duplicate) and one whose certificate is refused (it never connects).
         let mut late = vec![false; fleet.screens.len()];
         for p in &plan {
             match p.kind {
@@ -453,12 +427,12 @@ impl Simulator {
                 _ => {}
             }
         }
-
         let mut sim = Simulator {
             fleet,
             states,
             topics: settings.topics.clone(),
             interval,
+            pace: settings.pace,
             rng,
             plan,
             queue: BinaryHeap::new(),
@@ -483,10 +457,126 @@ impl Simulator {
         }
         for i in 0..sim.plan.len() {
             sim.push(sim.plan[i].at, Action::Start(i));
+            if let Some(until) = sim.plan[i].until {
+                sim.push(until, Action::End(i));
+            }
         }
-        Ok(sim)
+        sim
     }
+}
 
+/// What every run starts from: the time between one screen's impressions, the fleet, each
+/// screen's certificate id, and the randomness after drawing those (the same seed, the same
+/// draws in the same order, so the same run).
+fn seeded(settings: &Settings) -> Result<(TimeDelta, Fleet, Vec<String>, StdRng), String> {
+    let interval = check(settings)?;
+    let mut rng = StdRng::seed_from_u64(settings.seed);
+    let fleet = Fleet::new(settings.devices, settings.seed);
+    let principals: Vec<String> = (0..fleet.screens.len())
+        .map(|_| principal_id(&mut rng))
+        .collect();
+    Ok((interval, fleet, principals, rng))
+}
+
+/// Check the settings; the time between one screen's impressions.
+fn check(settings: &Settings) -> Result<TimeDelta, String> {
+    if settings.devices == 0 || settings.devices > MAX_DEVICES {
+        return Err(format!(
+            "devices: expected 1 to {MAX_DEVICES}, got {}",
+            settings.devices
+        ));
+    }
+    if !settings.rate.is_finite() || settings.rate <= 0.0 {
+        return Err(format!(
+            "rate: expected a positive number of messages per second, got {}",
+            settings.rate
+        ));
+    }
+    let interval_ms = settings.devices as f64 / settings.rate * 1000.0;
+    if !(1.0..=86_400_000.0).contains(&interval_ms) {
+        return Err(format!(
+            "rate: {} messages per second over {} devices means one message per screen \
+                     every {interval_ms} ms; expected between 1 ms and a day",
+            settings.rate, settings.devices
+        ));
+    }
+    if !settings.pace.is_finite() || settings.pace <= 0.0 {
+        return Err(format!(
+            "pace: expected a positive factor, got {}",
+            settings.pace
+        ));
+    }
+    Ok(TimeDelta::milliseconds(interval_ms.round() as i64))
+}
+
+/// Incidents drawn from `settings.mix`: each screen in at most one; power cuts and closings
+/// take whole buildings.
+fn random_plan(
+    settings: &Settings,
+    fleet: &Fleet,
+    start: DateTime<Utc>,
+    rng: &mut StdRng,
+) -> Result<Vec<Planned>, String> {
+    let mut buildings: Vec<usize> = (0..fleet.buildings.len()).collect();
+    buildings.shuffle(rng);
+    let mut taken = vec![false; fleet.screens.len()];
+    let mut plan = Vec::new();
+    let window = settings.incidents_within.num_milliseconds().max(1);
+    let when = |rng: &mut StdRng| {
+        start + settings.incidents_after + TimeDelta::milliseconds(rng.random_range(0..window))
+    };
+    let whole: Vec<IncidentKind> = IncidentKind::ALL
+        .into_iter()
+        .filter(|k| k.takes_building())
+        .flat_map(|k| std::iter::repeat_n(k, settings.mix.count(k)))
+        .collect();
+    if whole.len() > buildings.len() {
+        return Err(format!(
+            "incidents: {} power cuts and closings need as many buildings; the fleet has {}",
+            whole.len(),
+            buildings.len()
+        ));
+    }
+    for (&b, &kind) in buildings.iter().zip(&whole) {
+        let screens = fleet.buildings[b].screens.clone();
+        for &s in &screens {
+            taken[s] = true;
+        }
+        plan.push(Planned {
+            kind,
+            at: when(rng),
+            screens,
+            until: None,
+        });
+    }
+    let mut pool: Vec<usize> = (0..fleet.screens.len()).filter(|&s| !taken[s]).collect();
+    pool.shuffle(rng);
+    for (kind, n) in settings.mix.iter() {
+        if kind.takes_building() {
+            continue;
+        }
+        for _ in 0..n {
+            let need = kind.screens();
+            if pool.len() < need {
+                return Err(format!(
+                    "incidents: the mix needs more screens than the {} devices \
+                     (each screen takes part in at most one incident)",
+                    settings.devices
+                ));
+            }
+            let screens = pool.split_off(pool.len() - need);
+            plan.push(Planned {
+                kind,
+                at: when(rng),
+                screens,
+                until: None,
+            });
+        }
+    }
+    Ok(plan)
+}
+
+impl Simulator {
     fn ctx(&mut self) -> Ctx<'_> {
         Ctx {
             fleet: &self.fleet,
@@ -494,6 +584,7 @@ impl Simulator {
             topics: &self.topics,
             rng: &mut self.rng,
             interval: self.interval,
+            pace: self.pace,
         }
     }
 
@@ -514,6 +605,18 @@ impl Simulator {
     /// The incidents of this run, in planning order.
     pub fn plan(&self) -> &[Planned] {
         &self.plan
+    }
+
+    /// Plan one more incident (the demo adds each round of its story as it starts). A clone or
+    /// a refused unit must have been in the first plan: the fleet's installed units are set at
+    /// the start.
+    pub fn add(&mut self, p: Planned) {
+        let i = self.plan.len();
+        self.push(p.at, Action::Start(i));
+        if let Some(until) = p.until {
+            self.push(until, Action::End(i));
+        }
+        self.plan.push(p);
     }
 
     /// One screen's time between impressions.
@@ -541,9 +644,13 @@ impl Simulator {
                     let next = at + self.interval;
                     self.push(next, Action::Tick(s));
                 }
-                Action::Start(i) => {
+                Action::Start(i) | Action::End(i) => {
                     let p = self.plan[i].clone();
-                    let steps = incident::generate(p.kind, &p.screens, at, &mut self.ctx());
+                    let steps = if matches!(action, Action::Start(_)) {
+                        incident::generate(p.kind, &p.screens, at, &mut self.ctx())
+                    } else {
+                        incident::recover(p.kind, &p.screens, at, &mut self.ctx())
+                    };
                     for (when, step) in steps {
                         self.push_step(when.max(at), step);
                     }

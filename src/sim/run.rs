@@ -46,7 +46,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Incident mix, KIND=COUNT,… or `none`. Kinds: blip, crash, dead-modem, duplicate,
-    /// flapping, throttled, bad-cert, power-cut, new-network.
+    /// flapping, throttled, bad-cert, power-cut, new-network, closed.
     #[arg(
         long,
         default_value = "blip=5,crash=1,dead-modem=1,duplicate=1,flapping=1,throttled=1,bad-cert=1,power-cut=1,new-network=1"
@@ -63,6 +63,109 @@ pub struct SimulateArgs {
     /// Impression topic; {device} is replaced by the device id, {building} by its building.
     #[arg(long, default_value = "dt/{device}/impressions")]
     pub telemetry_topic: String,
+}
+
+/// One MQTT 5 connection publishing a simulation at QoS 1: the connection options (TLS with a
+/// CA and client certificates, ALPN on port 443 for AWS IoT Core) are the service's own
+/// (`ingest::mqtt::options`), turned into a clean publishing session. A lost connection is
+/// retried every second; what is published meanwhile waits in the client's queue.
+pub struct Publisher {
+    client: AsyncClient,
+    acked: Arc<AtomicU64>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    /// Connect with `cfg.mqtt`'s broker and TLS settings as `client_id` (which must start with
+    /// the service's `fleetwatch-` prefix, so the service never takes it for a device); fails
+    /// when the broker has not accepted the connection within 10 s.
+    pub async fn connect(cfg: &Config, client_id: &str) -> anyhow::Result<Publisher> {
+        Self::start(Self::options(cfg, client_id)?, &cfg.mqtt.url).await
+    }
+
+    /// The connection options of [`Publisher::connect`]; errors name the `mqtt.*` setting.
+    pub fn options(cfg: &Config, client_id: &str) -> anyhow::Result<rumqttc::v5::MqttOptions> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut opts = crate::ingest::mqtt::options(cfg, client_id)?;
+        opts.set_clean_start(true)
+            .set_session_expiry_interval(None)
+            .set_manual_acks(false)
+            .set_outgoing_inflight_upper_limit(1000);
+        Ok(opts)
+    }
+
+    /// Connect with `opts` to the broker at `url` (named in errors).
+    pub async fn start(opts: rumqttc::v5::MqttOptions, url: &str) -> anyhow::Result<Publisher> {
+        let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+        let acked = Arc::new(AtomicU64::new(0));
+        let (up_tx, mut up) = tokio::sync::watch::channel(false);
+        let last_error = Arc::new(Mutex::new(None::<String>));
+        let poller = {
+            let (acked, last_error) = (acked.clone(), last_error.clone());
+            tokio::spawn(async move {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            let _ = up_tx.send(true);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = up_tx.send(false);
+                            *last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(e.to_string());
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            })
+        };
+        if tokio::time::timeout(Duration::from_secs(10), up.wait_for(|u| *u))
+            .await
+            .is_err()
+        {
+            poller.abort();
+            let e = last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            bail!(
+                "could not connect to {url} within 10 s: {}",
+                e.unwrap_or_else(|| "no answer".into())
+            );
+        }
+        Ok(Publisher {
+            client,
+            acked,
+            poller,
+        })
+    }
+
+    /// Queue one message (QoS 1).
+    pub async fn publish(&self, o: &super::Outgoing) -> anyhow::Result<()> {
+        self.client
+            .publish(o.topic.clone(), QoS::AtLeastOnce, false, o.payload.clone())
+            .await
+            .context("publishing")
+    }
+
+    /// Messages the broker acknowledged so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Wait (at most `wait`) until `sent` messages are acknowledged, disconnect, and return
+    /// how many were.
+    pub async fn close(self, sent: u64, wait: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.acked() < sent && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let acknowledged = self.acked();
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.poller.abort();
+        acknowledged
+    }
 }
 
 /// Check what clap cannot, and build the simulator's settings.
@@ -99,6 +202,7 @@ pub fn settings(a: &SimulateArgs) -> anyhow::Result<Settings> {
         },
         incidents_after: chrono::TimeDelta::seconds(10).min(a.duration.delta() / 4),
         incidents_within: within.max(chrono::TimeDelta::milliseconds(1)),
+        pace: 1.0,
     })
 }
 
@@ -114,60 +218,17 @@ pub async fn run(
     let mut sim = Simulator::new(&settings, start).map_err(|e| anyhow::anyhow!("--{e}"))?;
     let end = start + a.duration.delta();
 
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut cfg = Config::default();
     cfg.mqtt.url = a.mqtt_url.clone();
     cfg.mqtt.ca_file = a.ca_file.clone();
     cfg.mqtt.cert_file = a.cert_file.clone();
     cfg.mqtt.key_file = a.key_file.clone();
-    // The service's prefix: the service never takes its own clients' lifecycle events for
-    // devices', so the simulator's own connection does not appear as a screen.
     let client_id = format!("fleetwatch-simulate-{}", std::process::id());
-    let mut opts = crate::ingest::mqtt::options(&cfg, &client_id).map_err(|e| {
+    // The service's settings are this command's flags of the same names.
+    let opts = Publisher::options(&cfg, &client_id).map_err(|e| {
         anyhow::anyhow!("{}", e.to_string().replace("mqtt.", "--").replace('_', "-"))
     })?;
-    opts.set_clean_start(true)
-        .set_session_expiry_interval(None)
-        .set_manual_acks(false)
-        .set_outgoing_inflight_upper_limit(1000);
-    let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
-    let acked = Arc::new(AtomicU64::new(0));
-    let (up_tx, mut up) = tokio::sync::watch::channel(false);
-    let last_error = Arc::new(Mutex::new(None::<String>));
-    let poller = {
-        let (acked, last_error) = (acked.clone(), last_error.clone());
-        tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = up_tx.send(true);
-                    }
-                    Ok(Event::Incoming(Packet::Disconnect(_))) => {}
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = up_tx.send(false);
-                        *last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        })
-    };
-    if tokio::time::timeout(Duration::from_secs(10), up.wait_for(|u| *u))
-        .await
-        .is_err()
-    {
-        poller.abort();
-        let e = last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        bail!(
-            "could not connect to {} within 10 s: {}",
-            a.mqtt_url,
-            e.unwrap_or_else(|| "no answer".into())
-        );
-    }
+    let publisher = Publisher::start(opts, &a.mqtt_url).await?;
     writeln!(
         out,
         "simulate: {} screens in {} buildings, {} impressions/s (one per screen every {} ms), \
@@ -185,7 +246,7 @@ pub async fn run(
     for p in sim.plan() {
         let fleet = sim.fleet();
         let who = match p.kind {
-            IncidentKind::PowerCut => {
+            k if k.takes_building() => {
                 let b = &fleet.buildings[fleet.screens[p.screens[0]].building];
                 format!("{} ({} screens)", b.name, p.screens.len())
             }
@@ -204,10 +265,7 @@ pub async fn run(
     loop {
         let now = clock.now().min(end);
         for o in sim.events_until(now) {
-            client
-                .publish(o.topic.clone(), QoS::AtLeastOnce, false, o.payload.clone())
-                .await
-                .context("publishing")?;
+            publisher.publish(&o).await?;
             tally.add(&o);
         }
         if now >= next_summary {
@@ -215,7 +273,7 @@ pub async fn run(
                 out,
                 "{}s: sent {tally}, acknowledged {}",
                 (now - start).num_seconds(),
-                acked.load(Ordering::Relaxed)
+                publisher.acked()
             )?;
             next_summary += chrono::TimeDelta::seconds(10);
         }
@@ -225,14 +283,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Everything sent must have reached the broker before we say so.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while acked.load(Ordering::Relaxed) < tally.total && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let acknowledged = acked.load(Ordering::Relaxed);
-    let _ = client.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    poller.abort();
+    let acknowledged = publisher.close(tally.total, Duration::from_secs(30)).await;
     writeln!(out, "total: {tally}, acknowledged {acknowledged}")?;
     let started: Vec<String> = IncidentKind::ALL
         .into_iter()
