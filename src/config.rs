@@ -1226,7 +1226,8 @@ impl Config {
         Ok(())
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    /// Every cross-field check ([`Config::load`] runs it; so does the demo on its own TOML).
+    pub fn validate(&self) -> anyhow::Result<()> {
         if let Some(u) = &self.dashboard.public_url {
             let lower = u.to_ascii_lowercase();
             if !(lower.starts_with("https://") || lower.starts_with("http://")) {

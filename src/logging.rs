@@ -11,14 +11,24 @@ use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber once; later calls are ignored (tests call it repeatedly).
 pub fn init() {
+    install(false);
+}
+
+/// [`init`], writing to standard error (for commands whose standard output is their result).
+pub fn init_stderr() {
+    install(true);
+}
+
+fn install(stderr: bool) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,rumqttc=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,rumqttc=warn,rumqttd=warn"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let _ = match (json, stderr) {
+        (true, true) => builder.json().with_writer(std::io::stderr).try_init(),
+        (true, false) => builder.json().try_init(),
+        (false, true) => builder.with_writer(std::io::stderr).try_init(),
+        (false, false) => builder.try_init(),
     };
 }
 

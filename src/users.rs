@@ -102,6 +102,13 @@ pub fn dummy_hash() -> &'static str {
     })
 }
 
+/// The name and the password checked, the password hashed; name errors start with `key`.
+async fn checked(name: &str, password: Secret, key: &str) -> anyhow::Result<(String, String)> {
+    let name = tokens::validate_name(name).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+    validate_password(password.expose()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((name, hash_password(password).await?))
+}
+
 /// Create user `name` with `role` and `password`. Errors say what was wrong (name taken, …).
 pub async fn create(
     pool: &PgPool,
@@ -110,9 +117,7 @@ pub async fn create(
     password: Secret,
     now: DateTime<Utc>,
 ) -> anyhow::Result<i64> {
-    let name = tokens::validate_name(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
-    validate_password(password.expose()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let hash = hash_password(password).await?;
+    let (name, hash) = checked(name, password, "--name").await?;
     match db::users::insert(pool, &name, role.as_str(), &hash, now)
         .await
         .context("storing the new user")?
@@ -120,6 +125,21 @@ pub async fn create(
         Some(id) => Ok(id),
         None => bail!("a user named {name:?} already exists (names are compared ignoring case)"),
     }
+}
+
+/// Create user `name` with `role` and `password`, or give the existing one (enabled again)
+/// this role and password: `fleetwatch demo` prints a fresh login at every start.
+pub async fn set(
+    pool: &PgPool,
+    name: &str,
+    role: Role,
+    password: Secret,
+    now: DateTime<Utc>,
+) -> anyhow::Result<i64> {
+    let (name, hash) = checked(name, password, "name").await?;
+    db::users::upsert(pool, &name, role.as_str(), &hash, now)
+        .await
+        .context("storing the user")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -59,6 +59,38 @@ pub async fn insert(
     .await
 }
 
+/// Insert a user, or replace the role and password of the one with that name (case-insensitively)
+/// and enable it again; its sessions end (the password they were opened with is gone).
+pub async fn upsert(
+    pool: &PgPool,
+    name: &str,
+    role: &str,
+    password_hash: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<i64> {
+    let mut tx = pool.begin().await?;
+    let id: i64 = sqlx::query_scalar(
+        r#"insert into users (name, role, password_hash, created_at)
+           values ($1, $2, $3, $4)
+           on conflict ((lower(name))) do update
+               set role = excluded.role, password_hash = excluded.password_hash,
+                   disabled_at = null
+           returning id"#,
+    )
+    .bind(name)
+    .bind(role)
+    .bind(password_hash)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("delete from sessions where user_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
 /// Every user, disabled ones included, oldest first.
 pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<UserRow>> {
     sqlx::query_as::<_, UserRow>(
