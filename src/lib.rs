@@ -8,6 +8,7 @@ pub mod aws;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod detect;
 pub mod domain;
 pub mod fleet_counts;

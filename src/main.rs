@@ -38,6 +38,9 @@ enum Command {
     },
     /// Publish a simulated fleet (presence events and impressions, with incidents) to a broker.
     Simulate(fleetwatch::sim::run::SimulateArgs),
+    /// Everything in one process: a broker, the service, a simulated fleet playing every kind
+    /// of incident, a webhook receiver. Prints the dashboard URL, a login and an API token.
+    Demo(fleetwatch::demo::DemoArgs),
 }
 
 #[tokio::main]
@@ -50,7 +53,12 @@ async fn main() -> std::process::ExitCode {
         cli.command,
         Some(Command::Token { .. } | Command::User { .. } | Command::Simulate(_))
     ) {
-        logging::init();
+        // `demo` keeps stdout for its first lines too: its logs go to stderr.
+        if matches!(cli.command, Some(Command::Demo(_))) {
+            logging::init_stderr();
+        } else {
+            logging::init();
+        }
     }
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -67,6 +75,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Simulate(args)) = cli.command {
         return fleetwatch::sim::run::run(args, Arc::new(SystemClock), &mut std::io::stdout())
             .await;
+    }
+    // The demo makes its own configuration (`demo::config_toml`).
+    if let Some(Command::Demo(args)) = cli.command {
+        return fleetwatch::demo::run(
+            args,
+            Arc::new(SystemClock),
+            &mut std::io::stdout(),
+            app::shutdown_signal(),
+        )
+        .await;
     }
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.command.unwrap_or(Command::Serve) {
@@ -89,7 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Simulate(_) => unreachable!("handled above"),
+        Command::Simulate(_) | Command::Demo(_) => unreachable!("handled above"),
         Command::User { command } => {
             fleetwatch::users::run_cli(
                 &cfg,

@@ -47,10 +47,19 @@ pub struct App {
 impl App {
     /// Connect to Postgres (creating the database), migrate, and start everything.
     pub async fn build(cfg: Config, clock: SharedClock) -> anyhow::Result<App> {
+        Self::build_with(cfg, clock, None).await
+    }
+
+    /// [`App::build`], for `fleetwatch demo`: its story banner and webhook receiver in the pages.
+    pub async fn build_with(
+        cfg: Config,
+        clock: SharedClock,
+        demo: Option<Arc<crate::demo::Shared>>,
+    ) -> anyhow::Result<App> {
         let pool =
             crate::db::connect(cfg.database.url.expose(), cfg.database.max_connections).await?;
         crate::db::migrate(&pool).await?;
-        Self::build_with_pool(cfg, pool, clock).await
+        Self::start(cfg, pool, clock, demo).await
     }
 
     /// Start everything on an existing, migrated pool (tests pass `#[sqlx::test]`'s pool).
@@ -58,6 +67,15 @@ impl App {
         cfg: Config,
         pool: PgPool,
         clock: SharedClock,
+    ) -> anyhow::Result<App> {
+        Self::start(cfg, pool, clock, None).await
+    }
+
+    async fn start(
+        cfg: Config,
+        pool: PgPool,
+        clock: SharedClock,
+        demo: Option<Arc<crate::demo::Shared>>,
     ) -> anyhow::Result<App> {
         // rustls needs one process-wide crypto provider; a second install is a harmless no-op.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -273,7 +291,8 @@ impl App {
             });
         }
 
-        let state = AppState::new(Arc::new(cfg.clone()), pool, metrics, statuses, clock);
+        let mut state = AppState::new(Arc::new(cfg.clone()), pool, metrics, statuses, clock);
+        state.demo = demo;
         let limits = http_limits(&cfg, &state.metrics)?;
         let gate = http::db_gate::DbGate::new();
         {
@@ -294,6 +313,10 @@ impl App {
             });
         }
         let aws = match crate::aws::connect(&cfg.aws).await {
+            // The demo has no AWS account: its CloudWatch series are simulated (demo::cloudwatch).
+            crate::aws::Connection::Off(_) if state.demo.is_some() => crate::aws::AwsHealth::off(
+                "the demo simulates CloudWatch (no AWS account); the IoT registry is not polled",
+            ),
             crate::aws::Connection::Off(reason) => {
                 tracing::info!(%reason, "AWS pollers are off");
                 crate::aws::AwsHealth::off(reason)

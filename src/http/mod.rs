@@ -51,6 +51,9 @@ pub struct AppState {
     /// The dashboard's live updates of this replica (`web::live`); fed by the `live_listener`
     /// task of a running service, by nothing in router tests (which may publish to it).
     pub live: Arc<web::live::Hub>,
+    /// `fleetwatch demo`'s story banner and webhook inbox; `None` outside the demo (its routes
+    /// answer 404 then).
+    pub demo: Option<Arc<crate::demo::Shared>>,
 }
 
 impl AppState {
@@ -80,6 +83,7 @@ impl AppState {
                 60,
             ))),
             live: Arc::new(web::live::Hub::new()),
+            demo: None,
             config,
             pool,
             metrics,
@@ -121,6 +125,11 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/api/openapi.json", get(openapi::document))
+        // the demo's webhook receiver: the caller is the webhook worker (no session, no CSRF)
+        .route(
+            "/demo/receiver",
+            axum::routing::post(crate::demo::receiver::receive),
+        )
         .method_not_allowed_fallback(api::method_not_allowed)
         .nest("/api/v1", api)
         .merge(web::router(state.clone()))

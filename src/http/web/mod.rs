@@ -19,6 +19,7 @@ pub mod alerts;
 pub mod assets;
 pub mod chart;
 pub mod csrf;
+pub mod demo;
 pub mod devices;
 pub mod error;
 pub mod live;
@@ -69,6 +70,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/alerts/{id}", get(alerts::page))
         .route("/alerts/{id}/ack", post(alerts::ack))
         .route("/alerts/{id}/ticket", post(alerts::ticket))
+        .route("/demo/webhooks", get(demo::receiver_page))
+        .route("/demo/story", get(demo::story))
         .route_layer(axum::middleware::from_fn_with_state(state, csrf::guard))
         .layer(axum::middleware::from_fn(security_headers))
 }
@@ -95,6 +98,10 @@ pub trait Page {
     /// Who is signed in, for the header (name, role, sign-out button).
     fn signed_in(&self) -> Option<&session::CurrentUser> {
         self.chrome().map(|c| &c.user)
+    }
+    /// In `fleetwatch demo`: what its story is doing (the banner).
+    fn story(&self) -> Option<&demo::Banner> {
+        self.chrome().and_then(|c| c.story.as_ref())
     }
     /// The fleet's configured time zone (one of the viewer's choices).
     fn fleet_tz(&self) -> &str {

@@ -216,6 +216,8 @@ pub struct Chrome {
     pub user: CurrentUser,
     /// `fleet.time_zone`, offered as one of the viewer's time zones.
     pub fleet_tz: String,
+    /// In `fleetwatch demo`: what its story is doing (the banner on every page).
+    pub story: Option<super::demo::Banner>,
 }
 
 impl FromRequestParts<AppState> for Chrome {
@@ -229,6 +231,10 @@ impl FromRequestParts<AppState> for Chrome {
         Ok(Chrome {
             user,
             fleet_tz: state.config.fleet.time_zone.0.name().to_string(),
+            story: state
+                .demo
+                .as_ref()
+                .map(|d| super::demo::Banner::of(&d.now())),
         })
     }
 }
