@@ -26,6 +26,8 @@ pub struct Metrics {
     pub presence_stored: Family<Labels, Counter>,
     /// Impression device timestamps that were absurd and dropped from their message.
     pub device_ts_dropped: Counter,
+    /// Presence events per transaction (`ingest::dispatch`).
+    pub presence_batch: Histogram,
     /// Devices per telemetry flush.
     pub flush_batch_devices: Histogram,
     /// Seconds per telemetry flush.
@@ -348,6 +350,12 @@ impl Metrics {
             "Absurd or unparsable device timestamps dropped from messages that still counted",
             device_ts_dropped.clone(),
         );
+        let presence_batch = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register(
+            "presence_batch_events",
+            "Presence events stored per transaction",
+            presence_batch.clone(),
+        );
         let flush_batch_devices = Histogram::new(exponential_buckets(1.0, 4.0, 9));
         registry.register(
             "flush_batch_devices",
@@ -430,6 +438,7 @@ impl Metrics {
             drops,
             presence_stored,
             device_ts_dropped,
+            presence_batch,
             flush_batch_devices,
             flush_seconds,
             flush_errors,

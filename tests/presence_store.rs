@@ -16,7 +16,7 @@ use fleetwatch::config::{Config, HumanDuration, RetentionConfig};
 use fleetwatch::db::presence::Stored;
 use fleetwatch::domain::presence::{self, Ordering};
 use fleetwatch::domain::DropReason;
-use fleetwatch::ingest::presence::Outcome;
+use fleetwatch::ingest::presence::{prepare, store, Outcome, Prepared};
 use fleetwatch::ingest::{accept, Accepted, DeviceRegistry, IngestContext};
 use fleetwatch::metrics::Metrics;
 use proptest::prelude::*;
@@ -494,11 +494,59 @@ fn concretize(case: &Case, prefix: &str, start: DateTime<Utc>) -> Concrete {
     }
 }
 
+/// Store `evs` as one batch, the way the dispatcher's presence writers do (prepared one by one
+/// in arrival order, stored in one transaction).
+async fn send_batch(ctx: &IngestContext, evs: &[Ev]) -> Vec<Outcome> {
+    let received_at = Utc::now();
+    let batch: Vec<Prepared> = evs
+        .iter()
+        .map(|ev| {
+            prepare(ctx, &ev.payload(), received_at)
+                .unwrap_or_else(|r| panic!("{ev:?} was dropped: {r:?}"))
+        })
+        .collect();
+    store(ctx, &batch, &ctx.stop).await
+}
+
+/// Send `arrivals` in order: one by one when `sizes` is empty, else in batches of these sizes
+/// (cycled).
+async fn send_all(ctx: &IngestContext, arrivals: &[Ev], sizes: &[usize]) -> Vec<Outcome> {
+    let mut out = Vec::with_capacity(arrivals.len());
+    if sizes.is_empty() {
+        for ev in arrivals {
+            out.push(send(ctx, ev).await);
+        }
+        return out;
+    }
+    let mut rest = arrivals;
+    for &size in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (batch, tail) = rest.split_at(size.clamp(1, rest.len()));
+        out.extend(send_batch(ctx, batch).await);
+        rest = tail;
+    }
+    out
+}
+
 /// Apply the arrivals in order and check everything §2a promises about the result.
 async fn apply_and_check(ctx: IngestContext, c: Concrete, label: String, base: DateTime<Utc>) {
+    apply_in_batches_and_check(ctx, c, label, base, Vec::new()).await
+}
+
+/// [`apply_and_check`], the arrivals stored in batches of `sizes` (cycled; empty: one by one).
+async fn apply_in_batches_and_check(
+    ctx: IngestContext,
+    c: Concrete,
+    label: String,
+    base: DateTime<Utc>,
+    sizes: Vec<usize>,
+) {
     let mut new = 0usize;
-    for ev in &c.arrivals {
-        match send(&ctx, ev).await {
+    let outcomes = send_all(&ctx, &c.arrivals, &sizes).await;
+    for (ev, outcome) in c.arrivals.iter().zip(outcomes) {
+        match outcome {
             Outcome::Stored(Stored::New) => new += 1,
             Outcome::Stored(Stored::Duplicate) => {}
             other => panic!("{label}: {} gave {other:?}", ev.short(base)),
@@ -599,6 +647,145 @@ async fn realistic_histories_in_any_order_converge_to_the_truth(pool: PgPool) {
     assert!(total_events > 1000, "events applied: {total_events}");
 }
 
+/// Issue 12: the dispatcher stores presence in batches (one transaction each). Whatever the
+/// batch boundaries, the result is the one of §2a: the same histories, random orders with
+/// duplicates (some inside one batch), cut into batches of 1 to 40 events.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn realistic_histories_in_batches_converge_to_the_truth(pool: PgPool) {
+    let cases = draw(
+        (case_strategy(2..5), prop::collection::vec(1usize..40, 1..6)),
+        40,
+    );
+    let start = now_ms() - TimeDelta::days(3);
+    let ctx = ingest(&pool, &Config::default(), 1_000_000);
+    let mut tasks = JoinSet::new();
+    let mut batched = 0;
+    for (n, (case, sizes)) in cases.iter().enumerate() {
+        let c = concretize(case, &format!("batch{n:02}"), start);
+        batched += c.arrivals.len();
+        tasks.spawn(apply_in_batches_and_check(
+            ctx.clone(),
+            c,
+            format!("case {n} (batches of {sizes:?})"),
+            start,
+            sizes.clone(),
+        ));
+        // every event of every client in one batch, newest first
+        let mut c = concretize(case, &format!("whole{n:02}"), start);
+        c.arrivals = c.histories.iter().flatten().cloned().collect();
+        c.arrivals.sort_by_key(|e| std::cmp::Reverse(e.ts));
+        let all = c.arrivals.len();
+        tasks.spawn(apply_in_batches_and_check(
+            ctx.clone(),
+            c,
+            format!("case {n} (one batch, newest first)"),
+            start,
+            vec![all],
+        ));
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    assert!(batched > 1000, "events applied in batches: {batched}");
+}
+
+/// §2a's rule is not transitive (`domain::presence` `non_transitive_case`): a batch must give
+/// what one-by-one arrival gives, which folding a device's batch in memory and applying only
+/// the winner would not. Stored: `a`. Then `b` and `c` arrive together. One by one, `b` loses
+/// to `a` (lower version within 30 minutes) and `c` beats `a` (more than 30 minutes later):
+/// `c`. Folding first, `c` loses to `b` (lower version within 30 minutes) and then `b` loses to
+/// `a`: the device would stay on `a`. The batch gives `c`.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_batch_gives_what_one_by_one_gives_where_the_rule_is_not_transitive(pool: PgPool) {
+    let t = now_ms() - TimeDelta::hours(2);
+    let ctx = ingest(&pool, &Config::default(), 1_000);
+    let events = |client: &str| {
+        [
+            conn(client, t, "a", 3, "192.0.2.1"),
+            conn(client, t + min(20), "b", 2, "192.0.2.2"),
+            conn(client, t + min(40), "c", 1, "192.0.2.3"),
+        ]
+    };
+    let [a, b, c] = events("one-by-one");
+    for ev in [&a, &b, &c] {
+        assert_eq!(send(&ctx, ev).await, Outcome::Stored(Stored::New));
+    }
+    let [a, b, c] = events("batched");
+    assert_eq!(send(&ctx, &a).await, Outcome::Stored(Stored::New));
+    assert_eq!(
+        send_batch(&ctx, &[b, c]).await,
+        vec![Outcome::Stored(Stored::New); 2]
+    );
+    let one_by_one = device(&pool, "one-by-one").await.unwrap();
+    let batched = device(&pool, "batched").await.unwrap();
+    assert_eq!(one_by_one.conn_session.as_deref(), Some("c"));
+    assert_eq!(batched, one_by_one);
+    // what an in-memory fold of the batch would have kept
+    let [a, b, c] = events("x").map(|e| e.ordering());
+    let winner = presence::fold([&b, &c]).unwrap();
+    assert_eq!(winner, b);
+    assert!(
+        !winner.is_newer(&a),
+        "the fold's winner would not replace `a`"
+    );
+}
+
+/// A batch Postgres refuses as a whole is stored event by event: only the event it cannot
+/// store is skipped (`store_failed`); the others, before and after it, are stored and
+/// acknowledged.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_value_postgres_refuses_costs_only_its_own_event(pool: PgPool) {
+    let t = now_ms() - TimeDelta::minutes(10);
+    let ctx = ingest(&pool, &Config::default(), 1_000);
+    let evs = [
+        conn("left", t, "s1", 1, "192.0.2.1"),
+        disc("bad", t, "s2", 1, "CONNECTION_LOST"),
+        conn("right", t, "s3", 1, "192.0.2.3"),
+    ];
+    let mut batch: Vec<Prepared> = evs
+        .iter()
+        .map(|ev| prepare(&ctx, &ev.payload(), Utc::now()).unwrap())
+        .collect();
+    // Parsing refuses NUL; a value that got past it (a future parser bug) must cost one event.
+    batch[1].event.disconnect_reason = Some("nul\0here".into());
+    let outcomes = store(&ctx, &batch, &ctx.stop).await;
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Stored(Stored::New),
+            Outcome::Dropped(DropReason::StoreFailed),
+            Outcome::Stored(Stored::New),
+        ]
+    );
+    assert_eq!(device_ids(&pool).await, vec!["left", "right"]);
+    assert_eq!(count_events(&pool).await, 2);
+}
+
+/// During a failover a connection may land on a read-only server (a standby, a demoted
+/// primary): Postgres answers `25006`. That must be retried like a lost connection, never be
+/// taken as a refusal of the event (which would skip it for good).
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_read_only_server_is_transient_not_a_refusal(pool: PgPool) {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("set transaction read only")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let ev = conn("ro", now_ms(), "s1", 1, "192.0.2.1");
+    let ctx = ingest(&pool, &Config::default(), 1_000);
+    let p = prepare(&ctx, &ev.payload(), Utc::now()).unwrap();
+    let e = sqlx::query("insert into presence_events (client_id, event_type, session_key, version_number, event_ts, received_at) values ($1, 'connected', 's1', 1, now(), now())")
+        .bind(&p.event.client_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.as_database_error().and_then(|d| d.code()).as_deref(),
+        Some("25006")
+    );
+    assert!(fleetwatch::db::is_transient(&e));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Concurrent writers converge
 // ---------------------------------------------------------------------------------------------
@@ -634,15 +821,22 @@ async fn concurrent_writers_converge(pool: PgPool) {
                 arrivals.sort_by_key(|e| std::cmp::Reverse(e.ts));
             }
             let ctx = ingest(&pool, &Config::default(), 1_000_000);
+            // Odd writers store in batches (issue 12), even ones one by one: both kinds of
+            // replica side by side on one database.
+            let sizes: Vec<usize> = if w % 2 == 1 {
+                vec![w + 2, 3, 17]
+            } else {
+                vec![]
+            };
             tasks.spawn(async move {
                 let mut new = 0usize;
-                for ev in &arrivals {
-                    match send(&ctx, ev).await {
+                let outcomes = send_all(&ctx, &arrivals, &sizes).await;
+                for (ev, outcome) in arrivals.iter().zip(outcomes) {
+                    match outcome {
                         Outcome::Stored(Stored::New) => new += 1,
                         Outcome::Stored(Stored::Duplicate) => {}
                         other => panic!("writer {w}: {ev:?} gave {other:?}"),
                     }
-                    tokio::task::yield_now().await;
                 }
                 new
             });

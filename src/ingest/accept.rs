@@ -112,6 +112,13 @@ async fn accept_presence(
     received_at: DateTime<Utc>,
 ) -> presence::Outcome {
     let outcome = presence::process(ctx, payload, received_at, &ctx.stop).await;
+    record_presence(ctx, topic_name, outcome);
+    outcome
+}
+
+/// Count what became of a presence message, and log a rate-limited line for a skipped one.
+/// `accept` calls it; so does the dispatcher, which stores presence in batches.
+pub fn record_presence(ctx: &IngestContext, topic_name: &str, outcome: presence::Outcome) {
     match outcome {
         presence::Outcome::Stored(s) => {
             let label = match s {
@@ -137,7 +144,6 @@ async fn accept_presence(
         }
         presence::Outcome::Abandoned => ctx.metrics.dropped(DropReason::StoreFailed),
     }
-    outcome
 }
 
 /// The telemetry half of [`accept`] for a topic already known to be telemetry: parse, admit

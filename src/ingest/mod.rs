@@ -1,5 +1,6 @@
-//! Ingest: MQTT connections → bounded channel → processing (presence stored one by one and
-//! acknowledged once stored; telemetry coalesced in memory and flushed in batches).
+//! Ingest: MQTT connections → bounded channel → processing (presence stored in batches by
+//! device, each message acknowledged once stored; telemetry coalesced in memory and flushed in
+//! batches).
 //!
 //! ```text
 //! mqtt.rs (N poll loops) ──Incoming──► dispatch.rs ──► accept.rs ──► presence.rs ──► Postgres
