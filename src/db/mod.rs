@@ -70,13 +70,14 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// Whether an error may go away by itself (connection trouble, deadlock, serialization
-/// failure), so the write should be retried rather than the input skipped.
+/// failure, a read-only server: a connection that landed on a standby or a demoted primary
+/// during a failover), so the write should be retried rather than the input skipped.
 pub fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
             matches!(
                 db.code().as_deref(),
-                Some("40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300")
+                Some("40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300" | "25006")
             ) || db.code().is_some_and(|c| c.starts_with("08"))
         }
         sqlx::Error::Io(_)
