@@ -1300,3 +1300,63 @@ async fn a_hanging_receiver_delays_nobody_else(pool: PgPool) {
     .unwrap();
     assert_eq!(recorded, 0);
 }
+
+/// Issue 12: a notification is sent when it is written, not at the worker's next one-second
+/// poll (`NOTIFY fleetwatch_outbox` wakes the worker), and a `group_wait` is kept to the
+/// moment it ends (the worker sleeps until the earliest row not yet due). Alerts fired at
+/// seven phases of the poll all arrive well within it; with the poll alone, most would wait.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn new_notifications_wake_the_worker_and_group_wait_ends_on_time(pool: PgPool) {
+    let rx = Receiver::start().await;
+    let mut hook = endpoint("prompt", rx.url("/"));
+    hook.group_wait = HumanDuration(Duration::from_millis(1500));
+    let (w, _) = setup(&pool, &[hook]).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(fleetwatch::alerts::webhook::run(
+        Arc::new(w),
+        Arc::new(fleetwatch::clock::SystemClock),
+        cancel.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrival = |id: i64| {
+        let rx = &rx;
+        async move {
+            let start = tokio::time::Instant::now();
+            loop {
+                if rx.accepted().iter().any(|c| c.json()["alert"]["id"] == id) {
+                    return start.elapsed();
+                }
+                assert!(start.elapsed() < Duration::from_secs(10), "never delivered");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    // due at once (no device: no group_wait), at every phase of the one-second poll
+    for i in 0..7 {
+        tokio::time::sleep(Duration::from_millis(170)).await;
+        let id = fire(
+            &pool,
+            Utc::now(),
+            Kind::Throttled,
+            &format!("w-{i}"),
+            None,
+            None,
+        )
+        .await;
+        let took = arrival(id).await;
+        assert!(took < Duration::from_millis(600), "alert {i}: {took:?}");
+    }
+    // a device's alert waits group_wait (1.5 s), and not a poll longer
+    sqlx::query("insert into devices (id) values ('d-1')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let id = fire(&pool, Utc::now(), Kind::Throttled, "d-1", Some("d-1"), None).await;
+    let took = arrival(id).await;
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_millis(2100),
+        "group_wait 1.5 s: {took:?}"
+    );
+    cancel.cancel();
+    worker.await.unwrap();
+}

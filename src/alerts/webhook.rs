@@ -35,6 +35,13 @@
 //!    URL ([`super::redact`]): a Slack-style path or a `?key=` query is a credential, and
 //!    `last_error` is served to read-only tokens.
 //!
+//! **Prompt.** A row that becomes pending is announced on the Postgres channel
+//! `fleetwatch_outbox` (a trigger; whichever replica or CLI wrote it), and [`run`] claims for
+//! every endpoint as soon as it hears one; after each such pass it sleeps until the earliest
+//! row not yet due (`group_wait`, a retry) rather than until the next poll. So an alert reaches
+//! its receiver one detector tick plus `group_wait` after its deadline, plus milliseconds
+//! (issue 12; `benches/latency.rs`), and the poll only catches what the announcements missed.
+//!
 //! **Endpoints are independent.** [`run`] never waits for a send: it claims again for an
 //! endpoint as soon as one of its sends ends, and for every endpoint at least every [`POLL`]. A
 //! receiver that hangs holds only its own `max_in_flight` slots (each until its `timeout`);
@@ -782,6 +789,13 @@ pub async fn run(worker: Arc<Worker>, clock: SharedClock, cancel: CancellationTo
     let mut next_pass = tokio::time::Instant::now();
     // The endpoint whose send just ended: it gets a claim before the next full pass.
     let mut freed: Option<String> = None;
+    // New work was announced (`fleetwatch_outbox`), or a row we waited for fell due: every
+    // endpoint claims before the next full pass.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let listener = tokio::spawn(listen(worker.pool.clone(), wake.clone(), cancel.clone()));
+    let mut claim_all = false;
+    let mut next_due: Option<tokio::time::Instant> = None;
+    let endpoints: Vec<String> = worker.lanes.keys().cloned().collect();
     loop {
         let now = clock.now();
         let full_pass = tokio::time::Instant::now() >= next_pass;
@@ -794,7 +808,7 @@ pub async fn run(worker: Arc<Worker>, clock: SharedClock, cancel: CancellationTo
             log_outcome(&std::mem::take(&mut done));
         }
         for lane in worker.lanes.values() {
-            if !full_pass && freed.as_deref() != Some(lane.endpoint.name.as_str()) {
+            if !full_pass && !claim_all && freed.as_deref() != Some(lane.endpoint.name.as_str()) {
                 continue;
             }
             match worker.claim(lane, now, &mut done).await {
@@ -815,15 +829,33 @@ pub async fn run(worker: Arc<Worker>, clock: SharedClock, cancel: CancellationTo
                 ),
             }
         }
+        if full_pass || claim_all {
+            // The earliest row not yet due: wake for it rather than at the next poll.
+            next_due = match notifications::next_due(&worker.pool, &endpoints, now).await {
+                Ok(due) => due.map(|at| {
+                    let wait = (at - now).to_std().unwrap_or_default();
+                    tokio::time::Instant::now() + wait
+                }),
+                Err(_) => None,
+            };
+        }
         freed = None;
+        claim_all = false;
+        let due = next_due.filter(|d| *d < next_pass);
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                 freed = delivered(joined, &mut done, &warn);
             }
+            _ = wake.notified() => claim_all = true,
+            _ = tokio::time::sleep_until(due.unwrap_or(next_pass)), if due.is_some() => {
+                next_due = None;
+                claim_all = true;
+            }
             _ = tokio::time::sleep_until(next_pass) => {}
         }
     }
+    listener.abort();
     // Shutdown: no more claims; the sends in flight get a grace period, then are dropped (their
     // rows keep the lease and come back when it ends).
     let drained = tokio::time::timeout(worker.shutdown_grace, async {
@@ -840,6 +872,42 @@ pub async fn run(worker: Arc<Worker>, clock: SharedClock, cancel: CancellationTo
         in_flight.abort_all();
     }
     log_outcome(&done);
+}
+
+/// The Postgres channel on which new outbox rows are announced (migration
+/// 20261206000100_outbox_notify).
+pub const OUTBOX_CHANNEL: &str = "fleetwatch_outbox";
+
+/// Wake the worker whenever a row becomes pending, whichever replica wrote it. Without a
+/// LISTEN connection the worker still polls every [`POLL`]; this only makes it prompt, so a
+/// failure here is retried quietly (and every reconnect wakes the worker once, for what was
+/// missed meanwhile).
+async fn listen(pool: PgPool, wake: Arc<tokio::sync::Notify>, cancel: CancellationToken) {
+    // Its own connection, outside the pool: a listener holds its connection for good, and the
+    // pool's are for queries (`http::server::budget` reserves the descriptor).
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let mut delay = Duration::from_secs(1);
+    while !cancel.is_cancelled() {
+        if let Ok(mut listener) = sqlx::postgres::PgListener::connect_with(&own).await {
+            if listener.listen(OUTBOX_CHANNEL).await.is_ok() {
+                delay = Duration::from_secs(1);
+                wake.notify_one();
+                // `try_recv` reconnects by itself after a loss (it returns None once).
+                while let Ok(n) = listener.try_recv().await {
+                    if n.is_none() {
+                        tracing::debug!("webhook wake-up: LISTEN connection lost; reconnecting");
+                    }
+                    wake.notify_one();
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(POLL * 30);
+    }
 }
 
 /// Account for a finished delivery task; the endpoint whose slot came free, if known.

@@ -285,6 +285,24 @@ pub struct Claimed {
     pub silenced_by: Option<i64>,
 }
 
+/// When the earliest pending row of these endpoints falls due, if after `now` (rows already
+/// due are the claim's business): the webhook worker sleeps until then (`group_wait`,
+/// retries). Served by `notifications_due_idx`.
+pub async fn next_due(
+    pool: &PgPool,
+    endpoints: &[String],
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar(
+        r#"select min(next_attempt_at) from notifications
+           where status = 'pending' and next_attempt_at > $2 and endpoint = any($1)"#,
+    )
+    .bind(endpoints)
+    .bind(now)
+    .fetch_one(pool)
+    .await
+}
+
 /// Take the reminder pass's lock for the caller's transaction: replicas all run the worker,
 /// one writes the reminders. False if another holds it.
 pub async fn try_lock_reminders(conn: &mut PgConnection) -> sqlx::Result<bool> {

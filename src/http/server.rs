@@ -97,14 +97,16 @@ pub struct Budget {
 }
 
 /// Size the connection cap: the open-files limit minus a reserve for the Postgres pool (plus
-/// the leader's and the database probe's own connections), the MQTT connections, the webhook
-/// worker's concurrent requests (`max_in_flight` per endpoint) and the process's own files. `http.max_connections` may lower
+/// the leader's and the database probe's own connections, and the webhook worker's LISTEN
+/// connection when endpoints are configured), the MQTT connections, the webhook worker's
+/// concurrent requests (`max_in_flight` per endpoint) and the process's own files. `http.max_connections` may lower
 /// it, never raise it past what the descriptors allow.
 pub fn budget(cfg: &Config, files: u64) -> anyhow::Result<Budget> {
     // Each endpoint sends at most `max_in_flight` requests at once, one connection each.
     let webhooks: u64 = cfg.webhooks.iter().map(|w| w.max_in_flight as u64).sum();
     let reserve = u64::from(cfg.database.max_connections)
         + 2
+        + u64::from(!cfg.webhooks.is_empty())
         + cfg.mqtt.connections as u64
         + webhooks
         + BASE_FILES;
@@ -582,11 +584,12 @@ mod tests {
         cfg.webhooks.push(Default::default());
         cfg.webhooks.push(Default::default());
         cfg.webhooks[1].max_in_flight = 60;
-        assert_eq!(budget(&cfg, 1024).unwrap().reserve, 83 + 64);
+        // plus the worker's LISTEN connection
+        assert_eq!(budget(&cfg, 1024).unwrap().reserve, 83 + 64 + 1);
         cfg.http.max_connections = Some(100);
         assert_eq!(budget(&cfg, 1024).unwrap().max_connections, 100);
         cfg.http.max_connections = Some(5000);
-        assert_eq!(budget(&cfg, 1024).unwrap().max_connections, 1024 - 147);
+        assert_eq!(budget(&cfg, 1024).unwrap().max_connections, 1024 - 148);
         assert!(budget(&cfg, 100).is_err());
         cfg.http.max_connections = None;
         assert_eq!(
