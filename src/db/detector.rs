@@ -92,7 +92,15 @@ pub async fn due_devices(
                d.unretired_at
         from devices d
         left join groups g on g.id = d.group_id
-        left join alerts a on a.kind = 'heartbeat_gap' and a.subject = d.id and a.status = 'firing'
+        -- lateral: one probe of alerts_one_firing_idx per due device, whatever the planner
+        -- believes of `alerts` (right after a mass gap its statistics say "no firing gap", and
+        -- a plain join then compared every due device with every firing alert: 4.8 s a tick
+        -- at 10,000 of each; issue 12, benches/detector.rs)
+        left join lateral (
+            select a.id, a.gap_class, a.gap_last_data_at, a.gap_last_device_ts from alerts a
+            where a.kind = 'heartbeat_gap' and a.subject = d.id and a.status = 'firing'
+            limit 1
+        ) a on true
         where d.deadline_at <= $1 and d.retired_at is null
         order by d.deadline_at
         limit $2
@@ -142,6 +150,55 @@ pub async fn set_state_if_unchanged(
     .execute(conn)
     .await?
     .rows_affected())
+}
+
+/// [`set_state_if_unchanged`] for many devices at once, for decisions that open, change or
+/// resolve no alert (`opening` false): one statement, each row updated only if ingest did not
+/// move it since it was read. Rows are locked in id order (as the telemetry flush does), so
+/// the two never deadlock. Returns the ids updated; the others raced and are decided next tick.
+pub async fn set_states_if_unchanged(
+    conn: impl PgExecutor<'_>,
+    decisions: &[(&DueDevice, &str, Option<DateTime<Utc>>)],
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<String>> {
+    let mut sorted: Vec<&(&DueDevice, &str, Option<DateTime<Utc>>)> = decisions.iter().collect();
+    sorted.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    let ids: Vec<&str> = sorted.iter().map(|d| d.0.id.as_str()).collect();
+    let states: Vec<&str> = sorted.iter().map(|d| d.1).collect();
+    let deadlines: Vec<Option<DateTime<Utc>>> = sorted.iter().map(|d| d.2).collect();
+    let read_deadlines: Vec<Option<DateTime<Utc>>> =
+        sorted.iter().map(|d| d.0.deadline_at).collect();
+    let read_last: Vec<Option<DateTime<Utc>>> =
+        sorted.iter().map(|d| d.0.last_impression_at).collect();
+    let read_conn: Vec<Option<DateTime<Utc>>> = sorted.iter().map(|d| d.0.conn_event_ts).collect();
+    let read_states: Vec<&str> = sorted.iter().map(|d| d.0.state.as_str()).collect();
+    sqlx::query_scalar(
+        r#"
+        update devices d set
+            state = u.state,
+            state_since = case when d.state = u.state then d.state_since else $1 end,
+            deadline_at = u.deadline
+        from unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+                    $6::timestamptz[], $7::timestamptz[], $8::text[])
+             as u(id, state, deadline, read_deadline, read_last, read_conn, read_state)
+        where d.id = u.id
+          and d.deadline_at is not distinct from u.read_deadline
+          and d.last_impression_at is not distinct from u.read_last
+          and d.conn_event_ts is not distinct from u.read_conn
+          and d.state = u.read_state
+        returning d.id
+        "#,
+    )
+    .bind(now)
+    .bind(ids)
+    .bind(states)
+    .bind(deadlines)
+    .bind(read_deadlines)
+    .bind(read_last)
+    .bind(read_conn)
+    .bind(read_states)
+    .fetch_all(conn)
+    .await
 }
 
 /// Record a restart point for every device: our ingest recovered at `now`.
