@@ -1069,6 +1069,11 @@ impl Config {
                 )
             })?);
         }
+        if let Some(v) = env.get("FLEETWATCH_MAX_DEVICES") {
+            self.devices.max_devices = v.trim().parse().map_err(|_| {
+                anyhow::anyhow!("FLEETWATCH_MAX_DEVICES: expected a number, got {v:?}")
+            })?;
+        }
         if let Some(d) = duration(env, "FLEETWATCH_HTTP_HEADER_READ_TIMEOUT")? {
             self.http.header_read_timeout = d;
         }
@@ -1585,6 +1590,22 @@ mod tests {
         assert_eq!(c.http.header_read_timeout, dur("10s"));
         assert_eq!(c.http.idle_timeout, dur("60s"));
         assert_eq!(c.http.max_body_bytes, 65536);
+    }
+
+    #[test]
+    fn the_device_cap_takes_a_million_from_env_and_refuses_nonsense() {
+        let c =
+            Config::load_with_env(None, &env(&[("FLEETWATCH_MAX_DEVICES", "1000000")])).unwrap();
+        assert_eq!(c.devices.max_devices, 1_000_000);
+        for bad in ["lots", "-1"] {
+            let e = Config::load_with_env(None, &env(&[("FLEETWATCH_MAX_DEVICES", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("max_devices") || e.contains("MAX_DEVICES"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]
