@@ -104,3 +104,8 @@ pub async fn seed(pool: &PgPool, devices: usize, groups: usize, alerts: usize) {
     .unwrap();
     sqlx::query("analyze").execute(pool).await.unwrap();
 }
+
+/// One row of the table `scripts/bench` prints: `row |area|what|result|baseline|ratio|target|`.
+pub fn row(area: &str, what: &str, result: &str, baseline: &str, ratio: &str, target: &str) {
+    println!("row |{area}|{what}|{result}|{baseline}|{ratio}|{target}|");
+}
