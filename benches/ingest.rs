@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use bench::{arg, drop_db, fresh_db, row};
 use chrono::{TimeDelta, Utc};
 use common::*;
-use fleetwatch::app::App;
 use fleetwatch::clock::SystemClock;
+use fleetwatch::ingest::dispatch::{shard_of, PRESENCE_BATCH, PRESENCE_WRITERS};
 use fleetwatch::ingest::presence::{prepare, store, Prepared};
 use fleetwatch::ingest::{telemetry, DeviceRegistry, IngestContext};
 use fleetwatch::metrics::Metrics;
@@ -119,13 +119,7 @@ async fn main() {
     let mut cfg = config(&broker);
     cfg.mqtt.connections = 4;
     cfg.telemetry.flush_interval = fleetwatch::config::HumanDuration(Duration::from_secs(1));
-    let app = App::build_with_pool(cfg, pool.clone(), Arc::new(SystemClock))
-        .await
-        .unwrap();
-    eventually(10, "connected", || async {
-        app.state.mqtt.iter().all(|c| c.snapshot().connected)
-    })
-    .await;
+    let app = start_app(&pool, cfg).await;
     let c0 = commits(&pool).await;
     let t = Instant::now();
     publish_impressions(&mut p, "screen", messages, devices).await;
@@ -287,21 +281,16 @@ async fn main() {
 
     let batched = payloads("batch");
     let t = Instant::now();
-    let mut shards: Vec<Vec<Prepared>> = vec![Vec::new(); 4];
+    let mut shards: Vec<Vec<Prepared>> = vec![Vec::new(); PRESENCE_WRITERS];
     for p in &batched {
         let prepared = prepare(&ctx, p.as_bytes(), Utc::now()).unwrap();
-        let shard = prepared
-            .shard_key()
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
-            % 4;
-        shards[shard].push(prepared);
+        shards[shard_of(prepared.shard_key())].push(prepared);
     }
     let mut tasks = Vec::new();
     for shard in shards {
         let (ctx, cancel) = (ctx.clone(), cancel.clone());
         tasks.push(tokio::spawn(async move {
-            for batch in shard.chunks(fleetwatch::ingest::dispatch::PRESENCE_BATCH) {
+            for batch in shard.chunks(PRESENCE_BATCH) {
                 store(&ctx, batch, &cancel).await;
             }
         }));
@@ -344,13 +333,7 @@ async fn main() {
         .execute(&pool)
         .await
         .unwrap();
-    let app = App::build_with_pool(cfg, pool.clone(), Arc::new(SystemClock))
-        .await
-        .unwrap();
-    eventually(10, "connected", || async {
-        app.state.mqtt.iter().all(|c| c.snapshot().connected)
-    })
-    .await;
+    let app = start_app(&pool, cfg).await;
     let events_before: i64 = sqlx::query_scalar("select count(*) from presence_events")
         .fetch_one(&pool)
         .await

@@ -22,10 +22,8 @@ use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use bench::{arg, drop_db, fresh_db, row};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use common::*;
-use fleetwatch::app::App;
-use fleetwatch::clock::SystemClock;
 use fleetwatch::config::{HumanDuration, WebhookConfig};
 use sqlx::PgPool;
 
@@ -102,14 +100,11 @@ async fn main() {
         send_reminders: false,
         ..WebhookConfig::default()
     }];
-    let interval = TimeDelta::seconds(2) + TimeDelta::seconds(1) + TimeDelta::seconds(1);
-    let app = App::build_with_pool(cfg, pool.clone(), Arc::new(SystemClock))
-        .await
-        .unwrap();
-    eventually(10, "connected", || async {
-        app.state.mqtt.iter().all(|c| c.snapshot().connected)
-    })
-    .await;
+    // §2a: a gap opens at last data + interval + flush allowance + grace
+    let interval = cfg.detector.expected_interval.delta()
+        + cfg.telemetry.flush_interval.delta()
+        + cfg.detector.grace.delta();
+    let app = start_app(&pool, cfg).await;
 
     // The load: `rate` messages/s in 10 ms slices; victim k stops at 5 s + k × 250 ms.
     let p = Publisher::connect(broker.port, "bench-latency-pub").await;

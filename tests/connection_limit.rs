@@ -6,20 +6,8 @@
 mod common;
 
 use common::*;
-use fleetwatch::app::App;
 use fleetwatch::logging::Captured;
 use sqlx::PgPool;
-
-async fn start(pool: &PgPool, cfg: fleetwatch::config::Config) -> App {
-    let app = App::build_with_pool(cfg, pool.clone(), system_clock())
-        .await
-        .unwrap();
-    eventually(10, "mqtt connected", || async {
-        app.state.mqtt.iter().all(|c| c.snapshot().connected)
-    })
-    .await;
-    app
-}
 
 /// Publish `n` impressions of `devices` devices as fast as the broker acknowledges them.
 async fn traffic(broker: &Broker, n: usize, devices: usize) {
@@ -43,7 +31,7 @@ async fn a_connection_near_the_limit_warns_on_log_metrics_and_healthz(pool: PgPo
     cfg.mqtt.per_connection_limit = 20.0;
     let logs = Captured::default();
     let _guard = logs.install();
-    let app = start(&pool, cfg).await;
+    let app = start_app(&pool, cfg).await;
     let api = api(&format!("http://{}", app.addr));
     let client_id = app.state.mqtt[0].client_id.clone();
 
@@ -95,7 +83,7 @@ async fn a_connection_near_the_limit_warns_on_log_metrics_and_healthz(pool: PgPo
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn traffic_under_the_default_limit_does_not_warn(pool: PgPool) {
     let broker = Broker::start().await;
-    let app = start(&pool, config(&broker)).await;
+    let app = start_app(&pool, config(&broker)).await;
     let api = api(&format!("http://{}", app.addr));
     traffic(&broker, 400, 20).await;
     eventually(5, "all 400 received", || async {

@@ -9,22 +9,11 @@ use std::time::Duration;
 use chrono::Utc;
 use common::*;
 use fleetwatch::app::App;
-use fleetwatch::config::{Config, HumanDuration};
+use fleetwatch::config::HumanDuration;
 use fleetwatch::domain::DropReason;
 use sqlx::PgPool;
 
 const KB: usize = 1024;
-
-async fn start(pool: &PgPool, cfg: Config) -> App {
-    let app = App::build_with_pool(cfg, pool.clone(), system_clock())
-        .await
-        .unwrap();
-    eventually(10, "mqtt connected", || async {
-        app.state.mqtt.iter().all(|c| c.snapshot().connected)
-    })
-    .await;
-    app
-}
 
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
@@ -78,7 +67,7 @@ fn oversized(app: &App) -> u64 {
 #[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
 async fn poison_messages_are_dropped_and_everything_behind_them_is_stored(pool: PgPool) {
     let broker = Broker::start().await;
-    let app = start(&pool, config(&broker)).await;
+    let app = start_app(&pool, config(&broker)).await;
     let mut p = Publisher::connect(broker.port, "poisoner").await;
 
     let mut expected = 0;
@@ -131,7 +120,7 @@ async fn poison_messages_are_dropped_and_everything_behind_them_is_stored(pool: 
 async fn poison_queued_for_our_session_while_away_does_not_wedge_the_restart(pool: PgPool) {
     let broker = Broker::start().await;
     let cfg = config(&broker);
-    let app = start(&pool, cfg.clone()).await;
+    let app = start_app(&pool, cfg.clone()).await;
     app.shutdown().await.unwrap();
 
     let mut p = Publisher::connect(broker.port, "poisoner").await;
@@ -144,7 +133,7 @@ async fn poison_queued_for_our_session_while_away_does_not_wedge_the_restart(poo
     p.flush().await;
 
     // Same configuration, so the same client IDs: only the kept session can deliver these.
-    let app = start(&pool, cfg).await;
+    let app = start_app(&pool, cfg).await;
     all_ordinary_stored(&pool, 6).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let s = app.state.mqtt[0].snapshot();
@@ -183,7 +172,7 @@ async fn the_oversized_warning_is_rate_limited(pool: PgPool) {
             .with_writer(move || writer.clone())
             .finish(),
     );
-    let app = start(&pool, cfg).await;
+    let app = start_app(&pool, cfg).await;
     let mut p = Publisher::connect(broker.port, "spewer").await;
     for _ in 0..20 {
         p.publish("dt/spewer/impressions", vec![b'7'; 200 * KB])
@@ -208,7 +197,7 @@ async fn a_connection_that_keeps_being_taken_over_backs_off(pool: PgPool) {
     a.mqtt.backoff_max = HumanDuration(Duration::from_secs(2));
     let mut b = a.clone();
     b.mqtt.instance_id = a.mqtt.instance_id.clone();
-    let app_a = start(&pool, a).await;
+    let app_a = start_app(&pool, a).await;
     let app_b = App::build_with_pool(b, pool.clone(), system_clock())
         .await
         .unwrap();

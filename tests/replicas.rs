@@ -69,14 +69,12 @@ fn replica_config(broker: &Broker, hook: &str) -> Config {
     cfg
 }
 
-/// A replica: its own pool on the test's database, as a separate process would have.
+/// A replica, connected: its own pool on the test's database, as a separate process would have.
 async fn replica(cfg: &Config, pool: &PgPool) -> App {
     let own = fleetwatch::db::connect(&common::web::database_url(pool), 8)
         .await
         .unwrap();
-    App::build_with_pool(cfg.clone(), own, system_clock())
-        .await
-        .unwrap()
+    start_app(&own, cfg.clone()).await
 }
 
 fn is_leader(app: &App) -> bool {
@@ -125,13 +123,6 @@ async fn three_replicas_one_leader_failover_nothing_twice_nothing_lost(pool: PgP
     for cfg in &configs {
         replicas.push(Some(replica(cfg, &pool).await));
     }
-    eventually(10, "every replica connected", || async {
-        replicas
-            .iter()
-            .flatten()
-            .all(|a| a.state.mqtt.iter().all(|c| c.snapshot().connected))
-    })
-    .await;
     eventually(10, "one leader", || async {
         replicas.iter().flatten().filter(|a| is_leader(a)).count() == 1
     })

@@ -104,7 +104,7 @@ pub async fn run(
 
 /// Which writer stores the events of `key` (a device or client ID): a fixed hash, so the same
 /// key always lands on the same writer.
-fn shard_of(key: &str) -> usize {
+pub fn shard_of(key: &str) -> usize {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);

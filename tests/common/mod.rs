@@ -245,6 +245,18 @@ impl Publisher {
     }
 }
 
+/// The service on `pool` with `cfg`, once every MQTT connection is up.
+pub async fn start_app(pool: &sqlx::PgPool, cfg: Config) -> fleetwatch::app::App {
+    let app = fleetwatch::app::App::build_with_pool(cfg, pool.clone(), system_clock())
+        .await
+        .unwrap();
+    eventually(10, "mqtt connected", || async {
+        app.state.mqtt.iter().all(|c| c.snapshot().connected)
+    })
+    .await;
+    app
+}
+
 pub fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
