@@ -112,75 +112,53 @@ pub async fn due_devices(
     .await
 }
 
-/// Write a decision's `state` and next `deadline` for `row`'s device, only if ingest did not
-/// move the device since `row` was read (deadline, last data, connectivity and state as read).
-/// `opening` (a gap alert opens) restarts the backlog's device-timestamp watermark. Returns the
-/// rows changed: 0 when the decision raced ingest.
-pub async fn set_state_if_unchanged(
-    conn: &mut PgConnection,
-    row: &DueDevice,
-    state: &str,
-    now: DateTime<Utc>,
-    deadline: Option<DateTime<Utc>>,
-    opening: bool,
-) -> sqlx::Result<u64> {
-    Ok(sqlx::query(
-        r#"
-        update devices set
-            state = $2,
-            state_since = case when state = $2 then state_since else $3 end,
-            deadline_at = $4,
-            gap_min_device_ts = case when $5 then null else gap_min_device_ts end
-        where id = $1
-          and deadline_at is not distinct from $6
-          and last_impression_at is not distinct from $7
-          and conn_event_ts is not distinct from $8
-          and state = $9
-        "#,
-    )
-    .bind(&row.id)
-    .bind(state)
-    .bind(now)
-    .bind(deadline)
-    .bind(opening)
-    .bind(row.deadline_at)
-    .bind(row.last_impression_at)
-    .bind(row.conn_event_ts)
-    .bind(&row.state)
-    .execute(conn)
-    .await?
-    .rows_affected())
+/// A decision to write for a due device: its new `state` and `deadline`; `opening` (a gap alert
+/// opens) restarts the backlog's device-timestamp watermark.
+#[derive(Debug, Clone, Copy)]
+pub struct StateWrite<'a> {
+    pub row: &'a DueDevice,
+    pub state: &'a str,
+    pub deadline: Option<DateTime<Utc>>,
+    pub opening: bool,
 }
 
-/// [`set_state_if_unchanged`] for many devices at once, for decisions that open, change or
-/// resolve no alert (`opening` false): one statement, each row updated only if ingest did not
-/// move it since it was read. Rows are locked in id order (as the telemetry flush does), so
-/// the two never deadlock. Returns the ids updated; the others raced and are decided next tick.
+/// Write a decision's `state` and next `deadline` for `row`'s device, only if ingest did not
+/// move the device since `row` was read (deadline, last data, connectivity and state as read):
+/// [`set_states_if_unchanged`] of one. Returns the rows changed: 0 when the decision raced
+/// ingest.
+pub async fn set_state_if_unchanged(
+    conn: &mut PgConnection,
+    write: StateWrite<'_>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    Ok(set_states_if_unchanged(conn, &[write], now).await?.len() as u64)
+}
+
+/// Write many decisions in one statement, each row only if ingest did not move it since it was
+/// read. Rows are locked in id order (as the telemetry flush does), so the two never deadlock.
+/// Returns the ids updated; the others raced and are decided next tick.
 pub async fn set_states_if_unchanged(
     conn: impl PgExecutor<'_>,
-    decisions: &[(&DueDevice, &str, Option<DateTime<Utc>>)],
+    writes: &[StateWrite<'_>],
     now: DateTime<Utc>,
 ) -> sqlx::Result<Vec<String>> {
-    let mut sorted: Vec<&(&DueDevice, &str, Option<DateTime<Utc>>)> = decisions.iter().collect();
-    sorted.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-    let ids: Vec<&str> = sorted.iter().map(|d| d.0.id.as_str()).collect();
-    let states: Vec<&str> = sorted.iter().map(|d| d.1).collect();
-    let deadlines: Vec<Option<DateTime<Utc>>> = sorted.iter().map(|d| d.2).collect();
-    let read_deadlines: Vec<Option<DateTime<Utc>>> =
-        sorted.iter().map(|d| d.0.deadline_at).collect();
-    let read_last: Vec<Option<DateTime<Utc>>> =
-        sorted.iter().map(|d| d.0.last_impression_at).collect();
-    let read_conn: Vec<Option<DateTime<Utc>>> = sorted.iter().map(|d| d.0.conn_event_ts).collect();
-    let read_states: Vec<&str> = sorted.iter().map(|d| d.0.state.as_str()).collect();
+    let mut sorted: Vec<&StateWrite<'_>> = writes.iter().collect();
+    sorted.sort_by(|a, b| a.row.id.cmp(&b.row.id));
+    macro_rules! column {
+        ($f:expr) => {
+            sorted.iter().map($f).collect::<Vec<_>>()
+        };
+    }
     sqlx::query_scalar(
         r#"
         update devices d set
             state = u.state,
             state_since = case when d.state = u.state then d.state_since else $1 end,
-            deadline_at = u.deadline
-        from unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
-                    $6::timestamptz[], $7::timestamptz[], $8::text[])
-             as u(id, state, deadline, read_deadline, read_last, read_conn, read_state)
+            deadline_at = u.deadline,
+            gap_min_device_ts = case when u.opening then null else d.gap_min_device_ts end
+        from unnest($2::text[], $3::text[], $4::timestamptz[], $5::bool[], $6::timestamptz[],
+                    $7::timestamptz[], $8::timestamptz[], $9::text[])
+             as u(id, state, deadline, opening, read_deadline, read_last, read_conn, read_state)
         where d.id = u.id
           and d.deadline_at is not distinct from u.read_deadline
           and d.last_impression_at is not distinct from u.read_last
@@ -190,13 +168,14 @@ pub async fn set_states_if_unchanged(
         "#,
     )
     .bind(now)
-    .bind(ids)
-    .bind(states)
-    .bind(deadlines)
-    .bind(read_deadlines)
-    .bind(read_last)
-    .bind(read_conn)
-    .bind(read_states)
+    .bind(column!(|w| w.row.id.as_str()))
+    .bind(column!(|w| w.state))
+    .bind(column!(|w| w.deadline))
+    .bind(column!(|w| w.opening))
+    .bind(column!(|w| w.row.deadline_at))
+    .bind(column!(|w| w.row.last_impression_at))
+    .bind(column!(|w| w.row.conn_event_ts))
+    .bind(column!(|w| w.row.state.as_str()))
     .fetch_all(conn)
     .await
 }

@@ -24,7 +24,7 @@ use sqlx::PgPool;
 
 use super::{at, Settings};
 use crate::alerts::lifecycle::{self, AlertSpec};
-use crate::db::detector::{self, DueDevice, GapMemory};
+use crate::db::detector::{self, DueDevice, GapMemory, StateWrite};
 use crate::domain::alert::Kind;
 use crate::domain::schedule::QuietHours;
 
@@ -206,11 +206,16 @@ pub async fn run_due(
     // was read, exactly as `apply` would write each (a healthy device comes due once per
     // expected interval: at a million devices these are thousands a second).
     if !plain.is_empty() {
-        let decisions: Vec<(&DueDevice, &str, Option<DateTime<Utc>>)> = plain
+        let writes: Vec<StateWrite<'_>> = plain
             .iter()
-            .map(|(row, d)| (row, d.state.as_str(), d.deadline))
+            .map(|(row, d)| StateWrite {
+                row,
+                state: d.state.as_str(),
+                deadline: d.deadline,
+                opening: false,
+            })
             .collect();
-        let updated = detector::set_states_if_unchanged(pool, &decisions, now).await?;
+        let updated = detector::set_states_if_unchanged(pool, &writes, now).await?;
         out.raced += plain.len() - updated.len();
     }
     Ok(out)
@@ -229,9 +234,17 @@ async fn apply(
 ) -> anyhow::Result<bool> {
     let mut tx = pool.begin().await?;
     let opening = matches!(d.action, Action::Open(_));
-    let updated =
-        detector::set_state_if_unchanged(&mut tx, row, d.state.as_str(), now, d.deadline, opening)
-            .await?;
+    let updated = detector::set_state_if_unchanged(
+        &mut tx,
+        StateWrite {
+            row,
+            state: d.state.as_str(),
+            deadline: d.deadline,
+            opening,
+        },
+        now,
+    )
+    .await?;
     if updated == 0 {
         return Ok(false);
     }
