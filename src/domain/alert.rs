@@ -14,6 +14,8 @@ text_enum! {
         IngestDown = "ingest_down",
         MetricThreshold = "metric_threshold",
         AwsPollFailing = "aws_poll_failing",
+        NetworkOutage = "network_outage",
+        ImpressionsAnomaly = "impressions_anomaly",
     }
 }
 
@@ -21,14 +23,17 @@ impl Kind {
     /// The severity a kind has unless configured otherwise.
     pub fn default_severity(self) -> Severity {
         match self {
-            Kind::GroupOutage | Kind::FleetOutage | Kind::IngestDown => Severity::Critical,
+            Kind::GroupOutage | Kind::FleetOutage | Kind::NetworkOutage | Kind::IngestDown => {
+                Severity::Critical
+            }
             // Polling AWS failing blinds the CloudWatch rules and the inventory, not ingest.
             Kind::HeartbeatGap | Kind::ClientIdConflict | Kind::AwsPollFailing => Severity::Error,
             Kind::Flapping
             | Kind::Throttled
             | Kind::AuthFailure
             | Kind::AddressDrift
-            | Kind::MetricThreshold => Severity::Warning,
+            | Kind::MetricThreshold
+            | Kind::ImpressionsAnomaly => Severity::Warning,
         }
     }
 }

@@ -52,7 +52,7 @@ pub struct CreateBody {
     pub group_id: Option<String>,
     /// An alert kind, e.g. `heartbeat_gap`.
     #[schema(
-        pattern = "^(heartbeat_gap|flapping|client_id_conflict|throttled|auth_failure|address_drift|group_outage|fleet_outage|ingest_down|metric_threshold|aws_poll_failing)$"
+        pattern = "^(heartbeat_gap|flapping|client_id_conflict|throttled|auth_failure|address_drift|group_outage|fleet_outage|ingest_down|metric_threshold|aws_poll_failing|network_outage|impressions_anomaly)$"
     )]
     pub kind: Option<String>,
     /// Defaults to now.
