@@ -192,3 +192,64 @@ async fn a_signed_in_tab_gets_a_stream_that_outlives_the_request_timeout(pool: P
     .await;
     assert!(end.is_ok(), "the stream ends when the listener stops");
 }
+
+/// The overview's shared read (`web::overview::Cache`, issue 12): while the listener listens,
+/// pages within a second of each other share one read — but a write is never hidden behind
+/// it: once its notification has arrived, the next page reads afresh, before the announcement.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn the_overview_is_shared_until_a_change_arrives(pool: PgPool) {
+    exec(
+        &pool,
+        "insert into devices (id, state) values ('d1', 'healthy')",
+    )
+    .await;
+    let app = TestApp::new(&pool, "tok");
+    let staff = Staff::new(&app, &pool, "alice", "viewer").await;
+    let cell = |n: i64| format!(r#"<a href="/devices?state=silent">{n}</a>"#);
+
+    // No listener: nothing is shared, a write shows at once.
+    assert!(staff.html("/").await.contains(&cell(0)));
+    exec(&pool, "update devices set state = 'silent' where id = 'd1'").await;
+    assert!(staff.html("/").await.contains(&cell(1)));
+    exec(
+        &pool,
+        "update devices set state = 'healthy' where id = 'd1'",
+    )
+    .await;
+
+    let (mut rx, cancel) = listening(&app, &pool).await;
+    let before = staff.html("/").await;
+    assert!(before.contains(&cell(0)), "{before}");
+    // A write that notifies nothing (the trigger on the counts table announces inserts; an
+    // update behind its back is invisible to the listener): the page within the second is the
+    // shared read, not a new one.
+    exec(
+        &pool,
+        "update device_state_counts set n = n + 5 where state = 'healthy'",
+    )
+    .await;
+    let shared = staff.html("/").await;
+    assert!(
+        shared.contains(r#"<a href="/devices?state=healthy">1</a>"#),
+        "{shared}"
+    );
+
+    // A device goes silent: its notification invalidates the shared read, and the page shows
+    // the change as soon as the notification is in (at most the gather time later).
+    exec(&pool, "update devices set state = 'silent' where id = 'd1'").await;
+    let fresh = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            let html = staff.html("/").await;
+            if html.contains(&cell(1)) {
+                return html;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the change shows within the gather time");
+    assert!(fresh.contains(&cell(1)));
+    let change = next(&mut rx, 3.0).await.expect("announced");
+    assert!(change.topics.contains(Topic::Devices));
+    cancel.cancel();
+}

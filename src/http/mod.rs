@@ -51,6 +51,9 @@ pub struct AppState {
     /// The dashboard's live updates of this replica (`web::live`); fed by the `live_listener`
     /// task of a running service, by nothing in router tests (which may publish to it).
     pub live: Arc<web::live::Hub>,
+    /// The overview's sections shared between requests while nothing changed
+    /// (`web::overview::Cache`).
+    pub overview: Arc<web::overview::Cache>,
     /// `fleetwatch demo`'s story banner and webhook inbox; `None` outside the demo (its routes
     /// answer 404 then).
     pub demo: Option<Arc<crate::demo::Shared>>,
@@ -83,6 +86,7 @@ impl AppState {
                 60,
             ))),
             live: Arc::new(web::live::Hub::new()),
+            overview: Arc::default(),
             demo: None,
             config,
             pool,

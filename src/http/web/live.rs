@@ -24,7 +24,7 @@
 //! - **Signed-in only.** `/live` needs a session like every page ([`CurrentUser`]).
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,6 +133,9 @@ pub struct Hub {
     tx: broadcast::Sender<Change>,
     closed: CancellationToken,
     listening: AtomicBool,
+    /// Bumped by every notification the listener receives (and every publish): what was read
+    /// under an older generation may be stale (`overview::Cache`).
+    generation: AtomicU64,
 }
 
 impl Default for Hub {
@@ -147,11 +150,13 @@ impl Hub {
             tx: broadcast::channel(64).0,
             closed: CancellationToken::new(),
             listening: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }
     }
 
     /// Announce a change to every open stream.
     pub fn publish(&self, change: Change) {
+        self.touch();
         // No receiver is fine: no tab is open.
         let _ = self.tx.send(change);
     }
@@ -164,6 +169,18 @@ impl Hub {
     /// Whether the listener holds its `LISTEN` (for `/healthz`-style displays).
     pub fn listening(&self) -> bool {
         self.listening.load(Ordering::Relaxed)
+    }
+
+    /// Something changed (a notification arrived; its announcement follows after [`GATHER`]).
+    fn touch(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The current generation of what pages show, while changes are announced (the listener
+    /// holds its `LISTEN`); `None` otherwise: then no read may be reused.
+    pub fn generation(&self) -> Option<u64> {
+        self.listening()
+            .then(|| self.generation.load(Ordering::SeqCst))
     }
 
     /// A receiver of every change published from now on.
@@ -204,13 +221,18 @@ async fn listen_loop(hub: &Hub, pool: &PgPool) -> anyhow::Result<()> {
         .listen(CHANNEL)
         .await
         .context("live updates: LISTEN")?;
+    // Whatever was read before we listened may be stale.
+    hub.touch();
     hub.listening.store(true, Ordering::Relaxed);
     // Whatever happened before we listened is unknown to the open pages.
     announce(hub, pool, Topics::all()).await;
     loop {
         let mut topics = Topics::default();
         match listener.try_recv().await.context("live updates: receive")? {
-            Some(n) => topics = topics.with_payload(n.payload()),
+            Some(n) => {
+                hub.touch();
+                topics = topics.with_payload(n.payload());
+            }
             None => {
                 // The connection was lost; the next try_recv reconnects. Missed notifications
                 // are unknowable: announce everything once we hear again.
@@ -223,10 +245,15 @@ async fn listen_loop(hub: &Hub, pool: &PgPool) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + GATHER;
         while let Ok(r) = tokio::time::timeout_at(deadline, listener.try_recv()).await {
             match r.context("live updates: receive")? {
-                Some(n) => topics = topics.with_payload(n.payload()),
+                Some(n) => {
+                    hub.touch();
+                    topics = topics.with_payload(n.payload());
+                }
                 None => topics = Topics::all(),
             }
         }
+        // After a lost connection, what was read meanwhile may be stale.
+        hub.touch();
         hub.listening.store(true, Ordering::Relaxed);
         announce(hub, pool, topics).await;
     }

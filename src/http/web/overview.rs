@@ -18,6 +18,7 @@
 //! (`HX-Target`) reads only what its section needs.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -54,12 +55,14 @@ pub const BACKLOG_CAP: i64 = 10_000;
 /// The page's sections, by element id.
 pub const SECTIONS: [&str; 6] = ["counts", "alerts", "groups", "feed", "health", "aws"];
 
+#[derive(Clone)]
 pub struct StateCount {
     pub state: &'static str,
     pub n: i64,
     pub href: String,
 }
 
+#[derive(Clone)]
 pub struct AlertLine {
     pub kind: String,
     pub severity: String,
@@ -69,6 +72,7 @@ pub struct AlertLine {
     pub href: String,
 }
 
+#[derive(Clone)]
 pub struct Tile {
     pub name: String,
     pub devices: i64,
@@ -79,6 +83,7 @@ pub struct Tile {
     pub href: String,
 }
 
+#[derive(Clone)]
 pub struct FeedItem {
     pub at: When,
     pub event: String,
@@ -89,6 +94,7 @@ pub struct FeedItem {
     pub severity: String,
 }
 
+#[derive(Clone)]
 pub struct HealthLine {
     pub what: String,
     pub ok: bool,
@@ -115,6 +121,72 @@ pub struct OverviewPage {
     pub charts: Vec<Chart>,
     /// Why there is nothing to chart: AWS polling off (with its reason) or no metrics yet.
     pub aws_note: Option<String>,
+}
+
+/// What the sections show: the same for every viewer, so it can be shared ([`Cache`]).
+#[derive(Clone, Default)]
+pub struct Sections {
+    pub counts: Vec<StateCount>,
+    pub total: i64,
+    pub alerts: Vec<AlertLine>,
+    pub firing: i64,
+    pub unacked: i64,
+    pub tiles: Vec<Tile>,
+    pub more_groups: bool,
+    pub feed: Vec<FeedItem>,
+    pub health: Vec<HealthLine>,
+    pub charts: Vec<Chart>,
+    pub aws_note: Option<String>,
+}
+
+/// The overview's sections, read once and shared by every request of this replica for at most
+/// [`CACHE_FOR`], and only while nothing changed (issue 12: ops keep the page open all day on
+/// many screens, and a render's six reads cost ≈ 4.6 ms of server time: 500 req/s would need
+/// more than two cores).
+///
+/// The contract: an entry is used only while the replica's live listener holds its `LISTEN`
+/// (`Hub::generation` is `Some`) and no notification arrived since the entry's read *began*
+/// (the generation it was read under is still current), and for at most [`CACHE_FOR`] (what
+/// is not announced: our own health, the CloudWatch charts). So a page is never staler than
+/// the live updates themselves, a tab re-fetching after a `change` event gets fresh data, and
+/// without a listener (router tests, a lost LISTEN) every request reads. Concurrent misses
+/// wait for one read (the lock is held while reading) instead of all reading at once.
+#[derive(Default)]
+pub struct Cache {
+    entry: tokio::sync::Mutex<Option<Entry>>,
+}
+
+struct Entry {
+    generation: u64,
+    read_at: tokio::time::Instant,
+    sections: Arc<Sections>,
+}
+
+/// The longest an overview read is shared.
+pub const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Cache {
+    /// The shared sections under `generation`, read by `read` when there is no usable entry.
+    pub async fn get<F, Fut>(&self, generation: u64, read: F) -> Result<Arc<Sections>, ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Sections, ApiError>>,
+    {
+        let mut entry = self.entry.lock().await;
+        if let Some(e) = entry.as_ref() {
+            if e.generation == generation && e.read_at.elapsed() < CACHE_FOR {
+                return Ok(e.sections.clone());
+            }
+        }
+        let read_at = tokio::time::Instant::now();
+        let sections = Arc::new(read().await?);
+        *entry = Some(Entry {
+            generation,
+            read_at,
+            sections: sections.clone(),
+        });
+        Ok(sections)
+    }
 }
 
 impl OverviewPage {
@@ -151,24 +223,55 @@ pub async fn page(
     State(state): State<AppState>,
 ) -> Result<OverviewPage, ApiError> {
     let only = target(&headers);
-    let wants = |id: &str| only.is_none_or(|o| o == id);
-    let now = state.clock.now();
-    let mut p = OverviewPage {
+    let liveness = liveness.as_ref().map(|Extension(l)| l);
+    let sections = match state.live.generation() {
+        Some(generation) => {
+            let read = || read(&state, liveness, None);
+            (*state.overview.get(generation, read).await?).clone()
+        }
+        // Changes are not announced: nothing may be shared, and a fragment reads only itself.
+        None => read(&state, liveness, only).await?,
+    };
+    let Sections {
+        counts,
+        total,
+        alerts,
+        firing,
+        unacked,
+        tiles,
+        more_groups,
+        feed,
+        health,
+        charts,
+        aws_note,
+    } = sections;
+    Ok(OverviewPage {
         chrome,
         q,
         only,
-        counts: Vec::new(),
-        total: 0,
-        alerts: Vec::new(),
-        firing: 0,
-        unacked: 0,
-        tiles: Vec::new(),
-        more_groups: false,
-        feed: Vec::new(),
-        health: Vec::new(),
-        charts: Vec::new(),
-        aws_note: None,
-    };
+        counts,
+        total,
+        alerts,
+        firing,
+        unacked,
+        tiles,
+        more_groups,
+        feed,
+        health,
+        charts,
+        aws_note,
+    })
+}
+
+/// Read the sections (`only`: just that one).
+async fn read(
+    state: &AppState,
+    liveness: Option<&Liveness>,
+    only: Option<&'static str>,
+) -> Result<Sections, ApiError> {
+    let wants = |id: &str| only.is_none_or(|o| o == id);
+    let now = state.clock.now();
+    let mut p = Sections::default();
     if wants("counts") {
         let by_state = db::fleet_counts::devices_by_state(&state.pool).await?;
         p.counts = DeviceState::NAMES
@@ -212,14 +315,14 @@ pub async fn page(
             })
             .collect();
     }
-    let report = (wants("health") || wants("aws"))
-        .then(|| crate::http::health::report(&state, liveness.as_ref().map(|Extension(l)| l)));
+    let report =
+        (wants("health") || wants("aws")).then(|| crate::http::health::report(state, liveness));
     if wants("health") {
         let (pending, oldest) = db::notifications::backlog(&state.pool, BACKLOG_CAP).await?;
         p.health = health_lines(report.as_ref().expect("read above"), pending, oldest, now);
     }
     if wants("aws") {
-        let (charts, note) = cloudwatch(&state, report.as_ref().expect("read above"), now).await?;
+        let (charts, note) = cloudwatch(state, report.as_ref().expect("read above"), now).await?;
         p.charts = charts;
         p.aws_note = note;
     }
@@ -534,6 +637,51 @@ mod tests {
             covered,
             n,
         }
+    }
+
+    /// A read that counts itself and returns its number as the total.
+    async fn counted(reads: &std::sync::atomic::AtomicI64) -> Result<Sections, ApiError> {
+        let n = reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        Ok(Sections {
+            total: n,
+            ..Sections::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_shares_a_read_within_a_second_of_one_generation() {
+        let cache = Cache::default();
+        let reads = std::sync::atomic::AtomicI64::new(0);
+        let get = |g| cache.get(g, || counted(&reads));
+        assert_eq!(get(7).await.ok().unwrap().total, 1);
+        tokio::time::advance(CACHE_FOR / 2).await;
+        assert_eq!(get(7).await.ok().unwrap().total, 1, "shared");
+        // A notification arrived: read again, and share that one.
+        assert_eq!(get(8).await.ok().unwrap().total, 2);
+        assert_eq!(get(8).await.ok().unwrap().total, 2);
+        // Not announced (health, charts): never older than CACHE_FOR.
+        tokio::time::advance(CACHE_FOR).await;
+        assert_eq!(get(8).await.ok().unwrap().total, 3);
+        // A generation going back (a new hub) is not the entry's either.
+        assert_eq!(get(1).await.ok().unwrap().total, 4);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_wait_for_one_read_and_errors_are_not_kept() {
+        let cache = Cache::default();
+        let reads = std::sync::atomic::AtomicI64::new(0);
+        let slow = || async {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            counted(&reads).await
+        };
+        let (a, b) = tokio::join!(cache.get(1, slow), cache.get(1, slow));
+        assert_eq!((a.ok().unwrap().total, b.ok().unwrap().total), (1, 1));
+        let failed = cache.get(2, || async { Err(ApiError::Unavailable) }).await;
+        assert!(failed.is_err());
+        assert_eq!(
+            cache.get(2, || counted(&reads)).await.ok().unwrap().total,
+            2
+        );
     }
 
     #[test]
