@@ -4,12 +4,14 @@
 //! its own transaction (with the device state change that caused them); later the notification
 //! outbox rows ([`super::outbox`]) are written in that same transaction too.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 
 use super::outbox::{self, Change};
-use crate::db::alerts::{self, insert_event as event};
+use crate::db::alerts::{self, insert_event as event, NewFiring};
 use crate::domain::actor::Actor;
 use crate::domain::alert::{Kind, Severity};
 
@@ -119,6 +121,61 @@ pub async fn fire(
     Ok(Fired::Opened(id))
 }
 
+/// [`fire`] for many specs of one kind, in the caller's transaction: the same alerts, trail
+/// entries and notifications as calling `fire` for each, in a fixed number of statements for
+/// the subjects that open a new alert (issue 12: a mass gap opens thousands of heartbeat alerts
+/// in one detector pass, and one round trip each made that tens of seconds). Subjects with a
+/// firing alert, or one resolved within `reopen_window`, go through `fire` one by one.
+/// Subjects must be distinct. Returns what happened to each spec, in order.
+pub async fn fire_many(
+    conn: &mut PgConnection,
+    kind: Kind,
+    specs: &[AlertSpec],
+    now: DateTime<Utc>,
+    reopen_window: TimeDelta,
+) -> sqlx::Result<Vec<Fired>> {
+    debug_assert!(specs.iter().all(|s| s.kind == kind));
+    let subjects: Vec<&str> = specs.iter().map(|s| s.subject.as_str()).collect();
+    let existing: HashSet<String> =
+        alerts::subjects_with_recent(conn, kind, &subjects, now - reopen_window)
+            .await?
+            .into_iter()
+            .collect();
+    let mut fired: HashMap<&str, Fired> = HashMap::new();
+    for spec in specs.iter().filter(|s| existing.contains(&s.subject)) {
+        fired.insert(&spec.subject, fire(conn, spec, now, reopen_window).await?);
+    }
+    let new: Vec<NewFiring<'_>> = specs
+        .iter()
+        .filter(|s| !existing.contains(&s.subject))
+        .map(|s| NewFiring {
+            subject: &s.subject,
+            device_id: s.device_id.as_deref(),
+            group_id: s.group_id.as_deref(),
+            severity: s.severity,
+            summary: &s.summary,
+            details: &s.details,
+        })
+        .collect();
+    if !new.is_empty() {
+        let ids: HashMap<String, i64> = alerts::insert_firing_many(conn, kind, &new, now)
+            .await?
+            .into_iter()
+            .collect();
+        let entries: Vec<(i64, Value)> = new
+            .iter()
+            .map(|n| (ids[n.subject], json!({"summary": n.summary})))
+            .collect();
+        alerts::insert_events_many(conn, &entries, now, "opened", "fleetwatch").await?;
+        let opened: Vec<i64> = entries.iter().map(|e| e.0).collect();
+        outbox::notify_many(conn, &opened, Change::Fired, now).await?;
+        for n in &new {
+            fired.insert(n.subject, Fired::Opened(ids[n.subject]));
+        }
+    }
+    Ok(specs.iter().map(|s| fired[s.subject.as_str()]).collect())
+}
+
 /// Change a firing alert's classification in place (e.g. silent → offline): same id, no new
 /// alert, one `reclassified` event.
 pub async fn reclassify(
@@ -159,9 +216,8 @@ pub async fn cover(
     now: DateTime<Utc>,
 ) -> sqlx::Result<Vec<i64>> {
     let covered = alerts::cover(conn, ids, by, now).await?;
-    for id in &covered {
-        event(conn, *id, now, "covered", "fleetwatch", json!({"by": by})).await?;
-    }
+    let entries: Vec<(i64, Value)> = covered.iter().map(|id| (*id, json!({"by": by}))).collect();
+    alerts::insert_events_many(conn, &entries, now, "covered", "fleetwatch").await?;
     Ok(covered)
 }
 
@@ -173,10 +229,9 @@ pub async fn uncover(
     now: DateTime<Utc>,
 ) -> sqlx::Result<Vec<i64>> {
     let ids = alerts::uncover(conn, by, now).await?;
-    for id in &ids {
-        event(conn, *id, now, "uncovered", "fleetwatch", json!({"by": by})).await?;
-        outbox::notify(conn, *id, Change::Uncovered, now).await?;
-    }
+    let entries: Vec<(i64, Value)> = ids.iter().map(|id| (*id, json!({"by": by}))).collect();
+    alerts::insert_events_many(conn, &entries, now, "uncovered", "fleetwatch").await?;
+    outbox::notify_many(conn, &ids, Change::Uncovered, now).await?;
     Ok(ids)
 }
 

@@ -19,11 +19,13 @@
 //! start-up by [`sync_endpoints`]: the lifecycle runs inside the detector's transaction and
 //! has nothing but a connection to decide with.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use crate::config::WebhookConfig;
-use crate::db::alerts::{body_of, snapshot};
+use crate::db::alerts::{body_of, snapshots};
 use crate::db::notifications::{self, NewNotification};
 use crate::db::webhooks;
 use crate::domain::alert::Severity;
@@ -97,52 +99,75 @@ pub async fn notify(
     change: Change,
     now: DateTime<Utc>,
 ) -> sqlx::Result<usize> {
+    notify_many(conn, &[alert_id], change, now).await
+}
+
+/// [`notify`] for many alerts with the same change, in a fixed number of statements whatever
+/// their number (a mass gap opens thousands of alerts in one detector pass).
+pub async fn notify_many(
+    conn: &mut PgConnection,
+    alert_ids: &[i64],
+    change: Change,
+    now: DateTime<Utc>,
+) -> sqlx::Result<usize> {
+    if alert_ids.is_empty() {
+        return Ok(0);
+    }
     let routes = webhooks::routes(&mut *conn).await?;
     if routes.is_empty() {
         return Ok(0);
     }
-    let Some(alert) = snapshot(&mut *conn, alert_id).await? else {
-        return Ok(0);
-    };
-    let rank = severity_rank(alert.severity);
+    let alerts = snapshots(&mut *conn, alert_ids).await?;
     let event = match change {
         Change::Fired | Change::Uncovered => Event::Firing,
         Change::Resolved => Event::Resolved,
         Change::Acknowledged => Event::Acknowledged,
     };
-    let body = body_of(&alert)?;
     // While a silence matches, the rows are still written (history: why nothing was sent)
     // but finished at once, `superseded` and naming the silence; the worker's "silence ended"
     // pass ([`super::silences::catch_up`]) brings the endpoint up to date afterwards.
-    let silenced_by = crate::db::silences::is_silenced(&mut *conn, &alert, now).await?;
-    let mut written = 0;
-    for r in routes {
-        if !r.kinds.is_empty() && !r.kinds.iter().any(|k| k == alert.kind.as_str()) {
-            continue;
+    let silenced: HashMap<i64, i64> =
+        crate::db::silences::silenced_many(&mut *conn, alert_ids, now)
+            .await?
+            .into_iter()
+            .collect();
+    let bodies = alerts
+        .iter()
+        .map(body_of)
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    let mut rows = Vec::new();
+    for (alert, body) in alerts.iter().zip(&bodies) {
+        let rank = severity_rank(alert.severity);
+        for r in &routes {
+            if !r.kinds.is_empty() && !r.kinds.iter().any(|k| k == alert.kind.as_str()) {
+                continue;
+            }
+            if rank > r.max_severity_rank {
+                continue;
+            }
+            if !r.groups.is_empty() && !alert.group.as_ref().is_some_and(|g| r.groups.contains(g)) {
+                continue;
+            }
+            if change == Change::Resolved && !r.send_resolved {
+                continue;
+            }
+            let wait_ms = match change {
+                Change::Fired if alert.device_id.is_some() => r.group_wait_ms,
+                Change::Resolved => r.resolve_wait_ms,
+                _ => 0,
+            };
+            let n = NewNotification {
+                alert_id: alert.id,
+                endpoint: &r.name,
+                event,
+                body,
+                due: now + TimeDelta::milliseconds(wait_ms),
+            };
+            rows.push((n, silenced.get(&alert.id).copied()));
         }
-        if rank > r.max_severity_rank {
-            continue;
-        }
-        if !r.groups.is_empty() && !alert.group.as_ref().is_some_and(|g| r.groups.contains(g)) {
-            continue;
-        }
-        if change == Change::Resolved && !r.send_resolved {
-            continue;
-        }
-        let wait_ms = match change {
-            Change::Fired if alert.device_id.is_some() => r.group_wait_ms,
-            Change::Resolved => r.resolve_wait_ms,
-            _ => 0,
-        };
-        let n = NewNotification {
-            alert_id,
-            endpoint: &r.name,
-            event,
-            body: &body,
-            due: now + TimeDelta::milliseconds(wait_ms),
-        };
-        notifications::insert(&mut *conn, &n, silenced_by, now).await?;
-        written += 1;
     }
-    Ok(written)
+    if !rows.is_empty() {
+        notifications::insert_many(&mut *conn, &rows, now).await?;
+    }
+    Ok(rows.len())
 }

@@ -481,6 +481,104 @@ pub async fn insert_firing(
     .await
 }
 
+/// A new firing alert for [`insert_firing_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewFiring<'a> {
+    pub subject: &'a str,
+    pub device_id: Option<&'a str>,
+    pub group_id: Option<&'a str>,
+    pub severity: Severity,
+    pub summary: &'a str,
+    pub details: &'a Value,
+}
+
+/// [`insert_firing`] for many alerts of one kind in one statement. Returns (subject, id) of
+/// each, in no particular order: subjects must be distinct.
+pub async fn insert_firing_many(
+    conn: &mut PgConnection,
+    kind: Kind,
+    alerts: &[NewFiring<'_>],
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<(String, i64)>> {
+    macro_rules! column {
+        ($f:expr) => {
+            alerts.iter().map($f).collect::<Vec<_>>()
+        };
+    }
+    sqlx::query_as(
+        r#"insert into alerts (kind, subject, device_id, group_id, severity, status, opened_at,
+                               summary, details, updated_at)
+           select $1, subject, device_id, group_id, severity, 'firing', $2, summary, details, $2
+           from unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::jsonb[])
+                as u(subject, device_id, group_id, severity, summary, details)
+           returning subject, id"#,
+    )
+    .bind(kind.as_str())
+    .bind(now)
+    .bind(column!(|a| a.subject))
+    .bind(column!(|a| a.device_id))
+    .bind(column!(|a| a.group_id))
+    .bind(column!(|a| a.severity.as_str()))
+    .bind(column!(|a| a.summary))
+    .bind(column!(|a| a.details))
+    .fetch_all(conn)
+    .await
+}
+
+/// [`insert_event`] for many alerts in one statement: one entry of type `kind` by `actor` on
+/// each alert's trail, with its own details.
+pub async fn insert_events_many(
+    conn: &mut PgConnection,
+    entries: &[(i64, Value)],
+    at: DateTime<Utc>,
+    kind: &str,
+    actor: &str,
+) -> sqlx::Result<()> {
+    let ids: Vec<i64> = entries.iter().map(|e| e.0).collect();
+    let details: Vec<&Value> = entries.iter().map(|e| &e.1).collect();
+    sqlx::query(
+        r#"insert into alert_events (alert_id, at, type, actor, details)
+           select id, $1, $2, $3, details from unnest($4::bigint[], $5::jsonb[]) as u(id, details)"#,
+    )
+    .bind(at)
+    .bind(kind)
+    .bind(actor)
+    .bind(ids)
+    .bind(details)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The subjects among `subjects` that have an alert of `kind` firing, or one that resolved at
+/// or after `since`: [`crate::alerts::lifecycle::fire`] must update or reopen those, not open.
+pub async fn subjects_with_recent(
+    conn: &mut PgConnection,
+    kind: Kind,
+    subjects: &[&str],
+    since: DateTime<Utc>,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        r#"select distinct subject from alerts
+           where kind = $1 and subject = any($2)
+             and (status = 'firing' or resolved_at >= $3)"#,
+    )
+    .bind(kind.as_str())
+    .bind(subjects)
+    .bind(since)
+    .fetch_all(conn)
+    .await
+}
+
+/// [`snapshot`] of many alerts, in one statement (missing ids are left out).
+pub async fn snapshots(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Vec<AlertRow>> {
+    let sql = format!("select {ALERT_COLUMNS} from alerts where id = any($1) order by id");
+    sqlx::query_as::<_, AlertRow>(&sql)
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
 /// Replace an alert's summary and details (a reclassification).
 pub async fn set_summary(
     conn: &mut PgConnection,

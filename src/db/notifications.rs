@@ -53,6 +53,41 @@ pub async fn insert(
     Ok(())
 }
 
+/// [`insert`] for many rows in one statement, each with its own `silenced_by`.
+pub async fn insert_many(
+    conn: impl PgExecutor<'_>,
+    rows: &[(NewNotification<'_>, Option<i64>)],
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    macro_rules! column {
+        ($f:expr) => {
+            rows.iter().map($f).collect::<Vec<_>>()
+        };
+    }
+    sqlx::query(
+        r#"insert into notifications (alert_id, endpoint, event, body, next_attempt_at,
+                                      created_at, retry_since, status, finished_at,
+                                      last_error, silenced_by)
+           select alert_id, endpoint, event,  body,
+                  case when silenced_by is null then due else $1 end, $1, $1,
+                  case when silenced_by is null then 'pending' else 'superseded' end,
+                  case when silenced_by is null then null else $1 end,
+                  'silenced by silence ' || silenced_by, silenced_by
+           from unnest($2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::timestamptz[],
+                       $7::bigint[]) as u(alert_id, endpoint, event, body, due, silenced_by)"#,
+    )
+    .bind(now)
+    .bind(column!(|r| r.0.alert_id))
+    .bind(column!(|r| r.0.endpoint))
+    .bind(column!(|r| r.0.event.as_str()))
+    .bind(column!(|r| r.0.body))
+    .bind(column!(|r| r.0.due))
+    .bind(column!(|r| r.1))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// SQL: the rows of `notifications` aliased `o` that told endpoint `endpoint` something about
 /// alert `alert` (both SQL expressions), restricted to `events`: rows delivered, or given up
 /// on (`dead`: the receiver may well have seen it, so it counts as told). Superseded and

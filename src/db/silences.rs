@@ -7,7 +7,6 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::db::alerts::AlertRow;
 use crate::db::notifications;
 use crate::domain::actor::Actor;
 use crate::domain::alert::Kind;
@@ -35,26 +34,27 @@ pub async fn active_count(pool: &sqlx::PgPool, now: DateTime<Utc>) -> sqlx::Resu
     .await
 }
 
-/// The active silence (lowest id) that matches `alert` at `now`, if any.
-pub async fn is_silenced(
+/// The silences in force at `now` for many alerts, in one statement: (alert id, the silence)
+/// for each alert that a silence matches (by device, group and kind; null matches any), the
+/// lowest silence id when several match.
+pub async fn silenced_many(
     conn: &mut PgConnection,
-    alert: &AlertRow,
+    alert_ids: &[i64],
     now: DateTime<Utc>,
-) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar(
-        r#"select s.id from silences s
-           where s.deleted_at is null and s.starts_at <= $1 and s.ends_at > $1
-             and (s.device_id is null or s.device_id = $2)
-             and (s.group_id is null or s.group_id = $3)
-             and (s.kind is null or s.kind = $4)
-           order by s.id limit 1"#,
-    )
-    .bind(now)
-    .bind(&alert.device_id)
-    .bind(&alert.group)
-    .bind(alert.kind)
-    .fetch_optional(conn)
-    .await
+) -> sqlx::Result<Vec<(i64, i64)>> {
+    let sql = format!(
+        r#"select a.id, m.id from alerts a
+           cross join lateral (
+               select s.id from silences s where {} order by s.id limit 1
+           ) m
+           where a.id = any($2)"#,
+        active_match("$1")
+    );
+    sqlx::query_as(&sql)
+        .bind(now)
+        .bind(alert_ids)
+        .fetch_all(conn)
+        .await
 }
 
 /// A silence as the API shows it.

@@ -11,12 +11,14 @@
 //!
 //! [`evaluate`] (the pure rule, in `domain::health`) decides; [`run_due`] takes the devices whose
 //! deadline passed (`db::detector::due_devices`), evaluates them and applies each decision
-//! with a conditional update: a decision that opens, reclassifies or resolves an alert in its
-//! own transaction with the alert's change; all the others (a device rescheduled, or late) in
-//! one statement per pass, still conditional per row (issue 12: at a million devices, healthy
-//! devices come due by the thousand every second). The queries are in `db::detector`.
+//! with a conditional update: a decision that reclassifies or resolves an alert in its own
+//! transaction with the alert's change; the openings in transactions of up to [`OPEN_CHUNK`]
+//! devices, a few statements each (a mass gap opens thousands at once); all the others (a
+//! device rescheduled, or late) in one statement per pass, still conditional per row (issue 12:
+//! at a million devices, healthy devices come due by the thousand every second). The queries
+//! are in `db::detector`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
@@ -143,6 +145,7 @@ pub async fn run_due(
     let mut stored: HashMap<String, GroupSchedule> = HashMap::new();
     let mut out = Outcome::default();
     let mut plain: Vec<(DueDevice, Decision)> = Vec::new();
+    let mut opening: Vec<Opening> = Vec::new();
     for row in rows {
         out.evaluated += 1;
         let e = Expectations {
@@ -192,7 +195,17 @@ pub async fn run_due(
             plain.push((row, decision));
             continue;
         }
-        match apply(pool, s, &row, &facts, &e, &decision, now).await? {
+        if let Action::Open(class) = decision.action {
+            // Opened together below: a mass gap opens thousands at once.
+            opening.push(Opening {
+                row,
+                decision,
+                class,
+                e,
+            });
+            continue;
+        }
+        match apply(pool, &row, &facts, &e, &decision, now).await? {
             true => match &decision.action {
                 Action::Open(_) => out.opened.push(row.id.clone()),
                 Action::Reclassify { .. } => out.reclassified.push(row.id.clone()),
@@ -218,14 +231,92 @@ pub async fn run_due(
         let updated = detector::set_states_if_unchanged(pool, &writes, now).await?;
         out.raced += plain.len() - updated.len();
     }
+    for chunk in opening.chunks(OPEN_CHUNK) {
+        open_gaps(pool, s, chunk, now, &mut out).await?;
+    }
     Ok(out)
 }
 
-/// Apply one decision in its own transaction. The device update is conditional on what was
+/// Gap alerts opened in one transaction, at most: big enough that a mass gap costs a few
+/// statements per thousand devices, small enough that one transaction's locks and WAL stay
+/// modest and ingest's flush waits briefly on them.
+const OPEN_CHUNK: usize = 1_000;
+
+/// A due device whose decision opens a gap alert.
+struct Opening {
+    row: DueDevice,
+    decision: Decision,
+    class: Gap,
+    e: Expectations,
+}
+
+/// Open the gap alerts of `chunk` in one transaction: the devices' conditional state writes in
+/// one statement, then for those ingest did not move meanwhile the alerts
+/// ([`lifecycle::fire_many`]: trail and outbox rows too) and what each gap is measured from.
+/// What opening one device in its own transaction would write, for a few statements per chunk.
+async fn open_gaps(
+    pool: &PgPool,
+    s: &Settings,
+    chunk: &[Opening],
+    now: DateTime<Utc>,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    let writes: Vec<StateWrite<'_>> = chunk
+        .iter()
+        .map(|o| StateWrite {
+            row: &o.row,
+            state: o.decision.state.as_str(),
+            deadline: o.decision.deadline,
+            opening: true,
+        })
+        .collect();
+    let updated: HashSet<String> = detector::set_states_if_unchanged(&mut *tx, &writes, now)
+        .await?
+        .into_iter()
+        .collect();
+    out.raced += chunk.len() - updated.len();
+    let opened: Vec<&Opening> = chunk
+        .iter()
+        .filter(|o| updated.contains(&o.row.id))
+        .collect();
+    let specs: Vec<AlertSpec> = opened
+        .iter()
+        .map(|o| AlertSpec {
+            kind: Kind::HeartbeatGap,
+            subject: o.row.id.clone(),
+            device_id: Some(o.row.id.clone()),
+            group_id: o.row.group_id.clone(),
+            severity: s.severity(Kind::HeartbeatGap),
+            summary: describe(&o.row, o.class),
+            details: gap_details(&o.row, o.class, &o.e),
+        })
+        .collect();
+    let fired =
+        lifecycle::fire_many(&mut tx, Kind::HeartbeatGap, &specs, now, s.reopen_window).await?;
+    // What each gap is measured from until it resolves (a reopened alert starts anew).
+    let memory: Vec<(i64, GapMemory)> = opened
+        .iter()
+        .zip(&fired)
+        .map(|(o, f)| {
+            let m = GapMemory {
+                class: o.class,
+                last_data_at: o.row.last_impression_at,
+                last_device_ts: o.row.last_device_ts,
+            };
+            (f.id(), m)
+        })
+        .collect();
+    detector::remember_gaps(&mut *tx, &memory).await?;
+    tx.commit().await?;
+    out.opened.extend(opened.iter().map(|o| o.row.id.clone()));
+    Ok(())
+}
+
+/// Apply one reclassification or resolution in its own transaction. The device update is conditional on what was
 /// read: if ingest moved the device meanwhile, nothing is written and the next tick decides.
 async fn apply(
     pool: &PgPool,
-    s: &Settings,
     row: &DueDevice,
     facts: &Facts,
     e: &Expectations,
@@ -233,14 +324,13 @@ async fn apply(
     now: DateTime<Utc>,
 ) -> anyhow::Result<bool> {
     let mut tx = pool.begin().await?;
-    let opening = matches!(d.action, Action::Open(_));
     let updated = detector::set_state_if_unchanged(
         &mut tx,
         StateWrite {
             row,
             state: d.state.as_str(),
             deadline: d.deadline,
-            opening,
+            opening: false,
         },
         now,
     )
@@ -249,26 +339,8 @@ async fn apply(
         return Ok(false);
     }
     match &d.action {
-        Action::None => {}
-        Action::Open(class) => {
-            let spec = AlertSpec {
-                kind: Kind::HeartbeatGap,
-                subject: row.id.clone(),
-                device_id: Some(row.id.clone()),
-                group_id: row.group_id.clone(),
-                severity: s.severity(Kind::HeartbeatGap),
-                summary: describe(row, *class),
-                details: gap_details(row, *class, e),
-            };
-            let fired = lifecycle::fire(&mut tx, &spec, now, s.reopen_window).await?;
-            // What the gap is measured from until it resolves (a reopened alert starts anew).
-            let memory = GapMemory {
-                class: *class,
-                last_data_at: row.last_impression_at,
-                last_device_ts: row.last_device_ts,
-            };
-            detector::remember_gap(&mut *tx, fired.id(), &memory).await?;
-        }
+        // Never given here: `run_due` writes these in batches (`open_gaps` for openings).
+        Action::None | Action::Open(_) => {}
         Action::Reclassify { from, to } => {
             let open = facts
                 .open
