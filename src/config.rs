@@ -368,6 +368,15 @@ pub struct DetectorConfig {
     pub fleet_outage_fraction: f64,
     /// ...and at least this many of them.
     pub fleet_outage_min_devices: i64,
+    /// `network_outage`: at least this fraction of one network's reporting devices (the network
+    /// of their last connection, `[networks]` or the /16 and /32 defaults)...
+    pub network_outage_fraction: f64,
+    /// ...and at least this many of them...
+    pub network_outage_min_devices: i64,
+    /// ...in at least this many groups (one building is a `group_outage`, not a carrier's)...
+    pub network_outage_min_groups: i64,
+    /// ...went into a gap within this window of each other.
+    pub network_outage_window: HumanDuration,
     /// Severity per alert kind, overriding the defaults.
     #[serde(deserialize_with = "severities")]
     pub severities: BTreeMap<Kind, Severity>,
@@ -900,6 +909,10 @@ impl Default for DetectorConfig {
             group_outage_window: dur("10m"),
             fleet_outage_fraction: 0.3,
             fleet_outage_min_devices: 10,
+            network_outage_fraction: 0.3,
+            network_outage_min_devices: 5,
+            network_outage_min_groups: 2,
+            network_outage_window: dur("10m"),
             severities: BTreeMap::new(),
         }
     }
@@ -1379,19 +1392,33 @@ impl Config {
                 "detector.fleet_outage_min_devices",
                 self.detector.fleet_outage_min_devices,
             ),
+            (
+                "detector.network_outage_min_devices",
+                self.detector.network_outage_min_devices,
+            ),
+            (
+                "detector.network_outage_min_groups",
+                self.detector.network_outage_min_groups,
+            ),
             ("detector.max_due_per_tick", self.detector.max_due_per_tick),
         ] {
             if n < 1 {
                 bail!("{k}: expected a positive number, got {n}");
             }
         }
-        if !(self.detector.fleet_outage_fraction > 0.0
-            && self.detector.fleet_outage_fraction <= 1.0)
-        {
-            bail!(
-                "detector.fleet_outage_fraction: expected a fraction in (0, 1], got {}",
-                self.detector.fleet_outage_fraction
-            );
+        for (k, f) in [
+            (
+                "detector.fleet_outage_fraction",
+                self.detector.fleet_outage_fraction,
+            ),
+            (
+                "detector.network_outage_fraction",
+                self.detector.network_outage_fraction,
+            ),
+        ] {
+            if !(f > 0.0 && f <= 1.0) {
+                bail!("{k}: expected a fraction in (0, 1], got {f}");
+            }
         }
         if self.detector.canary_timeout <= self.detector.canary_interval {
             bail!("detector.canary_timeout: expected more than detector.canary_interval");

@@ -137,6 +137,20 @@ impl Fleet {
         self.data(device, &[Some(self.now())]).await;
     }
 
+    /// Data stamped now from each of `devices`, flushed once.
+    async fn beat_many(&self, devices: &[&str]) {
+        let payload = format!(r#"{{"timestamp":{}}}"#, ms(self.now()));
+        for device in devices {
+            let topic = format!("dt/{device}/impressions");
+            let out = accept(&self.ingest, &topic, payload.as_bytes(), self.now()).await;
+            assert!(
+                matches!(out, Accepted::Telemetry(TelemetryOutcome::Buffered { .. })),
+                "{out:?}"
+            );
+        }
+        telemetry::flush(&self.ingest).await.unwrap();
+    }
+
     async fn tick(&self) -> TickOutcome {
         self.detector
             .tick(&IngestStatus::Healthy, self.now())
@@ -952,4 +966,206 @@ async fn a_device_reconnecting_in_a_loop_without_data_pages_heartbeat_gap_only(p
         ]
     );
     assert_eq!(pager.firing(), ["heartbeat_gap"]);
+}
+
+/// Four buildings, two carriers (issue 13): `b1`…`b3` have four screens on carrier A
+/// (198.51.100.x, the default network `198.51/16`) and one on carrier B (203.0.113.x,
+/// `203.0/16`); `b4` has thirty on carrier B (so that carrier A's 12 screens are under the
+/// fleet outage's 30 %: a carrier outage, not the fleet's). Returns the fleet, its pager and the screens of A
+/// per building and of B.
+async fn two_carrier_fleet(pool: &PgPool) -> (Fleet, Pager, Vec<Vec<String>>, Vec<String>) {
+    let mut cfg = Config::default();
+    for b in ["b1", "b2", "b3", "b4"] {
+        cfg.groups.insert(
+            b.into(),
+            fleetwatch::config::GroupConfig {
+                device_pattern: Some(format!("^{b}-").parse().unwrap()),
+                ..Default::default()
+            },
+        );
+    }
+    let pager = Pager::start(pool, &mut cfg).await;
+    let f = Fleet::with_config(pool.clone(), cfg).await;
+    let on_a: Vec<Vec<String>> = ["b1", "b2", "b3"]
+        .iter()
+        .map(|b| (0..4).map(|i| format!("{b}-a{i}")).collect())
+        .collect();
+    let mut on_b: Vec<String> = ["b1", "b2", "b3"]
+        .iter()
+        .map(|b| format!("{b}-b0"))
+        .collect();
+    on_b.extend((0..30).map(|i| format!("b4-b{i:02}")));
+    f.tick().await;
+    for (k, d) in on_a.iter().flatten().enumerate() {
+        f.presence(connected(
+            d,
+            ms(f.now()),
+            "s1",
+            1,
+            &format!("198.51.100.{}", k % 3 + 1),
+        ))
+        .await;
+        f.beat(d).await;
+    }
+    for (k, d) in on_b.iter().enumerate() {
+        f.presence(connected(
+            d,
+            ms(f.now()),
+            "s1",
+            1,
+            &format!("203.0.113.{}", k % 2 + 7),
+        ))
+        .await;
+        f.beat(d).await;
+    }
+    let all: Vec<&str> = on_a
+        .iter()
+        .flatten()
+        .chain(&on_b)
+        .map(String::as_str)
+        .collect();
+    for _ in 0..20 {
+        f.advance(min(1));
+        f.beat_many(&all).await;
+        f.tick().await;
+    }
+    assert!(f.alerts().await.is_empty());
+    let networks: Vec<(String, i64)> =
+        sqlx::query_as("select network, count(*) from devices group by network order by network")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        networks,
+        [("198.51/16".to_string(), 12), ("203.0/16".to_string(), 33)],
+        "the drift pass records each device's network"
+    );
+    (f, pager, on_a, on_b)
+}
+
+/// Ten-second steps for `total`, the screens in `beating` sending, the pager delivering.
+async fn run_paging(f: &Fleet, pager: &Pager, total: TimeDelta, beating: &[&str]) {
+    let mut elapsed = TimeDelta::zero();
+    while elapsed < total {
+        f.advance(sec(10));
+        elapsed += sec(10);
+        f.beat_many(beating).await;
+        f.tick().await;
+        pager.deliver(f.now()).await;
+    }
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_carrier_outage_across_three_buildings_pages_once(pool: PgPool) {
+    let (f, pager, on_a, on_b) = two_carrier_fleet(&pool).await;
+    let b_screens: Vec<&str> = on_b.iter().map(String::as_str).collect();
+    // Carrier A fails: b1's screens lose it 20 s before the others (their gaps, and b1's
+    // group outage, open a tick or two before the network's), carrier B carries on.
+    let mut later: Vec<&str> = on_a[1].iter().chain(&on_a[2]).map(String::as_str).collect();
+    later.extend(&b_screens);
+    run_paging(&f, &pager, sec(20), &later).await;
+    run_paging(&f, &pager, min(20), &b_screens).await;
+
+    let alerts = f.alerts().await;
+    let of = |kind: &str| -> Vec<_> { alerts.iter().filter(|a| a.1 == kind).collect() };
+    let network = of("network_outage");
+    assert_eq!(network.len(), 1, "{alerts:?}");
+    assert_eq!(network[0].2, "198.51/16");
+    assert_eq!(of("group_outage").len(), 3, "{alerts:?}");
+    assert_eq!(of("heartbeat_gap").len(), 12, "{alerts:?}");
+    assert!(of("fleet_outage").is_empty(), "12 of 45: {alerts:?}");
+    for a in alerts.iter().filter(|a| a.1 != "network_outage") {
+        let (_, _, covered_by) = f.alert(a.0).await;
+        let top = match covered_by {
+            Some(by) if a.1 == "heartbeat_gap" => f.alert(by).await.2.or(Some(by)),
+            other => other,
+        };
+        assert_eq!(top, Some(network[0].0), "{a:?} under the network outage");
+    }
+    let (summary, details, _) = f.alert(network[0].0).await;
+    assert_eq!(details["prefixes"], serde_json::json!(["198.51.0.0/16"]));
+    assert_eq!(details["count"], 12);
+    assert_eq!(details["reporting"], 12);
+    let buildings: Vec<&str> = details["buildings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(buildings, ["b1", "b2", "b3"]);
+    assert!(
+        summary.contains("12 of 12") && summary.contains("3 buildings"),
+        "{summary}"
+    );
+    // One page for the carrier, none for its buildings or screens.
+    assert_eq!(pager.firing(), ["network_outage"]);
+
+    // Carrier A comes back: everything resolves, nothing pages as firing again.
+    let all: Vec<&str> = on_a
+        .iter()
+        .flatten()
+        .chain(&on_b)
+        .map(String::as_str)
+        .collect();
+    for (k, d) in on_a.iter().flatten().enumerate() {
+        f.presence(connected(
+            d,
+            ms(f.now()),
+            "s2",
+            2,
+            &format!("198.51.100.{}", k % 3 + 1),
+        ))
+        .await;
+    }
+    run_paging(&f, &pager, min(3), &all).await;
+    let firing: Vec<_> = f
+        .alerts()
+        .await
+        .into_iter()
+        .filter(|a| a.3 == "firing")
+        .collect();
+    assert!(firing.is_empty(), "{firing:?}");
+    assert_eq!(pager.firing(), ["network_outage"]);
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_building_outage_inside_one_carrier_is_the_group_outage(pool: PgPool) {
+    let (f, pager, on_a, on_b) = two_carrier_fleet(&pool).await;
+    // b2's four carrier-A screens lose power; A is fine elsewhere.
+    let beating: Vec<&str> = on_a[0]
+        .iter()
+        .chain(&on_a[2])
+        .chain(&on_b)
+        .map(String::as_str)
+        .collect();
+    run_paging(&f, &pager, min(20), &beating).await;
+    let alerts = f.alerts().await;
+    let kinds: Vec<&str> = alerts
+        .iter()
+        .filter(|a| a.1 != "heartbeat_gap")
+        .map(|a| a.1.as_str())
+        .collect();
+    assert_eq!(kinds, ["group_outage"], "{alerts:?}");
+    assert_eq!(pager.firing(), ["group_outage"]);
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn screens_failing_one_by_one_across_a_carrier_are_no_outage(pool: PgPool) {
+    let (f, pager, on_a, on_b) = two_carrier_fleet(&pool).await;
+    // one carrier-A screen per building goes dark, 15 minutes apart: three device pages
+    let mut beating: Vec<&str> = on_a
+        .iter()
+        .flatten()
+        .chain(&on_b)
+        .map(String::as_str)
+        .collect();
+    for building in &on_a {
+        let gone = building[0].as_str();
+        beating.retain(|d| *d != gone);
+        run_paging(&f, &pager, min(15), &beating).await;
+    }
+    run_paging(&f, &pager, min(15), &beating).await;
+    let kinds: Vec<String> = f.alerts().await.into_iter().map(|a| a.1).collect();
+    assert_eq!(kinds, ["heartbeat_gap"; 3]);
+    assert_eq!(pager.firing(), ["heartbeat_gap"; 3]);
 }

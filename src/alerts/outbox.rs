@@ -4,8 +4,9 @@
 //!
 //! Rules (README "Webhooks"):
 //! - `alert.firing` on open, reopen, and when a resolved outage releases a still-failing alert
-//!   (uncover). A *device* alert's firing (one with a `device_id`) is due only after the
-//!   endpoint's `group_wait`, so that a group or fleet outage can form and cover it.
+//!   (uncover). A *device* alert's firing (one with a `device_id`), and a group or network
+//!   outage's, is due only after the endpoint's `group_wait`, so that a larger outage can form
+//!   and cover it ([`waits_for_grouping`]).
 //! - `alert.resolved` on resolve (if `send_resolved`), due after `resolve_wait`.
 //! - `alert.acknowledged` on acknowledge, due at once.
 //! - `alert.reminder` rows are written by the worker, not here.
@@ -28,7 +29,7 @@ use crate::config::WebhookConfig;
 use crate::db::alerts::{body_of, snapshots};
 use crate::db::notifications::{self, NewNotification};
 use crate::db::webhooks;
-use crate::domain::alert::Severity;
+use crate::domain::alert::{Kind, Severity};
 
 pub use crate::domain::notification::{Event, NotificationStatus};
 
@@ -55,6 +56,14 @@ pub fn severity_rank(s: Severity) -> i32 {
         Severity::Warning => 2,
         Severity::Info => 3,
     }
+}
+
+/// Whether an alert's firing waits `group_wait`: a device alert (a group, network or fleet
+/// outage may form and cover it), and a group or network outage (a network or fleet outage may
+/// form and cover it: a carrier's buildings go dark over a tick or two). A fleet outage covers
+/// everything and our own alerts are never covered: they are due at once.
+pub fn waits_for_grouping(alert: &crate::db::alerts::AlertRow) -> bool {
+    alert.device_id.is_some() || matches!(alert.kind, Kind::GroupOutage | Kind::NetworkOutage)
 }
 
 fn ms(d: std::time::Duration) -> i64 {
@@ -152,7 +161,7 @@ pub async fn notify_many(
                 continue;
             }
             let wait_ms = match change {
-                Change::Fired if alert.device_id.is_some() => r.group_wait_ms,
+                Change::Fired if waits_for_grouping(alert) => r.group_wait_ms,
                 Change::Resolved => r.resolve_wait_ms,
                 _ => 0,
             };

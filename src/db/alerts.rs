@@ -297,7 +297,7 @@ pub async fn lock_firing_of_device(
 }
 
 /// A firing heartbeat-gap alert, as grouping sees it.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct FiringGap {
     pub id: i64,
     pub device_id: Option<String>,
@@ -307,6 +307,8 @@ pub struct FiringGap {
     pub since: DateTime<Utc>,
     /// Whether its device counts towards the fleet's reporting devices.
     pub reporting: bool,
+    /// The network its device's last connection came from (`devices.network`), if known.
+    pub network: Option<String>,
 }
 
 /// A firing group or fleet outage.
@@ -318,14 +320,15 @@ pub struct FiringOutage {
     pub details: Value,
 }
 
-/// Firing alerts that grouping looks at: (heartbeat gaps, group and fleet outages). One
-/// aggregate over the partial index of firing alerts.
+/// Firing alerts that grouping looks at: (heartbeat gaps, group, network and fleet outages).
+/// One aggregate over the partial index of firing alerts.
 pub async fn firing_gaps_and_outages(conn: impl PgExecutor<'_>) -> sqlx::Result<(i64, i64)> {
     sqlx::query_as(
         r#"select count(*) filter (where kind = 'heartbeat_gap'),
                   count(*) filter (where kind <> 'heartbeat_gap')
            from alerts
-           where status = 'firing' and kind in ('heartbeat_gap', 'group_outage', 'fleet_outage')"#,
+           where status = 'firing'
+             and kind in ('heartbeat_gap', 'group_outage', 'network_outage', 'fleet_outage')"#,
     )
     .fetch_one(conn)
     .await
@@ -340,7 +343,8 @@ pub async fn firing_gaps(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<FiringGa
                             where e.alert_id = a.id and e.type = 'reopened'),
                            a.opened_at) as since,
                   coalesce(d.retired_at is null and d.state not in ('never_seen', 'retired'),
-                           false) as reporting
+                           false) as reporting,
+                  d.network
            from alerts a left join devices d on d.id = a.device_id
            where a.kind = 'heartbeat_gap' and a.status = 'firing'
            order by a.id"#,
@@ -349,21 +353,25 @@ pub async fn firing_gaps(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<FiringGa
     .await
 }
 
-/// Every firing group or fleet outage, oldest first.
+/// Every firing group, network or fleet outage, oldest first.
 pub async fn firing_outages(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<FiringOutage>> {
     sqlx::query_as(
         r#"select id, kind, subject, details from alerts
-           where status = 'firing' and kind in ('group_outage', 'fleet_outage')
+           where status = 'firing' and kind in ('group_outage', 'network_outage', 'fleet_outage')
            order by id"#,
     )
     .fetch_all(conn)
     .await
 }
 
-/// The ids of the firing group outages, oldest first.
-pub async fn firing_group_outage_ids(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<i64>> {
+/// The ids of the firing group and network outages (what a fleet outage covers besides the
+/// gaps), oldest first.
+pub async fn firing_group_and_network_outage_ids(
+    conn: impl PgExecutor<'_>,
+) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar(
-        "select id from alerts where kind = 'group_outage' and status = 'firing' order by id",
+        r#"select id from alerts
+           where kind in ('group_outage', 'network_outage') and status = 'firing' order by id"#,
     )
     .fetch_all(conn)
     .await

@@ -218,6 +218,23 @@ pub async fn count_reporting(conn: impl sqlx::PgExecutor<'_>) -> sqlx::Result<i6
     .await
 }
 
+/// The reporting devices (as [`count_reporting`] counts them) whose last connection came from
+/// each of `networks`: (network, count) for each with any.
+pub async fn count_reporting_by_network(
+    conn: impl sqlx::PgExecutor<'_>,
+    networks: &[&str],
+) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        r#"select network, count(*) from devices
+           where network = any($1) and retired_at is null
+             and state not in ('never_seen', 'retired')
+           group by network"#,
+    )
+    .bind(networks)
+    .fetch_all(conn)
+    .await
+}
+
 /// (id, name, time zone) of each of the groups `ids` that exists.
 pub async fn group_names(
     conn: impl sqlx::PgExecutor<'_>,

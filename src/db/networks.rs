@@ -21,6 +21,31 @@ pub struct NewSighting {
     pub drift_at: Option<DateTime<Utc>>,
 }
 
+/// Record each device's current network: `(device, network, at)` of its newest connect in a
+/// pass, written only where no newer one is stored (a late old connect changes nothing).
+pub async fn set_current(
+    conn: &mut PgConnection,
+    current: &[(&str, &str, DateTime<Utc>)],
+) -> sqlx::Result<()> {
+    let mut sorted: Vec<&(&str, &str, DateTime<Utc>)> = current.iter().collect();
+    // Row locks in id order, as every batch writer of `devices` takes them.
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let ids: Vec<&str> = sorted.iter().map(|c| c.0).collect();
+    let networks: Vec<&str> = sorted.iter().map(|c| c.1).collect();
+    let at: Vec<DateTime<Utc>> = sorted.iter().map(|c| c.2).collect();
+    sqlx::query(
+        r#"update devices d set network = u.network, network_at = u.at
+           from unnest($1::text[], $2::text[], $3::timestamptz[]) as u(id, network, at)
+           where d.id = u.id and (d.network_at is null or d.network_at <= u.at)"#,
+    )
+    .bind(ids)
+    .bind(networks)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The history of `devices`: device → network → sighting.
 pub async fn history_of(
     conn: &mut PgConnection,

@@ -216,6 +216,20 @@ pub async fn pass(
     networks::record(tx, &sightings)
         .await
         .context("address drift: recording history")?;
+    // Each device's newest connect of the pass is its current network (carrier outages group
+    // by it); `connects` is sorted by device, then time.
+    let mut current: Vec<(&str, &str, DateTime<Utc>)> = Vec::new();
+    for c in &connects {
+        match current.last_mut() {
+            Some(last) if last.0 == c.device => *last = (c.device, &c.network.name, c.at),
+            _ => current.push((c.device, &c.network.name, c.at)),
+        }
+    }
+    if !current.is_empty() {
+        networks::set_current(tx, &current)
+            .await
+            .context("address drift: recording current networks")?;
+    }
 
     if !drifts.is_empty() {
         let ids: Vec<String> = drifts.iter().map(|(c, _)| c.device.to_string()).collect();

@@ -14,11 +14,26 @@
 //!   failover, a heartbeat pass capped by `max_due_per_tick`) still recognises devices that
 //!   went silent together. Once firing it covers every firing gap alert of the group, also
 //!   ones opened later, and lists them.
+//! - A network outage (issue 13: a carrier's outage, whose screens share a few egress prefixes
+//!   across every building) fires when, among the reporting devices whose last connection came
+//!   from one network (`devices.network`: `[networks]` or the /16 and /32 defaults, recorded by
+//!   `detect::drift`), at least `network_outage_fraction` and at least
+//!   `network_outage_min_devices` started gap alerts within `network_outage_window` of each
+//!   other, in at least `network_outage_min_groups` groups (devices without a group count as
+//!   one). Its subject is the network's name. Once firing it covers every firing gap alert of
+//!   the network's devices, also ones opened later, and the group outages it *explains*: those
+//!   of groups where most firing gaps (more than half) are the network's devices. A building
+//!   whose screens are all on one carrier and dark on their own is a group outage: one group is
+//!   never a network outage.
 //! - A fleet outage fires when the firing gap alerts of reporting devices (not `never_seen`,
 //!   not retired) reach `fleet_outage_fraction` of the reporting devices and at least
-//!   `fleet_outage_min_devices`. It covers every firing gap alert and every firing group outage.
-//! - Both resolve with hysteresis, at half their firing threshold, so that an outage whose
+//!   `fleet_outage_min_devices`. It covers every firing gap alert and every firing group and
+//!   network outage.
+//! - All resolve with hysteresis, at half their firing threshold, so that an outage whose
 //!   devices come back one by one does not resolve and re-fire around the threshold.
+//! - Group and network outages are notified after the endpoint's `group_wait`, like device
+//!   alerts (`alerts::outbox`): a carrier outage's buildings go dark over a tick or two, and the
+//!   network outage that covers their group outages must form before any of them pages.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,6 +89,7 @@ async fn tick_in(
         && gaps
             < s.group_outage_devices
                 .min(s.fleet_outage_min_devices)
+                .min(s.network_outage_min_devices)
                 .max(1)
     {
         return Ok(out);
@@ -82,10 +98,13 @@ async fn tick_in(
     let gaps = alerts::firing_gaps(&mut *conn).await?;
     let firing = alerts::firing_outages(&mut *conn).await?;
     let mut group_outages: BTreeMap<String, Outage> = BTreeMap::new();
+    let mut network_outages: BTreeMap<String, Outage> = BTreeMap::new();
     let mut fleet_outage: Option<Outage> = None;
     for o in firing {
         if o.kind == Kind::FleetOutage.as_str() {
             fleet_outage = Some(o);
+        } else if o.kind == Kind::NetworkOutage.as_str() {
+            network_outages.insert(o.subject.clone(), o);
         } else {
             group_outages.insert(o.subject.clone(), o);
         }
@@ -114,6 +133,7 @@ async fn tick_in(
     }
 
     group_pass(conn, s, now, &gaps, &group_outages, &mut out).await?;
+    network_pass(conn, s, now, &gaps, &network_outages, &mut out).await?;
 
     if fleet_outage.is_some() || fleet.should_fire() {
         let since = kept_since(fleet_outage.as_ref()).unwrap_or(fleet.since);
@@ -135,7 +155,7 @@ async fn tick_in(
         // Building outages are covered too: a gap already covered by its building keeps that
         // cover (`cover` skips it) and the building is covered by the fleet, so one
         // notification still speaks for all of them.
-        let mut ids = alerts::firing_group_outage_ids(&mut *conn).await?;
+        let mut ids = alerts::firing_group_and_network_outage_ids(&mut *conn).await?;
         ids.extend(gaps.iter().map(|g| g.id));
         out.covered += lifecycle::cover(conn, &ids, id, now).await?.len();
     }
@@ -218,6 +238,213 @@ async fn group_pass(
         out.covered += lifecycle::cover(conn, &ids, id, now).await?.len();
     }
     Ok(())
+}
+
+/// Fire, resolve and cover the network outages (carrier outages across buildings).
+async fn network_pass(
+    conn: &mut PgConnection,
+    s: &Settings,
+    now: DateTime<Utc>,
+    gaps: &[Gap],
+    firing: &BTreeMap<String, Outage>,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let mut by_network: BTreeMap<&str, Vec<&Gap>> = BTreeMap::new();
+    for g in gaps.iter().filter(|g| g.reporting) {
+        if let Some(network) = g.network.as_deref() {
+            by_network.entry(network).or_default().push(g);
+        }
+    }
+    // Only networks that could fire, or are firing, are counted: one indexed count each.
+    let candidates: BTreeSet<&str> = by_network
+        .iter()
+        .filter(|(_, m)| m.len() as i64 >= s.network_outage_min_devices)
+        .map(|(n, _)| *n)
+        .chain(firing.keys().map(String::as_str))
+        .collect();
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<&str> = candidates.iter().copied().collect();
+    let reporting: BTreeMap<String, i64> = devices::count_reporting_by_network(&mut *conn, &list)
+        .await?
+        .into_iter()
+        .collect();
+    let group_ids: BTreeSet<&str> = gaps.iter().filter_map(|g| g.group_id.as_deref()).collect();
+    let names = group_names(conn, &group_ids).await?;
+
+    for network in candidates {
+        let members = by_network
+            .get(network)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let count = NetworkCount::new(members, reporting.get(network).copied().unwrap_or(0), s);
+        let existing = firing.get(network);
+        let since = match existing {
+            Some(o) if count.should_resolve() => {
+                let still = device_list(members);
+                let summary = format!(
+                    "Network {network}: outage over, {} still silent",
+                    plural(still.len(), "device")
+                );
+                resolve_outage(conn, o, Kind::NetworkOutage, summary, &still, now, out).await?;
+                continue;
+            }
+            Some(o) => kept_since(Some(o)).unwrap_or_else(|| earliest(members)),
+            None => match network_cluster(
+                members,
+                count.need,
+                s.network_outage_min_groups,
+                s.network_outage_window,
+            ) {
+                Some(t) => t,
+                None => continue,
+            },
+        };
+        let affected: BTreeMap<&str, i64> = count
+            .per_group
+            .iter()
+            .map(|(g, n)| (g.as_str(), *n))
+            .collect();
+        let buildings: Vec<Value> = affected
+            .iter()
+            .map(|(g, n)| {
+                let name = names.get(*g).map_or(*g, |(n, _)| n.as_str());
+                json!({"id": g, "name": name, "silent": n})
+            })
+            .collect();
+        let devices = device_list(members);
+        let listed: Vec<&String> = devices.iter().take(MAX_LISTED).collect();
+        let spec = AlertSpec {
+            kind: Kind::NetworkOutage,
+            subject: network.to_string(),
+            device_id: None,
+            group_id: None,
+            severity: s.severity(Kind::NetworkOutage),
+            summary: format!(
+                "Network {network}: {} of {} reporting devices silent in {} since {}",
+                count.count,
+                count.reporting,
+                plural(affected.len(), "building"),
+                since.format("%H:%MZ")
+            ),
+            details: json!({
+                "network": network,
+                "prefixes": s.drift.networks.prefixes_of(network),
+                "count": count.count,
+                "reporting": count.reporting,
+                "threshold": s.network_outage_fraction,
+                "buildings": buildings,
+                "devices": listed,
+                "truncated": devices.len().saturating_sub(MAX_LISTED),
+                "since": at(since),
+            }),
+        };
+        let id = fire(conn, &spec, s, now, out).await?;
+        // The group outages it explains are covered with their gaps (which they cover), the
+        // network's other gaps directly; `cover` leaves alone what is covered already.
+        let explained = explained_groups(gaps, network);
+        let mut ids: Vec<i64> = alerts::firing_outages(&mut *conn)
+            .await?
+            .into_iter()
+            .filter(|o| {
+                o.kind == Kind::GroupOutage.as_str() && explained.contains(o.subject.as_str())
+            })
+            .map(|o| o.id)
+            .collect();
+        ids.extend(members.iter().map(|g| g.id));
+        out.covered += lifecycle::cover(conn, &ids, id, now).await?.len();
+    }
+    Ok(())
+}
+
+/// The groups where more than half of the firing gaps are of `network`'s devices: a group
+/// outage there is the network's outage seen from one building.
+fn explained_groups<'a>(gaps: &'a [Gap], network: &str) -> BTreeSet<&'a str> {
+    let mut tally: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for g in gaps {
+        if let Some(group) = g.group_id.as_deref() {
+            let t = tally.entry(group).or_default();
+            t.1 += 1;
+            if g.network.as_deref() == Some(network) {
+                t.0 += 1;
+            }
+        }
+    }
+    tally
+        .into_iter()
+        .filter(|(_, (mine, all))| mine * 2 > *all)
+        .map(|(g, _)| g)
+        .collect()
+}
+
+/// One network's numbers.
+struct NetworkCount {
+    /// Firing gap alerts of the network's reporting devices.
+    count: i64,
+    /// The network's reporting devices.
+    reporting: i64,
+    /// Gaps needed to fire: the fraction of the reporting devices (rounded up), at least the
+    /// minimum.
+    need: i64,
+    per_group: BTreeMap<String, i64>,
+}
+
+impl NetworkCount {
+    fn new(members: &[&Gap], reporting: i64, s: &Settings) -> Self {
+        let mut per_group = BTreeMap::new();
+        for g in members {
+            *per_group.entry(group_key(g)).or_insert(0) += 1;
+        }
+        // The epsilon as in `FleetCount::new`.
+        let fraction = (s.network_outage_fraction * reporting as f64 - 1e-9)
+            .ceil()
+            .max(0.0) as i64;
+        NetworkCount {
+            count: members.len() as i64,
+            reporting,
+            need: fraction.max(s.network_outage_min_devices).max(1),
+            per_group,
+        }
+    }
+
+    /// Below half of the firing threshold (and always with nothing left failing).
+    fn should_resolve(&self) -> bool {
+        self.count == 0 || self.count * 2 < self.need
+    }
+}
+
+/// A gap's group for counting buildings: devices without a group are one bucket.
+fn group_key(g: &Gap) -> String {
+    g.group_id.clone().unwrap_or_else(|| "(none)".to_string())
+}
+
+/// The start of the first run of at least `need` gap start times within `window` of each
+/// other that spans at least `min_groups` groups, if any: where a carrier outage began.
+fn network_cluster(
+    members: &[&Gap],
+    need: i64,
+    min_groups: i64,
+    window: TimeDelta,
+) -> Option<DateTime<Utc>> {
+    let need = usize::try_from(need.max(1)).unwrap_or(usize::MAX);
+    let min_groups = usize::try_from(min_groups.max(1)).unwrap_or(usize::MAX);
+    let mut sorted: Vec<&Gap> = members.to_vec();
+    sorted.sort_by_key(|g| g.since);
+    let mut first = 0;
+    for last in 0..sorted.len() {
+        while sorted[last].since - sorted[first].since > window {
+            first += 1;
+        }
+        let run = &sorted[first..=last];
+        if run.len() >= need {
+            let groups: BTreeSet<String> = run.iter().map(|g| group_key(g)).collect();
+            if groups.len() >= min_groups {
+                return Some(sorted[first].since);
+            }
+        }
+    }
+    None
 }
 
 /// `fire`, recording opened and reopened outages in the outcome.
@@ -409,7 +636,79 @@ mod tests {
             group_id: Some("g".into()),
             since: DateTime::<Utc>::UNIX_EPOCH + TimeDelta::minutes(minute),
             reporting: true,
+            network: Some("carrier".into()),
         }
+    }
+
+    /// A gap at `minute` of a device in `group` on `network`.
+    fn on(minute: i64, group: &str, network: &str) -> Gap {
+        Gap {
+            group_id: Some(group.into()),
+            network: Some(network.into()),
+            ..gap(minute)
+        }
+    }
+
+    #[test]
+    fn a_network_cluster_needs_its_count_within_the_window_across_groups() {
+        let w = TimeDelta::minutes(10);
+        let refs = |v: &[Gap]| -> Vec<Gap> { v.to_vec() };
+        // five in one building: a group outage's business, never a carrier's
+        let one: Vec<Gap> = (0..5).map(|m| on(m, "a", "n")).collect();
+        let r: Vec<&Gap> = one.iter().collect();
+        assert_eq!(network_cluster(&r, 5, 2, w), None);
+        assert_eq!(network_cluster(&r, 5, 1, w), Some(one[0].since));
+        // five across two buildings within the window
+        let two: Vec<Gap> = refs(&[
+            on(0, "a", "n"),
+            on(1, "b", "n"),
+            on(2, "a", "n"),
+            on(3, "b", "n"),
+            on(9, "a", "n"),
+        ]);
+        let r: Vec<&Gap> = two.iter().collect();
+        assert_eq!(network_cluster(&r, 5, 2, w), Some(two[0].since));
+        assert_eq!(network_cluster(&r, 6, 2, w), None);
+        // the same five spread over an hour: screens failing one by one are no outage
+        let spread: Vec<Gap> = [0, 15, 30, 45, 60]
+            .iter()
+            .enumerate()
+            .map(|(i, m)| on(*m, if i % 2 == 0 { "a" } else { "b" }, "n"))
+            .collect();
+        let r: Vec<&Gap> = spread.iter().collect();
+        assert_eq!(network_cluster(&r, 2, 2, w), None);
+        // a burst after a lone early gap starts at the burst, in any input order
+        let mut late: Vec<Gap> = refs(&[
+            on(50, "b", "n"),
+            on(0, "a", "n"),
+            on(52, "a", "n"),
+            on(51, "c", "n"),
+        ]);
+        late.reverse();
+        let r: Vec<&Gap> = late.iter().collect();
+        assert_eq!(
+            network_cluster(&r, 3, 2, w),
+            Some(DateTime::<Utc>::UNIX_EPOCH + TimeDelta::minutes(50))
+        );
+    }
+
+    #[test]
+    fn a_group_outage_is_explained_by_the_network_of_most_of_its_gaps() {
+        let gaps = vec![
+            on(0, "a", "n"),
+            on(0, "a", "n"),
+            on(0, "a", "m"),
+            on(0, "b", "n"),
+            on(0, "b", "m"),
+            on(0, "c", "m"),
+            Gap {
+                group_id: None,
+                ..on(0, "x", "n")
+            },
+        ];
+        assert_eq!(explained_groups(&gaps, "n"), BTreeSet::from(["a"]));
+        assert_eq!(explained_groups(&gaps, "m"), BTreeSet::from(["c"]));
+        assert!(explained_groups(&gaps, "other").is_empty());
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct Settings {
     pub group_outage_window: TimeDelta,
     pub fleet_outage_fraction: f64,
     pub fleet_outage_min_devices: i64,
+    pub network_outage_fraction: f64,
+    pub network_outage_min_devices: i64,
+    pub network_outage_min_groups: i64,
+    pub network_outage_window: TimeDelta,
     /// Address drift (`detect::drift`), run inside the connection-pattern pass.
     pub drift: drift::DriftSettings,
     /// Inhibition rules, applied at the end of each connection-pattern pass.
@@ -86,6 +90,10 @@ impl Settings {
             group_outage_window: d.group_outage_window.delta(),
             fleet_outage_fraction: d.fleet_outage_fraction,
             fleet_outage_min_devices: d.fleet_outage_min_devices,
+            network_outage_fraction: d.network_outage_fraction,
+            network_outage_min_devices: d.network_outage_min_devices,
+            network_outage_min_groups: d.network_outage_min_groups,
+            network_outage_window: d.network_outage_window.delta(),
             severities: d.severities.clone(),
             groups: cfg
                 .groups

@@ -292,12 +292,60 @@ impl Networks {
     pub fn is_empty(&self) -> bool {
         self.prefixes.is_empty()
     }
+
+    /// The prefixes a network name stands for: a named network's configured prefixes, or the
+    /// one prefix of a default network (`203.0/16` is `203.0.0.0/16`); empty for a name that
+    /// is neither (a network renamed in the configuration since it was recorded).
+    pub fn prefixes_of(&self, name: &str) -> Vec<String> {
+        let named: Vec<String> = self
+            .prefixes
+            .iter()
+            .filter(|(_, n)| n == name)
+            .map(|(p, _)| p.to_string())
+            .collect();
+        if !named.is_empty() {
+            return named;
+        }
+        let v4 = name
+            .strip_suffix("/16")
+            .map(|ab| format!("{ab}.0.0/16"))
+            .filter(|p| p.parse::<Prefix>().is_ok_and(|p| p.addr.is_ipv4()));
+        match v4 {
+            Some(p) => vec![p],
+            None => name
+                .parse::<Prefix>()
+                .ok()
+                .filter(|p| p.addr.is_ipv6() && p.len == 32)
+                .map(|p| vec![p.to_string()])
+                .unwrap_or_default(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_prefixes_a_network_name_stands_for() {
+        let a: Vec<Prefix> = vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "2001:db8:1::/48".parse().unwrap(),
+        ];
+        let nets = Networks::new([("carrier-a", a.as_slice())]).unwrap();
+        assert_eq!(
+            nets.prefixes_of("carrier-a"),
+            ["2001:db8:1::/48", "198.51.100.0/24"]
+        );
+        let addr: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(nets.prefixes_of(&nets.of(addr).name), ["203.0.0.0/16"]);
+        let addr: IpAddr = "2001:db9::1".parse().unwrap();
+        assert_eq!(nets.prefixes_of(&nets.of(addr).name), ["2001:db9::/32"]);
+        assert!(nets.prefixes_of("carrier-gone").is_empty());
+        assert!(nets.prefixes_of("999.1/16").is_empty());
+        assert!(nets.prefixes_of("10.0.0.0/8").is_empty());
+    }
 
     fn p(s: &str) -> Prefix {
         s.parse().unwrap()
