@@ -175,6 +175,7 @@ async fn a_round_of_the_story_raises_every_scripted_alert_and_nothing_else(pool:
         ("flapping", demo.one("flapping")),
         ("throttled", demo.one("throttled")),
         ("auth_failure", demo.one("bad-cert")),
+        ("network_outage", demo.one("carrier-outage")),
     ];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(75);
     loop {
@@ -213,6 +214,42 @@ async fn a_round_of_the_story_raises_every_scripted_alert_and_nothing_else(pool:
             .all(|a| a["covered_by"] == outage["id"]),
         "{building_gaps:?}"
     );
+
+    // The carrier outage pages once: its buildings' group outages and their screens' gaps are
+    // under the network outage, and none of them was delivered as firing.
+    let network = find(&alerts, "network_outage", &demo.one("carrier-outage")).unwrap();
+    let hit = &demo.cast["carrier-outage"][1..];
+    assert!(hit.len() >= 2, "{:?}", demo.cast);
+    let under: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| {
+            a["group"]
+                .as_str()
+                .is_some_and(|g| hit.iter().any(|h| h == g))
+        })
+        .collect();
+    assert!(under.len() >= 6, "{alerts:?}");
+    let top = |a: &Value| -> Value {
+        let by = &a["covered_by"];
+        match alerts.iter().find(|o| &o["id"] == by) {
+            Some(o) if o["kind"] == "group_outage" => o["covered_by"].clone(),
+            _ => by.clone(),
+        }
+    };
+    for a in &under {
+        assert_eq!(top(a), network["id"], "{a} under the network outage");
+    }
+    let fired = demo
+        .get("/api/v1/webhooks/deliveries?status=delivered&limit=500")
+        .await;
+    for d in fired["items"].as_array().unwrap() {
+        if d["event"] == "alert.firing" {
+            assert!(
+                !under.iter().any(|a| a["id"] == d["alert_id"]),
+                "a building or screen of the carrier outage paged: {d}"
+            );
+        }
+    }
 
     // Two things do not scale with the story's speed: address drift is judged once the
     // presence cursor has settled (`detect::connection::SETTLE`, 60 s), and the CloudWatch
@@ -278,6 +315,7 @@ async fn a_round_of_the_story_raises_every_scripted_alert_and_nothing_else(pool:
     assert!(page.contains("verified"), "{page}");
     assert!(!page.contains(">refused<"), "{page}");
     assert!(page.contains("group_outage"), "{page}");
+    assert!(page.contains("network_outage"), "{page}");
     let sent = demo
         .get("/api/v1/webhooks/deliveries?status=delivered&limit=500")
         .await;

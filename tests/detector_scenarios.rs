@@ -1100,22 +1100,52 @@ async fn a_carrier_outage_across_three_buildings_pages_once(pool: PgPool) {
     // One page for the carrier, none for its buildings or screens.
     assert_eq!(pager.firing(), ["network_outage"]);
 
-    // Carrier A comes back: everything resolves, nothing pages as firing again.
+    // Carrier A comes back, b1's last two screens 20 s after the others: the network outage
+    // ends first (2 dark is under half its threshold) and releases b1's group outage, which
+    // still fires (2 dark is not under half of 3); released, it waits group_wait like a
+    // firing, and b1's screens are back before it is due. Nothing pages as firing again.
     let all: Vec<&str> = on_a
         .iter()
         .flatten()
         .chain(&on_b)
         .map(String::as_str)
         .collect();
-    for (k, d) in on_a.iter().flatten().enumerate() {
-        f.presence(connected(
-            d,
-            ms(f.now()),
-            "s2",
-            2,
-            &format!("198.51.100.{}", k % 3 + 1),
-        ))
-        .await;
+    let (tail, first): (Vec<&str>, Vec<&str>) = on_a
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .partition(|d| *d == "b1-a2" || *d == "b1-a3");
+    for d in &first {
+        f.presence(connected(d, ms(f.now()), "s2", 2, "198.51.100.1"))
+            .await;
+    }
+    let mut back: Vec<&str> = first.clone();
+    back.extend(&b_screens);
+    run_paging(&f, &pager, sec(20), &back).await;
+    let status = |kind: &str, subject: &str| {
+        let a = alerts
+            .iter()
+            .find(|a| a.1 == kind && a.2 == subject)
+            .unwrap()
+            .0;
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("select status from alerts where id = $1")
+                .bind(a)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(status("network_outage", "198.51/16").await, "resolved");
+    assert_eq!(
+        status("group_outage", "b1").await,
+        "firing",
+        "released, still dark"
+    );
+    for d in &tail {
+        f.presence(connected(d, ms(f.now()), "s2", 2, "198.51.100.2"))
+            .await;
     }
     run_paging(&f, &pager, min(3), &all).await;
     let firing: Vec<_> = f

@@ -6,7 +6,8 @@
 //! - `alert.firing` on open, reopen, and when a resolved outage releases a still-failing alert
 //!   (uncover). A *device* alert's firing (one with a `device_id`), and a group or network
 //!   outage's, is due only after the endpoint's `group_wait`, so that a larger outage can form
-//!   and cover it ([`waits_for_grouping`]).
+//!   and cover it ([`waits_for_grouping`]); so is its release by an outage that resolved, so
+//!   that the screens of an outage's tail, back within seconds, do not page one by one.
 //! - `alert.resolved` on resolve (if `send_resolved`), due after `resolve_wait`.
 //! - `alert.acknowledged` on acknowledge, due at once.
 //! - `alert.reminder` rows are written by the worker, not here.
@@ -38,8 +39,8 @@ pub use crate::domain::notification::{Event, NotificationStatus};
 pub enum Change {
     /// Opened or reopened: `alert.firing`, after `group_wait` for device alerts.
     Fired,
-    /// Released by a resolved outage while still firing: `alert.firing` at once (the outage's
-    /// notification spoke for it until now).
+    /// Released by a resolved outage while still firing: `alert.firing` (the outage's
+    /// notification spoke for it until now), after `group_wait` like its firing.
     Uncovered,
     /// `alert.resolved`, after `resolve_wait`.
     Resolved,
@@ -161,7 +162,7 @@ pub async fn notify_many(
                 continue;
             }
             let wait_ms = match change {
-                Change::Fired if waits_for_grouping(alert) => r.group_wait_ms,
+                Change::Fired | Change::Uncovered if waits_for_grouping(alert) => r.group_wait_ms,
                 Change::Resolved => r.resolve_wait_ms,
                 _ => 0,
             };

@@ -184,6 +184,10 @@ conflict_window = "{window}"
 throttled_window = "{window}"
 auth_window = "{window}"
 group_outage_window = "{window}"
+network_outage_window = "{window}"
+# the story's carrier outage darkens a few buildings of a small fleet: up to 43 % of it at the
+# fewest screens, which is a carrier's outage here, not the whole fleet's
+fleet_outage_fraction = 0.5
 
 [counts]
 fold = "2s"
@@ -238,7 +242,7 @@ poll = "2s"
         let _ = write!(
             t,
             "\n[networks.carrier-{}]\nprefixes = [\"{}.{}.0.0/16\"]\n",
-            (b'a' + i as u8) as char,
+            story::carrier_name(i),
             c[0],
             c[1]
         );
@@ -412,6 +416,15 @@ pub fn cast_lines(fleet: &Fleet, story: &Story) -> Vec<String> {
         format!("cast: bad-cert {}", dev(c.bad_cert)),
         format!("cast: closed {}", fleet.buildings[c.closed].name),
         format!("cast: new-network {}", dev(c.new_network)),
+        format!(
+            "cast: carrier-outage carrier-{} {}",
+            story::carrier_name(fleet.buildings[c.carrier_outage[0]].carrier),
+            c.carrier_outage
+                .iter()
+                .map(|&b| fleet.buildings[b].name.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
         format!(
             "story: a round every {} s",
             story.length().num_milliseconds() as f64 / 1000.0

@@ -10,7 +10,8 @@
 //!
 //! | at (speed 1) | act | the service should raise |
 //! |---|---|---|
-//! | 0–15 s | six LTE blips with backlog flushes | nothing |
+//! | 0 s | a carrier fails in a few of its buildings (until 70 s) | one `network_outage`, covering the buildings' group outages and their screens' gaps: one page |
+//! | 5–20 s | six LTE blips with backlog flushes | nothing |
 //! | 20 s | a player crashes (until 170 s) | `heartbeat_gap` (silent) |
 //! | 35 s | a modem dies (until 185 s) | `heartbeat_gap` (offline) |
 //! | 50 s | a building loses power (until 170 s) | one `group_outage`, covering its screens' gaps |
@@ -67,11 +68,15 @@ pub struct Cast {
     /// The building that closes (it has quiet hours in `demo::config`).
     pub closed: usize,
     pub new_network: usize,
+    /// The buildings (indexes into `Fleet::buildings`) of one carrier that lose it: see
+    /// `Fleet::carrier_outage`.
+    pub carrier_outage: Vec<usize>,
 }
 
-/// The fewest screens the story needs: four buildings' worth, so the power cut and the closing
-/// take one building each and the other incidents have screens elsewhere.
-pub const MIN_DEVICES: usize = 100;
+/// The fewest screens the story needs: seven buildings' worth, so the power cut and the closing
+/// take one building each, two of the other five share a carrier for the carrier outage, and
+/// the other incidents have screens elsewhere.
+pub const MIN_DEVICES: usize = 200;
 
 impl Cast {
     /// Choose the cast from the fleet, deterministically from `seed`: building 12 (or the
@@ -87,8 +92,14 @@ impl Cast {
         }
         let power_cut = 11.min(n - 1);
         let closed = if n > 7 { 6 } else { 0 };
+        let carrier_outage = fleet.carrier_outage(&[power_cut, closed]).ok_or_else(|| {
+            "devices: no carrier has two buildings for the carrier outage".to_string()
+        })?;
         let mut others: Vec<usize> = (0..fleet.screens.len())
-            .filter(|&s| ![power_cut, closed].contains(&fleet.screens[s].building))
+            .filter(|&s| {
+                let b = fleet.screens[s].building;
+                b != power_cut && b != closed && !carrier_outage.contains(&b)
+            })
             .collect();
         others.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5707));
         let mut next = others.into_iter();
@@ -104,6 +115,7 @@ impl Cast {
             bad_cert: take(),
             closed,
             new_network: take(),
+            carrier_outage,
         })
     }
 }
@@ -132,15 +144,43 @@ fn secs(s: i64) -> TimeDelta {
     TimeDelta::seconds(s)
 }
 
+/// The letter of a carrier (index into `sim::fleet::CARRIERS`), as `demo::config` names its
+/// network: `carrier-a`, `carrier-b`, ….
+pub fn carrier_name(carrier: usize) -> char {
+    (b'a' + carrier as u8) as char
+}
+
 impl Story {
     /// The story of `fleet` with `cast` at `speed` (> 0).
     pub fn new(fleet: &Fleet, cast: Cast, speed: f64) -> Story {
         let dev = |s: usize| fleet.screens[s].device_id.clone();
         let bld = |b: usize| fleet.buildings[b].name.clone();
         let c = &cast;
+        let carrier = fleet.buildings[c.carrier_outage[0]].carrier;
         let acts = vec![
             Act {
                 at: secs(0),
+                text: format!(
+                    "carrier-{} fails around {}: their screens drop together (one \
+                     network_outage, nothing per building or screen)",
+                    carrier_name(carrier),
+                    c.carrier_outage
+                        .iter()
+                        .map(|&b| bld(b))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                incidents: vec![(
+                    IncidentKind::CarrierOutage,
+                    c.carrier_outage
+                        .iter()
+                        .flat_map(|&b| fleet.buildings[b].screens.clone())
+                        .collect(),
+                    Some(secs(70)),
+                )],
+            },
+            Act {
+                at: secs(5),
                 text: format!(
                     "LTE blips: {BLIPS} screens drop for a few seconds and flush their backlog \
                      (nothing should be raised)"
@@ -363,10 +403,46 @@ mod tests {
             for s in singles {
                 let b = fleet.screens[s].building;
                 assert!(b != c.power_cut && b != c.closed);
+                assert!(!c.carrier_outage.contains(&b));
             }
         }
         assert_eq!(story(2000, 1.0).1.cast.power_cut, 11, "building-12");
-        assert!(Cast::choose(&Fleet::new(99, 1), 1).is_err());
+        assert!(Cast::choose(&Fleet::new(MIN_DEVICES - 1, 1), 1).is_err());
+    }
+
+    /// The carrier outage must be what the service calls one: at least 30 % of its carrier's
+    /// screens (`network_outage_fraction`) in at least two buildings, of one carrier, and under
+    /// the demo's `fleet_outage_fraction` (0.5) of the fleet, for every fleet the demo accepts.
+    #[test]
+    fn the_carrier_outage_is_a_network_outage_and_not_the_fleets() {
+        for devices in [MIN_DEVICES, 250, 300, 1000, 2000, 10_000] {
+            for seed in 0..30 {
+                let fleet = Fleet::new(devices, seed);
+                let c = Cast::choose(&fleet, seed).unwrap();
+                let hit = &c.carrier_outage;
+                assert!(hit.len() >= 2, "{devices} {seed}");
+                assert!(!hit.contains(&c.power_cut) && !hit.contains(&c.closed));
+                let carrier = fleet.buildings[hit[0]].carrier;
+                assert!(hit.iter().all(|&b| fleet.buildings[b].carrier == carrier));
+                let screens = |bs: &mut dyn Iterator<Item = usize>| -> usize {
+                    bs.map(|b| fleet.buildings[b].screens.len()).sum()
+                };
+                let dark = screens(&mut hit.iter().copied());
+                let of_carrier = screens(
+                    &mut (0..fleet.buildings.len())
+                        .filter(|&b| fleet.buildings[b].carrier == carrier),
+                );
+                assert!(
+                    dark as f64 >= 0.3 * of_carrier as f64,
+                    "{devices} {seed}: {dark} of {of_carrier}"
+                );
+                assert!(
+                    (dark as f64) < 0.5 * fleet.screens.len() as f64,
+                    "{devices} {seed}: {dark} of {}",
+                    fleet.screens.len()
+                );
+            }
+        }
     }
 
     #[test]
@@ -400,7 +476,8 @@ mod tests {
         assert_eq!(s.length(), secs(60));
         assert_eq!(s.now(t0(), t0() - secs(1)).round, 0);
         let at = |secs_: i64| s.now(t0(), t0() + TimeDelta::milliseconds(secs_ * 250));
-        assert!(at(0).text.starts_with("LTE blips"));
+        assert!(at(0).text.starts_with("carrier-"), "{}", at(0).text);
+        assert!(at(5).text.starts_with("LTE blips"));
         assert_eq!(at(0).round, 1);
         assert_eq!(at(50).text, "building-12 loses power");
         assert_eq!(at(64).text, "building-12 loses power");

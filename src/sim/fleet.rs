@@ -97,6 +97,25 @@ impl Fleet {
         Fleet { buildings, screens }
     }
 
+    /// The buildings a carrier outage takes (a regional failure of one carrier): of the carrier
+    /// whose outage needs the fewest buildings, `max(2, ⌈0.4 × its buildings⌉)` of those not in
+    /// `excluded`, lowest index first; `None` when no carrier has enough. Two buildings at least,
+    /// because one dark building is a power cut to the service, not a carrier outage; 40 % of
+    /// the carrier's buildings so that its share of the carrier's screens stays above the
+    /// service's default `network_outage_fraction` (30 %) whatever the building sizes.
+    pub fn carrier_outage(&self, excluded: &[usize]) -> Option<Vec<usize>> {
+        (0..CARRIERS.len())
+            .filter_map(|c| {
+                let all: Vec<usize> = (0..self.buildings.len())
+                    .filter(|&b| self.buildings[b].carrier == c)
+                    .collect();
+                let need = ((all.len() * 2).div_ceil(5)).max(2);
+                let free: Vec<usize> = all.into_iter().filter(|b| !excluded.contains(b)).collect();
+                (free.len() >= need).then(|| free[..need].to_vec())
+            })
+            .min_by_key(Vec::len)
+    }
+
     /// Make `clone` connect with `original`'s client id (a unit set up from a copy of another's
     /// configuration): the two then take the connection from each other.
     pub fn share_client_id(&mut self, clone: usize, original: usize) {

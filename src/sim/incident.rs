@@ -15,6 +15,7 @@
 //! | `power-cut` | every screen of one building: `MQTT_KEEP_ALIVE_TIMEOUT` within 3 s, then nothing | `group_outage` (and the devices' gaps under it) |
 //! | `new-network` | `CONNECTION_LOST`, reconnect 3–8 s later from an address in [`FOREIGN_NETWORK`] | `address_drift` (when enabled) |
 //! | `closed` | every screen of one building: the players switch off for the night, the modems stay connected | nothing in the building's quiet hours, else `group_outage` (not in the default mix) |
+//! | `carrier-outage` | every screen of several buildings on one carrier (`Fleet::carrier_outage`): `MQTT_KEEP_ALIVE_TIMEOUT` within 3 s, then nothing | one `network_outage` covering the buildings' group outages and gaps (not in the default mix: a third of a small fleet is a `fleet_outage`) |
 //!
 //! The spans above are at pace 1 ([`Ctx::pace`] multiplies every one: the demo's story runs
 //! them faster, with thresholds to match). An incident planned with an end ([`super::Planned`])
@@ -48,10 +49,11 @@ pub enum IncidentKind {
     PowerCut,
     NewNetwork,
     Closed,
+    CarrierOutage,
 }
 
 impl IncidentKind {
-    pub const ALL: [IncidentKind; 10] = [
+    pub const ALL: [IncidentKind; 11] = [
         IncidentKind::Blip,
         IncidentKind::Crash,
         IncidentKind::DeadModem,
@@ -62,6 +64,7 @@ impl IncidentKind {
         IncidentKind::PowerCut,
         IncidentKind::NewNetwork,
         IncidentKind::Closed,
+        IncidentKind::CarrierOutage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +79,7 @@ impl IncidentKind {
             IncidentKind::PowerCut => "power-cut",
             IncidentKind::NewNetwork => "new-network",
             IncidentKind::Closed => "closed",
+            IncidentKind::CarrierOutage => "carrier-outage",
         }
     }
 
@@ -84,11 +88,11 @@ impl IncidentKind {
         matches!(self, IncidentKind::PowerCut | IncidentKind::Closed)
     }
 
-    /// How many screens one incident takes (a power cut or a closing takes a whole building
-    /// instead).
+    /// How many screens one incident takes at least (a power cut or a closing takes a whole
+    /// building instead, a carrier outage several).
     pub fn screens(self) -> usize {
         match self {
-            IncidentKind::Duplicate => 2,
+            IncidentKind::Duplicate | IncidentKind::CarrierOutage => 2,
             _ => 1,
         }
     }
@@ -133,11 +137,11 @@ impl Mix {
 
 impl Default for Mix {
     /// Five blips and one of every other kind but `closed` (which pages unless the building has
-    /// quiet hours to match).
+    /// quiet hours to match) and `carrier-outage` (a third of a small fleet: a fleet outage).
     fn default() -> Self {
         Mix(IncidentKind::ALL
             .into_iter()
-            .filter(|k| *k != IncidentKind::Closed)
+            .filter(|k| !matches!(k, IncidentKind::Closed | IncidentKind::CarrierOutage))
             .map(|k| (k, if k == IncidentKind::Blip { 5 } else { 1 }))
             .collect())
     }
@@ -305,7 +309,7 @@ pub fn generate(
             steps.push(pubs(ctx.disconnect(s, at, "MQTT_KEEP_ALIVE_TIMEOUT", inc)));
             steps.push((at, Step::Mute(s)));
         }
-        IncidentKind::PowerCut => {
+        IncidentKind::PowerCut | IncidentKind::CarrierOutage => {
             for &s in screens {
                 let t = at + ctx.span(0, 3_000);
                 steps.push(pubs(ctx.disconnect(s, t, "MQTT_KEEP_ALIVE_TIMEOUT", inc)));
@@ -379,8 +383,8 @@ pub fn recover(
             steps.push(pubs(ctx.connect(screens[0], at, inc)));
             steps.push((at, Step::Unmute(screens[0])));
         }
-        IncidentKind::PowerCut => {
-            // the modems boot at different speeds
+        IncidentKind::PowerCut | IncidentKind::CarrierOutage => {
+            // the modems boot (or find the network again) at different speeds
             for &s in screens {
                 let t = at + ctx.span(0, 5_000);
                 steps.push(pubs(ctx.connect(s, t, inc)));

@@ -549,10 +549,34 @@ fn random_plan(
             until: None,
         });
     }
+    let mut used: Vec<usize> = buildings.iter().take(whole.len()).copied().collect();
+    for _ in 0..settings.mix.count(IncidentKind::CarrierOutage) {
+        let Some(hit) = fleet.carrier_outage(&used) else {
+            return Err(
+                "incidents: a carrier outage needs two buildings of one carrier free of other \
+                 incidents"
+                    .to_string(),
+            );
+        };
+        let screens: Vec<usize> = hit
+            .iter()
+            .flat_map(|&b| fleet.buildings[b].screens.clone())
+            .collect();
+        for &s in &screens {
+            taken[s] = true;
+        }
+        used.extend(hit);
+        plan.push(Planned {
+            kind: IncidentKind::CarrierOutage,
+            at: when(rng),
+            screens,
+            until: None,
+        });
+    }
     let mut pool: Vec<usize> = (0..fleet.screens.len()).filter(|&s| !taken[s]).collect();
     pool.shuffle(rng);
     for (kind, n) in settings.mix.iter() {
-        if kind.takes_building() {
+        if kind.takes_building() || kind == IncidentKind::CarrierOutage {
             continue;
         }
         for _ in 0..n {

@@ -250,6 +250,15 @@ pub async fn run(
                 let b = &fleet.buildings[fleet.screens[p.screens[0]].building];
                 format!("{} ({} screens)", b.name, p.screens.len())
             }
+            IncidentKind::CarrierOutage => {
+                let mut names: Vec<&str> = p
+                    .screens
+                    .iter()
+                    .map(|&s| fleet.buildings[fleet.screens[s].building].name.as_str())
+                    .collect();
+                names.dedup();
+                format!("{} ({} screens)", names.join(" "), p.screens.len())
+            }
             _ => p
                 .screens
                 .iter()
