@@ -313,6 +313,7 @@ async fn the_device_page_shows_its_history_charts_alerts_and_silences(pool: PgPo
                 count: 42,
             },
         ],
+        &[],
         "UTC",
     )
     .await
