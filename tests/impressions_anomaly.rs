@@ -3,6 +3,8 @@
 //! write_batch`); the live part goes through the real ingest path (`accept`, the buffer, its
 //! flush) and the detector is ticked by hand.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -655,4 +657,81 @@ async fn unusable_impressions_values_count_one_and_never_corrupt_sums(pool: PgPo
             .await
             .unwrap();
     assert_eq!(hourly, 8);
+}
+
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn the_api_shows_the_series_against_its_baseline(pool: PgPool) {
+    use common::http::{assert_problem, get, get_ok, TestApp};
+    // the API's clock: Monday 02:30; s1 has three weeks of 100 per hour, then a covered camera
+    let app = TestApp::build(&pool, monday() + h(2) + min(30), Some("tok"), |_| {});
+    let mut f = Fleet::new(pool.clone(), Config::default(), monday() + h(2) + min(30)).await;
+    f.history(
+        &[("s1", "", 1.0)],
+        monday() - TimeDelta::days(21),
+        |_, b, _| Some((12, if b >= monday() { 0 } else { 100 })),
+    )
+    .await;
+    let since = "2026-11-29T23:00:00Z";
+    let v = get_ok(
+        &app,
+        &format!("/api/v1/devices/s1/impressions?since={since}"),
+    )
+    .await;
+    assert_eq!(v["device_id"], "s1");
+    assert_eq!(v["bucket_seconds"], 3600);
+    assert_eq!(v["season_seconds"], 7 * 86400);
+    let items = v["items"].as_array().unwrap();
+    // Sunday 23:00, Monday 00:00, 01:00, 02:00 (the current bucket too)
+    assert_eq!(items.len(), 4, "{v}");
+    assert_eq!(items[0]["impressions"], 100);
+    assert_eq!(items[0]["baseline"], 100.0);
+    assert_eq!(items[0]["below"], false);
+    assert_eq!(items[1]["impressions"], 0);
+    assert_eq!(items[1]["messages"], 12);
+    assert_eq!(items[1]["baseline"], 100.0);
+    assert_eq!(items[1]["ratio"], 0.0);
+    assert_eq!(items[1]["judged"], true);
+    assert_eq!(items[1]["below"], true);
+    // three weeks of history: the oldest buckets have no earlier sample
+    let v = get_ok(
+        &app,
+        "/api/v1/devices/s1/impressions?since=2026-11-10T00:00:00Z",
+    )
+    .await;
+    let first = &v["items"][0];
+    assert_eq!(first["bucket_start"], "2026-11-10T00:00:00Z");
+    assert!(first["baseline"].is_null(), "{v}");
+    assert_eq!(first["judged"], false);
+    // the default window is one season back
+    let v = get_ok(&app, "/api/v1/devices/s1/impressions").await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 7 * 24 + 1, "{v}");
+    // errors
+    assert_problem(
+        &get(&app, "/api/v1/devices/nope/impressions").await,
+        404,
+        "unknown device",
+    );
+    assert_problem(
+        &get(&app, "/api/v1/devices/s1/impressions?since=yesterday").await,
+        400,
+        "bad since",
+    );
+    assert_problem(
+        &get(
+            &app,
+            "/api/v1/devices/s1/impressions?since=2030-01-01T00:00:00Z",
+        )
+        .await,
+        400,
+        "future since",
+    );
+    assert_problem(
+        &get(
+            &app,
+            "/api/v1/devices/s1/impressions?since=2020-01-01T00:00:00Z",
+        )
+        .await,
+        400,
+        "too far back",
+    );
 }
