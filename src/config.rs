@@ -174,6 +174,100 @@ pub struct Config {
     pub networks: BTreeMap<String, NetworkConfig>,
     pub address_drift: AddressDriftConfig,
     pub dashboard: DashboardConfig,
+    pub anomaly: AnomalyConfig,
+}
+
+/// `[anomaly]`: impressions anomaly, a device that keeps reporting but stopped counting
+/// (README "Impressions anomaly"; the rule and its contract are `domain::anomaly`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnomalyConfig {
+    /// Judge at all (env `FLEETWATCH_ANOMALY_ENABLED`). Sums are kept either way, so turning
+    /// it on starts with a baseline.
+    pub enabled: bool,
+    /// Length of a bucket, epoch-aligned, of arrival time (env `FLEETWATCH_ANOMALY_BUCKET`).
+    pub bucket: HumanDuration,
+    /// Seasonal period: a bucket is compared with the same slot of earlier seasons (env
+    /// `FLEETWATCH_ANOMALY_SEASON`); whole days follow the group's wall clock; equal to
+    /// `bucket` means no seasonality.
+    pub season: HumanDuration,
+    /// How far back the baseline looks (env `FLEETWATCH_ANOMALY_BASELINE`); also how long
+    /// bucket sums are kept (plus one season).
+    pub baseline: HumanDuration,
+    /// A judged bucket is low when its sum is under this fraction of the baseline.
+    pub below_fraction: f64,
+    /// Fire after this many consecutive low judged buckets.
+    pub buckets: u32,
+    /// An open alert resolves after a judged bucket at or above this fraction (hysteresis).
+    pub resolve_fraction: f64,
+    /// The group is low (a holiday, a closed building: nothing fires) when the median ratio of
+    /// the device's judged peers is under this.
+    pub group_normal_fraction: f64,
+    /// A bucket with fewer messages is not judged (a silent device is the heartbeat's case).
+    pub min_messages: i64,
+    /// A baseline needs at least this many earlier samples of the same slot.
+    pub min_baseline_samples: usize,
+    /// A baseline under this many impressions is not judged (chance alone empties it).
+    pub min_baseline: f64,
+    /// Fewer judged peers than this in the group: compare with the fleet instead.
+    pub min_peers: usize,
+    /// Most closed buckets one tick judges; after a longer pause older ones are skipped.
+    pub max_buckets_per_tick: u32,
+}
+
+impl AnomalyConfig {
+    /// The rule's thresholds.
+    pub fn rule(&self) -> crate::domain::anomaly::Rule {
+        crate::domain::anomaly::Rule {
+            below_fraction: self.below_fraction,
+            buckets: self.buckets,
+            resolve_fraction: self.resolve_fraction,
+            group_normal_fraction: self.group_normal_fraction,
+            min_messages: self.min_messages,
+            min_baseline_samples: self.min_baseline_samples,
+            min_baseline: self.min_baseline,
+            min_peers: self.min_peers,
+        }
+    }
+
+    /// Bucket, season and baseline, checked.
+    pub fn cadence(&self) -> Result<crate::domain::anomaly::Cadence, String> {
+        crate::domain::anomaly::Cadence::new(
+            self.bucket.delta(),
+            self.season.delta(),
+            self.baseline.delta(),
+        )
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.cadence().map_err(anyhow::Error::msg)?;
+        self.rule().validate().map_err(anyhow::Error::msg)?;
+        if self.max_buckets_per_tick == 0 {
+            bail!("anomaly.max_buckets_per_tick: expected at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        let rule = crate::domain::anomaly::Rule::default();
+        Self {
+            enabled: true,
+            bucket: dur("1h"),
+            season: dur("7d"),
+            baseline: dur("28d"),
+            below_fraction: rule.below_fraction,
+            buckets: rule.buckets,
+            resolve_fraction: rule.resolve_fraction,
+            group_normal_fraction: rule.group_normal_fraction,
+            min_messages: rule.min_messages,
+            min_baseline_samples: rule.min_baseline_samples,
+            min_baseline: rule.min_baseline,
+            min_peers: rule.min_peers,
+            max_buckets_per_tick: 24,
+        }
+    }
 }
 
 /// `[dashboard]`: staff access to the web pages (README "Dashboard access").
@@ -305,6 +399,10 @@ pub struct TelemetryConfig {
     pub device_ts_field: String,
     /// 0-based topic level naming the device's group (building), if the topics carry one.
     pub group_level: Option<usize>,
+    /// JSON field with the message's impressions count (env `FLEETWATCH_IMPRESSIONS_FIELD`);
+    /// a message without it, or with an unusable value, counts as 1; empty means every
+    /// message counts as 1.
+    pub impressions_field: String,
     /// How often the coalescing buffer is written to Postgres.
     pub flush_interval: HumanDuration,
     /// Flush early when this many devices are buffered.
@@ -421,6 +519,10 @@ pub struct RetentionConfig {
     pub alerts: HumanDuration,
     /// CloudWatch samples older than this (by period start) are deleted; the metric rows stay.
     pub cloudwatch_samples: HumanDuration,
+    /// Impression bucket sums (`impression_buckets`) older than this are deleted. Never less
+    /// than `anomaly.baseline` + `anomaly.season` + 1 day whatever is set here
+    /// ([`Config::retention`]): the baseline needs them.
+    pub impression_buckets: HumanDuration,
     /// How often the retention job runs.
     pub interval: HumanDuration,
 }
@@ -620,6 +722,7 @@ impl Default for TelemetryConfig {
             device_id_field: None,
             device_ts_field: "timestamp".into(),
             group_level: None,
+            impressions_field: "count".into(),
             flush_interval: dur("1s"),
             flush_max_devices: 5000,
         }
@@ -946,6 +1049,7 @@ impl Default for RetentionConfig {
             deliveries: dur("30d"),
             alerts: dur("365d"),
             cloudwatch_samples: dur("30d"),
+            impression_buckets: dur("36d"),
             interval: dur("1h"),
         }
     }
@@ -1009,6 +1113,18 @@ impl Config {
                 .iter()
                 .map(|(name, n)| (name.as_str(), n.prefixes.as_slice())),
         )
+    }
+
+    /// The retention periods in force: as configured, with `impression_buckets` raised to what
+    /// the anomaly baseline reads (the baseline window, one more season for the oldest slot,
+    /// and a day for DST shifts and the bucket being judged).
+    pub fn retention(&self) -> RetentionConfig {
+        let mut r = self.retention.clone();
+        let needed = self.anomaly.baseline.0 + self.anomaly.season.0 + Duration::from_secs(86_400);
+        if r.impression_buckets.0 < needed {
+            r.impression_buckets = HumanDuration(needed);
+        }
+        r
     }
 
     /// Load from the file (if any) and the process environment, then validate.
@@ -1154,6 +1270,23 @@ impl Config {
                 anyhow::anyhow!("FLEETWATCH_DEVICE_ID_LEVEL: expected a topic level number (0-based), got {v:?}")
             })?;
         }
+        if let Some(v) = env.get("FLEETWATCH_IMPRESSIONS_FIELD") {
+            self.telemetry.impressions_field = v.clone();
+        }
+        if let Some(v) = env.get("FLEETWATCH_ANOMALY_ENABLED") {
+            self.anomaly.enabled = v.trim().parse().map_err(|_| {
+                anyhow::anyhow!("FLEETWATCH_ANOMALY_ENABLED: expected true or false, got {v:?}")
+            })?;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_ANOMALY_BUCKET")? {
+            self.anomaly.bucket = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_ANOMALY_SEASON")? {
+            self.anomaly.season = d;
+        }
+        if let Some(d) = duration(env, "FLEETWATCH_ANOMALY_BASELINE")? {
+            self.anomaly.baseline = d;
+        }
         if let Some(v) = env.get("FLEETWATCH_DEVICE_TS_FIELD") {
             self.telemetry.device_ts_field = v.clone();
         }
@@ -1283,6 +1416,7 @@ impl Config {
             );
         }
         self.cloudwatch.validate()?;
+        self.anomaly.validate()?;
         if self.inventory.sync.0 < Duration::from_secs(1) {
             bail!("inventory.sync: expected at least 1s");
         }
@@ -2126,5 +2260,93 @@ mod inventory_config_tests {
         let mut bad = Config::default();
         bad.inventory.reconcile = "100ms".parse().unwrap();
         assert!(format!("{:#}", bad.validate().unwrap_err()).contains("inventory.reconcile"));
+    }
+}
+
+#[cfg(test)]
+mod anomaly_config_tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn err(pairs: &[(&str, &str)]) -> String {
+        Config::load_with_env(None, &env(pairs))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_and_env_overrides() {
+        let c = Config::load_with_env(None, &env(&[])).unwrap();
+        assert_eq!(c.telemetry.impressions_field, "count");
+        assert!(c.anomaly.enabled);
+        assert_eq!(c.anomaly.bucket.0, Duration::from_secs(3600));
+        assert_eq!(c.anomaly.season.0, Duration::from_secs(7 * 86400));
+        assert_eq!(c.anomaly.baseline.0, Duration::from_secs(28 * 86400));
+        assert_eq!(c.anomaly.rule(), crate::domain::anomaly::Rule::default());
+        assert_eq!(c.anomaly.cadence().unwrap().seasons(), 4);
+        assert_eq!(
+            c.retention().impression_buckets.0,
+            Duration::from_secs(36 * 86400)
+        );
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("FLEETWATCH_IMPRESSIONS_FIELD", "people"),
+                ("FLEETWATCH_ANOMALY_BUCKET", "2s"),
+                ("FLEETWATCH_ANOMALY_SEASON", "10s"),
+                ("FLEETWATCH_ANOMALY_BASELINE", "40s"),
+                ("FLEETWATCH_ANOMALY_ENABLED", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.telemetry.impressions_field, "people");
+        assert!(!c.anomaly.enabled);
+        assert_eq!(c.anomaly.cadence().unwrap().seasons(), 4);
+        let c = Config::from_toml(
+            "[anomaly]\nbucket = \"15m\"\nseason = \"1d\"\nbaseline = \"14d\"\nbelow_fraction = 0.1\nbuckets = 3\nmin_peers = 4\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.anomaly.rule().buckets, 3);
+        let c = Config::from_toml(
+            "[anomaly]\nbaseline = \"56d\"\n[retention]\nimpression_buckets = \"1d\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.retention().impression_buckets.0,
+            Duration::from_secs(64 * 86400)
+        );
+        assert!(Config::from_toml("[anomaly]\nbukket = \"1h\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("bukket"));
+    }
+
+    #[test]
+    fn bad_settings_name_the_key() {
+        assert!(err(&[("FLEETWATCH_ANOMALY_BUCKET", "soon")]).contains("FLEETWATCH_ANOMALY_BUCKET"));
+        assert!(
+            err(&[("FLEETWATCH_ANOMALY_ENABLED", "maybe")]).contains("FLEETWATCH_ANOMALY_ENABLED")
+        );
+        assert!(err(&[("FLEETWATCH_ANOMALY_BUCKET", "500ms")]).starts_with("anomaly.bucket"));
+        assert!(err(&[("FLEETWATCH_ANOMALY_SEASON", "90m")]).starts_with("anomaly.season"));
+        assert!(err(&[("FLEETWATCH_ANOMALY_BASELINE", "6d")]).starts_with("anomaly.baseline"));
+        for (toml, key) in [
+            ("below_fraction = 1.5", "anomaly.below_fraction"),
+            ("below_fraction = 0.6", "anomaly.resolve_fraction"),
+            ("buckets = 0", "anomaly.buckets"),
+            ("min_messages = 0", "anomaly.min_messages"),
+            ("max_buckets_per_tick = 0", "anomaly.max_buckets_per_tick"),
+        ] {
+            let c = Config::from_toml(&format!("[anomaly]\n{toml}\n")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(key), "{toml}: {e}");
+        }
     }
 }

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub presence_stored: Family<Labels, Counter>,
     /// Impression device timestamps that were absurd and dropped from their message.
     pub device_ts_dropped: Counter,
+    /// Impressions values that were unusable; their messages counted as 1.
+    pub impressions_invalid: Counter,
     /// Presence events per transaction (`ingest::dispatch`).
     pub presence_batch: Histogram,
     /// Devices per telemetry flush.
@@ -350,6 +352,12 @@ impl Metrics {
             "Absurd or unparsable device timestamps dropped from messages that still counted",
             device_ts_dropped.clone(),
         );
+        let impressions_invalid = Counter::default();
+        registry.register(
+            "impressions_values_invalid",
+            "Unusable impressions values (not a number from 0 to the per-message maximum); the message counted as 1",
+            impressions_invalid.clone(),
+        );
         let presence_batch = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         registry.register(
             "presence_batch_events",
@@ -438,6 +446,7 @@ impl Metrics {
             drops,
             presence_stored,
             device_ts_dropped,
+            impressions_invalid,
             presence_batch,
             flush_batch_devices,
             flush_seconds,

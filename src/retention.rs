@@ -3,8 +3,9 @@
 //! together with their trail and notifications. Deletes go in bounded batches so the job never
 //! holds long locks; everything is idempotent, so it may run on every replica. The supervisor
 //! (`app::tasks`) runs [`tick`] every `retention.interval`. The deletes themselves are in
-//! `db::{presence, notifications, alerts, cloudwatch, users}`; expired dashboard sessions
-//! go too.
+//! `db::{presence, notifications, alerts, cloudwatch, users, anomaly}`; expired dashboard
+//! sessions go too, and impression bucket sums older than the anomaly baseline needs
+//! (`Config::retention`).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -26,6 +27,8 @@ pub struct Deleted {
     pub cloudwatch_samples: u64,
     /// Dashboard sessions past their idle or absolute expiry.
     pub sessions: u64,
+    /// Impression bucket sums (`impression_buckets`).
+    pub impression_buckets: u64,
 }
 
 fn cutoff(now: DateTime<Utc>, keep: HumanDuration) -> DateTime<Utc> {
@@ -83,5 +86,11 @@ pub async fn tick(
     .await?;
     // Expired sessions are already refused on every request; this only keeps the table small.
     d.sessions = drain(pool, now, db::users::delete_sessions_expired_before).await?;
+    d.impression_buckets = drain(
+        pool,
+        cutoff(now, cfg.impression_buckets),
+        db::anomaly::delete_buckets_before,
+    )
+    .await?;
     Ok(d)
 }

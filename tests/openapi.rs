@@ -65,6 +65,7 @@ async fn the_document_describes_every_route_and_the_auth_scheme(pool: PgPool) {
         ("/api/v1/devices", "get"),
         ("/api/v1/devices/{id}", "get"),
         ("/api/v1/devices/{id}/events", "get"),
+        ("/api/v1/devices/{id}/impressions", "get"),
         ("/api/v1/alerts", "get"),
         ("/api/v1/alerts/{id}", "get"),
         ("/api/v1/alerts/{id}/ack", "post"),

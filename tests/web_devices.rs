@@ -313,6 +313,12 @@ async fn the_device_page_shows_its_history_charts_alerts_and_silences(pool: PgPo
                 count: 42,
             },
         ],
+        &[telemetry::BucketRow {
+            device_id: "d1".into(),
+            bucket_start: hour(3),
+            messages: 42,
+            impressions: 57,
+        }],
         "UTC",
     )
     .await
@@ -400,6 +406,21 @@ async fn the_device_page_shows_its_history_charts_alerts_and_silences(pool: PgPo
         "{hourly}"
     );
     assert!(hourly.contains("· 7 messages"));
+    // impressions per anomaly bucket against the usual (none yet: no earlier weeks)
+    let imp = &html[html.find("id=\"device-impressions\"").unwrap()..];
+    let imp = &imp[..imp.find("</section>").unwrap()];
+    assert!(
+        imp.contains("Impressions per 1h, last 7d, against its usual"),
+        "{imp}"
+    );
+    assert!(
+        imp.contains(&format!(
+            "{} · impressions 57",
+            hour(3).format("%Y-%m-%d %H:%M:%S UTC")
+        )),
+        "{imp}"
+    );
+    assert!(!imp.contains("· usual (baseline)"), "{imp}");
     // the heartbeat strip: the resolved silent gap between stretches without one
     let hb = &html[html.find("id=\"device-heartbeat\"").unwrap()..];
     let hb = &hb[..hb.find("</div>").unwrap()];

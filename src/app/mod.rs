@@ -200,7 +200,7 @@ impl App {
             );
         }
         {
-            let (pool, clock, retention) = (pool.clone(), clock.clone(), cfg.retention.clone());
+            let (pool, clock, retention) = (pool.clone(), clock.clone(), cfg.retention());
             tasks.periodic(
                 Periodic::new("retention", cfg.retention.interval.0),
                 move |_| {

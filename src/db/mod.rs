@@ -1,6 +1,7 @@
 //! Postgres: the pool, database creation and migrations. Queries live in one file per table.
 
 pub mod alerts;
+pub mod anomaly;
 pub mod cloudwatch;
 pub mod detector;
 pub mod devices;

@@ -1,5 +1,5 @@
 //! Writing coalesced telemetry: per-device last arrival and newest device time, and hourly
-//! counts, for a whole batch in one statement.
+//! counts, and messages and impressions per anomaly bucket, for a whole batch in one statement.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -22,15 +22,28 @@ pub struct HourRow {
     pub count: i64,
 }
 
-/// Write a batch. `devices` and `hours` must be sorted by key with no duplicates: Postgres
+/// One (device, anomaly bucket) share of a batch: messages and the sum of their impressions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketRow {
+    pub device_id: String,
+    pub bucket_start: DateTime<Utc>,
+    pub messages: i64,
+    pub impressions: i64,
+}
+
+/// Write a batch. `devices`, `hours` and `buckets` must be sorted by key with no duplicates: Postgres
 /// refuses to update one row twice in a statement, and unsorted batches from two replicas can
 /// deadlock each other. Topic-named groups are created on the way.
 pub async fn write_batch(
     pool: &PgPool,
     devices: &[DeviceRow],
     hours: &[HourRow],
+    buckets: &[BucketRow],
     fleet_time_zone: &str,
 ) -> sqlx::Result<()> {
+    debug_assert!(buckets
+        .windows(2)
+        .all(|w| (&w[0].device_id, w[0].bucket_start) < (&w[1].device_id, w[1].bucket_start)));
     debug_assert!(devices.windows(2).all(|w| w[0].device_id < w[1].device_id));
     debug_assert!(hours
         .windows(2)
@@ -43,6 +56,10 @@ pub async fn write_batch(
     let h_ids: Vec<&str> = hours.iter().map(|h| h.device_id.as_str()).collect();
     let h_hours: Vec<DateTime<Utc>> = hours.iter().map(|h| h.hour).collect();
     let h_counts: Vec<i64> = hours.iter().map(|h| h.count).collect();
+    let b_ids: Vec<&str> = buckets.iter().map(|b| b.device_id.as_str()).collect();
+    let b_starts: Vec<DateTime<Utc>> = buckets.iter().map(|b| b.bucket_start).collect();
+    let b_messages: Vec<i64> = buckets.iter().map(|b| b.messages).collect();
+    let b_impressions: Vec<i64> = buckets.iter().map(|b| b.impressions).collect();
     sqlx::query(
         r#"
         with new_groups as (
@@ -74,6 +91,15 @@ pub async fn write_batch(
                 gap_min_device_ts = case when d.state in ('silent', 'offline')
                                          then least(d.gap_min_device_ts, excluded.gap_min_device_ts)
                                          else d.gap_min_device_ts end
+        ), anomaly_buckets as (
+            -- the sums saturate rather than fail the whole flush (a flush that fails is
+            -- retried forever)
+            insert into impression_buckets as b (device_id, bucket_start, messages, impressions)
+            select * from unnest($10::text[], $11::timestamptz[], $12::bigint[], $13::bigint[])
+            on conflict (device_id, bucket_start) do update set
+                messages    = b.messages + excluded.messages,
+                impressions = least(b.impressions::numeric + excluded.impressions,
+                                    9223372036854775807)::bigint
         )
         insert into impressions_hourly as h (device_id, hour, count)
         select * from unnest($5::text[], $6::timestamptz[], $7::bigint[])
@@ -89,6 +115,10 @@ pub async fn write_batch(
     .bind(&h_counts)
     .bind(fleet_time_zone)
     .bind(&min_ts)
+    .bind(&b_ids)
+    .bind(&b_starts)
+    .bind(&b_messages)
+    .bind(&b_impressions)
     .execute(pool)
     .await?;
     Ok(())

@@ -4,8 +4,9 @@
 //! periodic task (a Postgres advisory lock on a dedicated connection, [`leader`]): first our
 //! own ingest health (`ingest_down`, from the verdict `ingest::health` gives), then the heartbeat
 //! deadlines that are due, then connection patterns and address drift from new presence events, then grouping into group and
-//! fleet outages. Every decision takes `now` as an argument; tests drive `tick` with any clock.
+//! fleet outages, then the impressions anomaly of newly closed buckets ([`anomaly`]). Every decision takes `now` as an argument; tests drive `tick` with any clock.
 
+pub mod anomaly;
 pub mod connection;
 pub mod drift;
 pub mod grouping;
@@ -56,6 +57,8 @@ pub struct Settings {
     pub network_outage_window: TimeDelta,
     /// Address drift (`detect::drift`), run inside the connection-pattern pass.
     pub drift: drift::DriftSettings,
+    /// Impressions anomaly (`detect::anomaly`), judged after grouping.
+    pub anomaly: anomaly::AnomalySettings,
     /// Inhibition rules, applied at the end of each connection-pattern pass.
     pub inhibit: Vec<crate::domain::inhibit::InhibitRule>,
     severities: BTreeMap<Kind, Severity>,
@@ -76,6 +79,7 @@ impl Settings {
             reopen_window: d.reopen_window.delta(),
             inhibit: cfg.inhibit_rules(),
             drift: drift::DriftSettings::from_config(cfg),
+            anomaly: anomaly::AnomalySettings::from_config(cfg),
             max_due_per_tick: d.max_due_per_tick,
             fleet_time_zone: cfg.fleet.time_zone.0,
             flapping_disconnects: d.flapping_disconnects,
@@ -134,6 +138,7 @@ pub struct TickOutcome {
     pub heartbeat: heartbeat::Outcome,
     pub connection: connection::Outcome,
     pub grouping: grouping::Outcome,
+    pub anomaly: anomaly::Outcome,
 }
 
 /// The detector's memory between ticks; everything else is in Postgres.
@@ -170,7 +175,8 @@ impl Detector {
         *self.memory.lock().unwrap_or_else(|e| e.into_inner()) = Memory::default();
     }
 
-    /// One pass: our own health, due heartbeats, connection patterns, grouping.
+    /// One pass: our own health, due heartbeats, connection patterns, grouping, impressions
+    /// anomaly.
     pub async fn tick(
         &self,
         ingest: &IngestStatus,
@@ -238,6 +244,7 @@ impl Detector {
         out.heartbeat = heartbeat::run_due(&self.pool, &self.settings, restart, now).await?;
         out.connection = connection::tick(&self.pool, &self.settings, now).await?;
         out.grouping = grouping::tick(&self.pool, &self.settings, now).await?;
+        out.anomaly = anomaly::tick(&self.pool, &self.settings, now).await?;
         Ok(out)
     }
 }

@@ -10,6 +10,7 @@ mod text_enum;
 
 pub mod actor;
 pub mod alert;
+pub mod anomaly;
 pub mod device;
 pub mod drift;
 pub mod drop_reason;

@@ -3,6 +3,14 @@
 //! The message itself is not stored; only its arrival counts (last arrival, newest device time,
 //! hourly counts). A device timestamp that is unparsable or absurd is dropped from the message,
 //! which still counts as data (DESIGN.md §2a).
+//!
+//! A message also carries its impressions count (`telemetry.impressions_field`, default
+//! `count`), summed per device and bucket for the impressions-anomaly rule (`domain::anomaly`).
+//! A message without the field (or with `null`) counts as 1. A value that is not a
+//! non-negative finite number of at most [`MAX_IMPRESSIONS`] (a string, a negative, `1e300`,
+//! an object) would corrupt the sums: the message counts as 1 and is flagged
+//! `impressions_invalid`, which ingest counts and logs rate-limited, as for a dropped device
+//! timestamp. A fractional value is rounded to the nearest whole impression.
 
 use chrono::{DateTime, Utc};
 
@@ -16,7 +24,14 @@ pub struct TelemetryFormat {
     pub device_id_field: Option<String>,
     pub device_ts_field: Option<String>,
     pub group_level: Option<usize>,
+    /// JSON field with the impressions count; `None` counts every message as 1.
+    pub impressions_field: Option<String>,
 }
+
+/// The most impressions one message may claim. A screen's camera counts the people who
+/// passed since its previous message (minutes): tens, at a busy lobby hundreds. A value above
+/// this is a broken counter, and one such value would dominate a device's sums for weeks.
+pub const MAX_IMPRESSIONS: i64 = 100_000;
 
 /// One parsed impression message.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +43,21 @@ pub struct Impression {
     pub device_ts: Option<DateTime<Utc>>,
     /// A device timestamp was present but unusable and was dropped.
     pub device_ts_dropped: bool,
+    /// The impressions this message counts (1 when the field is absent or unusable).
+    pub impressions: i64,
+    /// An impressions value was present but unusable; the message counted as 1.
+    pub impressions_invalid: bool,
+}
+
+/// Read an impressions value: a non-negative finite number of at most [`MAX_IMPRESSIONS`],
+/// rounded to a whole count.
+pub fn parse_impressions(v: &serde_json::Value) -> Option<i64> {
+    let n = v.as_number()?;
+    if let Some(i) = n.as_i64() {
+        return (0..=MAX_IMPRESSIONS).contains(&i).then_some(i);
+    }
+    let f = n.as_f64()?;
+    (f.is_finite() && (0.0..=MAX_IMPRESSIONS as f64).contains(&f)).then(|| f.round() as i64)
 }
 
 /// Parse a device timestamp: epoch milliseconds (integer or float) or an RFC 3339 string.
@@ -78,6 +108,14 @@ impl TelemetryFormat {
                     None => (None, true),
                 },
             };
+        let (impressions, impressions_invalid) =
+            match self.impressions_field.as_ref().and_then(|f| obj.get(f)) {
+                None | Some(serde_json::Value::Null) => (1, false),
+                Some(v) => match parse_impressions(v) {
+                    Some(n) => (n, false),
+                    None => (1, true),
+                },
+            };
         let topic_group = self
             .group_level
             .and_then(|l| topic::level(topic_name, l))
@@ -88,6 +126,8 @@ impl TelemetryFormat {
             topic_group,
             device_ts,
             device_ts_dropped,
+            impressions,
+            impressions_invalid,
         })
     }
 }
@@ -102,6 +142,7 @@ mod tests {
             device_id_field: None,
             device_ts_field: Some("timestamp".into()),
             group_level: None,
+            impressions_field: Some("count".into()),
         }
     }
 
@@ -210,5 +251,41 @@ mod tests {
             (i.device_id.as_str(), i.topic_group.as_deref()),
             ("s1", Some("bldg-7"))
         );
+    }
+
+    #[test]
+    fn impressions_value_or_one() {
+        let f = fmt();
+        let get = |p: &str| {
+            let i = f.parse("dt/s1/impressions", p.as_bytes(), now()).unwrap();
+            (i.impressions, i.impressions_invalid)
+        };
+        assert_eq!(get(r#"{"count":7}"#), (7, false));
+        assert_eq!(get(r#"{"count":0}"#), (0, false));
+        assert_eq!(get(r#"{"count":2.6}"#), (3, false));
+        assert_eq!(get(r#"{"count":100000}"#), (MAX_IMPRESSIONS, false));
+        assert_eq!(get(r#"{}"#), (1, false));
+        assert_eq!(get(r#"{"count":null}"#), (1, false));
+        for bad in [
+            r#"{"count":-1}"#,
+            r#"{"count":-0.5}"#,
+            r#"{"count":"5"}"#,
+            r#"{"count":1e300}"#,
+            r#"{"count":100001}"#,
+            r#"{"count":18446744073709551615}"#,
+            r#"{"count":true}"#,
+            r#"{"count":[3]}"#,
+            r#"{"count":{"n":3}}"#,
+        ] {
+            assert_eq!(get(bad), (1, true), "{bad}");
+        }
+        let none = TelemetryFormat {
+            impressions_field: None,
+            ..fmt()
+        };
+        let i = none
+            .parse("dt/s1/impressions", br#"{"count":9}"#, now())
+            .unwrap();
+        assert_eq!((i.impressions, i.impressions_invalid), (1, false));
     }
 }

@@ -22,6 +22,7 @@ use super::api;
         api::devices::get,
         api::devices::events,
         api::devices::history,
+        api::devices::impressions,
         api::devices::retire,
         api::devices::unretire,
         api::alerts::list,

@@ -172,6 +172,17 @@ pub fn accept_telemetry(
     if imp.device_ts_dropped {
         ctx.metrics.device_ts_dropped.inc();
     }
+    if imp.impressions_invalid {
+        ctx.metrics.impressions_invalid.inc();
+        ctx.warn.warn(
+            "impressions_invalid",
+            &format_args!(
+                "impressions value of a message from {:?} unusable (not a number from 0 to {}): counted as 1",
+                imp.device_id,
+                crate::domain::telemetry::MAX_IMPRESSIONS
+            ),
+        );
+    }
     let new_device = match ctx.registry.admit(&imp.device_id) {
         Admission::OverCap => {
             ctx.metrics.dropped(DropReason::DeviceCap);

@@ -95,12 +95,15 @@ impl IngestContext {
             device_id_field: cfg.telemetry.device_id_field.clone(),
             device_ts_field: Some(cfg.telemetry.device_ts_field.clone()).filter(|f| !f.is_empty()),
             group_level: cfg.telemetry.group_level,
+            impressions_field: Some(cfg.telemetry.impressions_field.clone())
+                .filter(|f| !f.is_empty()),
         };
         let health = health::IngestHealth::new(clock.now(), cfg.detector.canary_timeout.0);
         Self {
             pool,
             buffer: Arc::new(TelemetryBuffer::new(
                 cfg.telemetry.flush_max_devices,
+                cfg.anomaly.bucket.delta(),
                 metrics.clone(),
             )),
             metrics,

@@ -1,5 +1,6 @@
 //! The write-coalescing buffer for impressions. Messages only update per-device entries in
-//! memory (last arrival, newest device time, counts per hour); a flusher writes everything in
+//! memory (last arrival, newest device time, counts per hour, and messages and impressions per
+//! anomaly bucket of arrival time, `anomaly.bucket`); a flusher writes everything in
 //! one statement at least every `telemetry.flush_interval`, so database load grows with the
 //! number of devices, not with the message rate. A failed flush puts its batch back (the
 //! merge is commutative), so a Postgres outage loses nothing while the process lives.
@@ -12,7 +13,8 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use tokio::sync::Notify;
 
 use super::IngestContext;
-use crate::db::telemetry::{write_batch, DeviceRow, HourRow};
+use crate::db::telemetry::{write_batch, BucketRow, DeviceRow, HourRow};
+use crate::domain::anomaly::bucket_start;
 use crate::domain::telemetry::Impression;
 use crate::metrics::Metrics;
 
@@ -25,6 +27,8 @@ pub struct Pending {
     /// Earliest device time in this batch: tells whether a backlog covered a gap.
     pub min_device_ts: Option<DateTime<Utc>>,
     pub hours: BTreeMap<DateTime<Utc>, i64>,
+    /// (messages, impressions) per anomaly bucket of arrival time.
+    pub buckets: BTreeMap<DateTime<Utc>, (i64, i64)>,
 }
 
 impl Pending {
@@ -39,6 +43,12 @@ impl Pending {
         for (h, c) in other.hours {
             *self.hours.entry(h).or_default() += c;
         }
+        for (b, (m, i)) in other.buckets {
+            let e = self.buckets.entry(b).or_default();
+            e.0 += m;
+            // saturating: a flush that keeps failing must not wrap a sum
+            e.1 = e.1.saturating_add(i);
+        }
     }
 }
 
@@ -49,6 +59,8 @@ pub struct TelemetryBuffer {
     /// Woken when the buffer holds `max_devices` devices, to flush early.
     full: Notify,
     max_devices: usize,
+    /// The anomaly bucket length (`anomaly.bucket`).
+    bucket: TimeDelta,
     metrics: Arc<Metrics>,
 }
 
@@ -57,11 +69,12 @@ fn hour_of(ts: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 impl TelemetryBuffer {
-    pub fn new(max_devices: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(max_devices: usize, bucket: TimeDelta, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Mutex::new(HashMap::new()),
             full: Notify::new(),
             max_devices,
+            bucket,
             metrics,
         }
     }
@@ -80,6 +93,7 @@ impl TelemetryBuffer {
             max_device_ts: imp.device_ts,
             min_device_ts: imp.device_ts,
             hours: BTreeMap::from([(hour, 1)]),
+            buckets: BTreeMap::from([(bucket_start(arrival, self.bucket), (1, imp.impressions))]),
         };
         let len = {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -129,7 +143,7 @@ impl TelemetryBuffer {
 
 /// Turn a batch into sorted, duplicate-free rows (a `HashMap` already has one entry per
 /// device; sorting gives every writer the same lock order).
-pub fn rows(batch: &Batch) -> (Vec<DeviceRow>, Vec<HourRow>) {
+pub fn rows(batch: &Batch) -> (Vec<DeviceRow>, Vec<HourRow>, Vec<BucketRow>) {
     let mut devices: Vec<DeviceRow> = batch
         .iter()
         .map(|(id, p)| DeviceRow {
@@ -152,7 +166,19 @@ pub fn rows(batch: &Batch) -> (Vec<DeviceRow>, Vec<HourRow>) {
         })
         .collect();
     hours.sort_by(|a, b| (&a.device_id, a.hour).cmp(&(&b.device_id, b.hour)));
-    (devices, hours)
+    let mut buckets: Vec<BucketRow> = batch
+        .iter()
+        .flat_map(|(id, p)| {
+            p.buckets.iter().map(move |(b, (m, i))| BucketRow {
+                device_id: id.clone(),
+                bucket_start: *b,
+                messages: *m,
+                impressions: *i,
+            })
+        })
+        .collect();
+    buckets.sort_by(|a, b| (&a.device_id, a.bucket_start).cmp(&(&b.device_id, b.bucket_start)));
+    (devices, hours, buckets)
 }
 
 /// Write what is buffered. On failure the batch goes back into the buffer.
@@ -162,9 +188,9 @@ pub async fn flush(ctx: &IngestContext) -> anyhow::Result<usize> {
         return Ok(0);
     }
     let n = batch.len();
-    let (devices, hours) = rows(&batch);
+    let (devices, hours, buckets) = rows(&batch);
     let started = Instant::now();
-    match write_batch(&ctx.pool, &devices, &hours, &ctx.fleet_time_zone).await {
+    match write_batch(&ctx.pool, &devices, &hours, &buckets, &ctx.fleet_time_zone).await {
         Ok(()) => {
             ctx.metrics
                 .flush_seconds
@@ -194,12 +220,14 @@ mod tests {
             topic_group: None,
             device_ts: ts.map(t),
             device_ts_dropped: false,
+            impressions: 2,
+            impressions_invalid: false,
         }
     }
 
     #[test]
     fn coalesces_per_device_and_hour() {
-        let b = TelemetryBuffer::new(100, Metrics::new());
+        let b = TelemetryBuffer::new(100, TimeDelta::minutes(15), Metrics::new());
         b.add(
             imp("a", Some("2026-11-27T10:59:00Z")),
             None,
@@ -219,7 +247,12 @@ mod tests {
         assert_eq!(a.max_device_ts, Some(t("2026-11-27T11:01:00Z")));
         assert_eq!(a.hours[&t("2026-11-27T10:00:00Z")], 1);
         assert_eq!(a.hours[&t("2026-11-27T11:00:00Z")], 2);
-        let (devices, hours) = rows(&batch);
+        assert_eq!(
+            a.buckets,
+            BTreeMap::from([(t("2026-11-27T11:00:00Z"), (3, 6)),])
+        );
+        let (devices, hours, buckets) = rows(&batch);
+        assert_eq!(buckets.len(), 2);
         assert_eq!(
             devices
                 .iter()
@@ -233,7 +266,7 @@ mod tests {
 
     #[test]
     fn restore_merges_commutatively() {
-        let b = TelemetryBuffer::new(100, Metrics::new());
+        let b = TelemetryBuffer::new(100, TimeDelta::minutes(15), Metrics::new());
         b.add(imp("a", None), None, t("2026-11-27T11:00:00Z"));
         let first = b.take();
         b.add(imp("a", None), None, t("2026-11-27T11:30:00Z"));
@@ -241,5 +274,7 @@ mod tests {
         let all = b.take();
         assert_eq!(all["a"].last_arrival, t("2026-11-27T11:30:00Z"));
         assert_eq!(all["a"].hours[&t("2026-11-27T11:00:00Z")], 2);
+        assert_eq!(all["a"].buckets[&t("2026-11-27T11:30:00Z")], (1, 2));
+        assert_eq!(all["a"].buckets[&t("2026-11-27T11:00:00Z")], (1, 2));
     }
 }

@@ -1,5 +1,5 @@
 //! `GET /devices`, `GET /devices/{id}`, `GET /devices/{id}/events`, `GET /devices/{id}/history`,
-//! `POST /devices/{id}/retire`, `POST /devices/{id}/unretire`.
+//! `GET /devices/{id}/impressions`, `POST /devices/{id}/retire`, `POST /devices/{id}/unretire`.
 
 use axum::extract::State;
 use axum::Json;
@@ -165,5 +165,73 @@ pub async fn history(
     Ok(Json(Page {
         items,
         next_cursor: None,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ImpressionsQuery {
+    /// Buckets starting at or after this instant (RFC 3339); default one season ago (7 days
+    /// with the default `anomaly.season`). At most 2000 buckets back.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A device's impressions per anomaly bucket against its baseline.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ImpressionSeries {
+    pub device_id: String,
+    /// `anomaly.bucket`, `anomaly.season` and `anomaly.baseline` in seconds.
+    pub bucket_seconds: i64,
+    pub season_seconds: i64,
+    pub baseline_seconds: i64,
+    /// A judged bucket under this fraction of its baseline is low (`anomaly.below_fraction`).
+    pub below_fraction: f64,
+    /// Buckets the device sent something in, oldest first.
+    pub items: Vec<crate::detect::anomaly::SeriesPoint>,
+}
+
+/// Most buckets one series request may cover.
+const MAX_SERIES_BUCKETS: i64 = 2000;
+
+/// A device's impressions per bucket (sum and messages) against its baseline: the median of
+/// the same slot in earlier seasons (null while there are too few), the ratio, and whether
+/// the bucket is judged and low by the impressions-anomaly rule (quiet hours aside).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/impressions", tag = "devices",
+    params(("id" = String, Path, description = "device id"), ImpressionsQuery),
+    responses((status = 200, body = ImpressionSeries), super::ErrorsOne))]
+pub async fn impressions(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ImpressionsQuery>,
+) -> ApiResult<Json<ImpressionSeries>> {
+    let now = state.clock.now();
+    let a = crate::detect::anomaly::AnomalySettings::from_config(&state.config);
+    let c = a.cadence;
+    let since = q.since.unwrap_or(now - c.season());
+    if since > now {
+        return Err(ApiError::BadRequest(
+            "since: expected an instant in the past".into(),
+        ));
+    }
+    if (now - since).num_milliseconds() / c.bucket().num_milliseconds() > MAX_SERIES_BUCKETS {
+        return Err(ApiError::BadRequest(format!(
+            "since: at most {MAX_SERIES_BUCKETS} buckets back"
+        )));
+    }
+    let zone = crate::db::anomaly::device_zone(&state.pool, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no device {id:?}")))?;
+    let tz = zone
+        .as_deref()
+        .and_then(|z| crate::config::parse_tz(z).ok())
+        .unwrap_or(state.config.fleet.time_zone.0);
+    let items = crate::detect::anomaly::series(&state.pool, &a, tz, &id, since, now).await?;
+    Ok(Json(ImpressionSeries {
+        device_id: id,
+        bucket_seconds: c.bucket().num_seconds(),
+        season_seconds: c.season().num_seconds(),
+        baseline_seconds: c.baseline().num_seconds(),
+        below_fraction: a.rule.below_fraction,
+        items,
     }))
 }

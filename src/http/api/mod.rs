@@ -101,6 +101,7 @@ pub fn router() -> Router<AppState> {
         .route("/devices/{id}", get(devices::get))
         .route("/devices/{id}/events", get(devices::events))
         .route("/devices/{id}/history", get(devices::history))
+        .route("/devices/{id}/impressions", get(devices::impressions))
         .route("/devices/{id}/retire", post(devices::retire))
         .route("/devices/{id}/unretire", post(devices::unretire))
         .route("/alerts", get(alerts::list))

@@ -387,6 +387,9 @@ pub struct DevicePage {
     pub strip_cut: Option<i64>,
     pub heartbeat: Chart,
     pub hourly: Chart,
+    /// Impressions per anomaly bucket against the device's baseline (`detect::anomaly::series`).
+    pub impressions: Chart,
+    pub impressions_window: String,
     pub timeline: Vec<TimelineRow>,
     pub timeline_pager: Pager,
     pub alerts: Vec<AlertLine>,
@@ -473,6 +476,20 @@ pub async fn page(
             Ok(Vec::new())
         }
     };
+    let anomaly = crate::detect::anomaly::AnomalySettings::from_config(&state.config);
+    let (imp_from, imp_to) = impressions_window(&anomaly.cadence, now);
+    let impressions = async {
+        if timeline_page {
+            let zone = db::anomaly::device_zone(pool, &id).await?.flatten();
+            let tz = zone
+                .as_deref()
+                .and_then(|z| crate::config::parse_tz(z).ok())
+                .unwrap_or(state.config.fleet.time_zone.0);
+            crate::detect::anomaly::series(pool, &anomaly, tz, &id, imp_from, now).await
+        } else {
+            Ok(Vec::new())
+        }
+    };
     let alerts = async {
         if wants.any(&["device-alerts"]) {
             let f = AlertFilter {
@@ -525,18 +542,28 @@ pub async fn page(
             Ok(Vec::new())
         }
     };
-    let (strip_events, table_events, hourly, alerts, (gaps, trail), silences, summary, history) =
-        tokio::try_join!(
-            strip_events,
-            table_events,
-            hourly,
-            alerts,
-            gaps,
-            silences,
-            summary,
-            history
-        )
-        .map_err(ApiError::Database)?;
+    let (
+        strip_events,
+        table_events,
+        hourly,
+        impressions,
+        alerts,
+        (gaps, trail),
+        silences,
+        summary,
+        history,
+    ) = tokio::try_join!(
+        strip_events,
+        table_events,
+        hourly,
+        impressions,
+        alerts,
+        gaps,
+        silences,
+        summary,
+        history
+    )
+    .map_err(ApiError::Database)?;
 
     // The timeline table: its page of events (the first page is the strip's newest ones).
     let table_rows = match table_events {
@@ -599,6 +626,39 @@ pub async fn page(
         TimeDelta::hours(1),
         &points,
         "messages",
+    );
+    let sums: Vec<(DateTime<Utc>, Option<f64>)> = impressions
+        .iter()
+        .map(|p| (p.bucket_start, Some(p.impressions as f64)))
+        .collect();
+    let usual: Vec<(DateTime<Utc>, Option<f64>)> = impressions
+        .iter()
+        .map(|p| (p.bucket_start, p.baseline))
+        .collect();
+    let impressions_window = format!(
+        "per {}, last {}",
+        crate::detect::anomaly::span(anomaly.cadence.bucket()),
+        crate::detect::anomaly::span(imp_to - imp_from)
+    );
+    let impressions = chart::lines(
+        &format!(
+            "Impressions of {} {impressions_window}, against its usual",
+            d.id
+        ),
+        imp_from,
+        imp_to,
+        &[
+            chart::Series {
+                name: "impressions",
+                class: "",
+                points: &sums,
+            },
+            chart::Series {
+                name: "usual (baseline)",
+                class: "",
+                points: &usual,
+            },
+        ],
     );
 
     let mut alerts: Vec<AlertLine> = alerts.iter().map(alert_line).collect();
@@ -669,6 +729,8 @@ pub async fn page(
         strip_cut,
         heartbeat,
         hourly,
+        impressions,
+        impressions_window,
         timeline,
         timeline_pager,
         alerts,
@@ -688,6 +750,17 @@ pub async fn page(
         Some("device-history") => render(p.as_history()),
         _ => render(p),
     }
+}
+
+/// The impressions chart's window: one season (at least 24 buckets, at most 1000), ending
+/// with the current bucket.
+fn impressions_window(
+    c: &crate::domain::anomaly::Cadence,
+    now: DateTime<Utc>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let to = crate::domain::anomaly::bucket_start(now, c.bucket()) + c.bucket();
+    let span = c.season().clamp(c.bucket() * 24, c.bucket() * 1000);
+    (to - span, to)
 }
 
 /// The hourly chart's window: the last 168 whole hours, the current one included.
