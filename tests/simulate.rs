@@ -434,7 +434,7 @@ fn planned_incidents_end_when_planned_and_pace_shortens_them() {
 fn the_mix_and_bad_settings_are_refused_clearly() {
     assert_eq!(
         Mix::default().to_string(),
-        "blip=5,crash=1,dead-modem=1,duplicate=1,flapping=1,throttled=1,bad-cert=1,power-cut=1,new-network=1"
+        "blip=5,crash=1,dead-modem=1,duplicate=1,flapping=1,throttled=1,bad-cert=1,power-cut=1,new-network=1,covered-camera=1"
     );
     assert_eq!(
         Mix::default().to_string().parse::<Mix>().unwrap(),
@@ -834,4 +834,51 @@ async fn the_command_publishes_over_tls_with_a_client_certificate() {
     let out = run(false);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("could not connect"));
+}
+
+/// A covered camera (issue 13): the screen keeps sending at its rate, each message counting 0
+/// impressions, until the cover is taken off; everybody else counts 5 to 15 a message.
+#[test]
+fn a_covered_camera_keeps_sending_and_counts_nothing() {
+    use fleetwatch::sim::Planned;
+    let s = settings(40, 40.0, 3, "none");
+    let (at, until) = (t0() + TimeDelta::seconds(10), t0() + TimeDelta::seconds(40));
+    let mut sim = Simulator::with_plan(
+        &s,
+        t0(),
+        vec![Planned {
+            kind: IncidentKind::CoveredCamera,
+            at,
+            screens: vec![7],
+            until: Some(until),
+        }],
+    )
+    .unwrap();
+    let covered = sim.fleet().screens[7].device_id.clone();
+    let events = sim.events_until(t0() + TimeDelta::seconds(60));
+    let counts = |from: DateTime<Utc>, to: DateTime<Utc>, who: &dyn Fn(&str) -> bool| {
+        events
+            .iter()
+            .filter(|o| o.kind == EventKind::Impression && o.at >= from && o.at < to)
+            .filter(|o| who(&o.device))
+            .map(|o| {
+                serde_json::from_str::<Value>(&o.payload).unwrap()["count"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect::<Vec<i64>>()
+    };
+    let is = |d: &str| d == covered;
+    let during = counts(at, until, &is);
+    assert!(during.len() >= 25, "{during:?}");
+    assert!(during.iter().all(|&c| c == 0), "{during:?}");
+    let after = counts(until, t0() + TimeDelta::seconds(60), &is);
+    assert!(
+        after.len() >= 15 && after.iter().all(|c| (5..=15).contains(c)),
+        "{after:?}"
+    );
+    let others = counts(t0(), t0() + TimeDelta::seconds(60), &|d: &str| d != covered);
+    assert!(others.iter().all(|c| (5..=15).contains(c)));
+    let distinct: BTreeSet<i64> = others.iter().copied().collect();
+    assert!(distinct.len() > 5, "counts vary: {distinct:?}");
 }

@@ -145,6 +145,8 @@ pub fn config_toml(s: &Setup) -> String {
     let v = |secs: i64| at_speed(TimeDelta::seconds(secs), s.speed, 1);
     // the flusher and the detector tick no faster than ten times a second
     let tenth = |secs: i64| at_speed(TimeDelta::seconds(secs), s.speed, 100);
+    // whole seconds (the anomaly buckets are)
+    let whole = |secs: i64| format!("{}s", ((secs as f64 / s.speed).round() as i64).max(1));
     let mut t = String::new();
     let _ = write!(
         t,
@@ -189,6 +191,15 @@ network_outage_window = "{window}"
 # fewest screens, which is a carrier's outage here, not the whole fleet's
 fleet_outage_fraction = 0.5
 
+[anomaly]
+# impressions per screen judged per {bucket} bucket (4 messages at speed 1) against the screen's
+# own last buckets (no seasonality: a real fleet's is the hour of the week), so a covered camera
+# is flagged a minute or two after it is covered
+bucket = "{bucket}"
+season = "{bucket}"
+baseline = "{baseline}"
+min_messages = 2
+
 [counts]
 fold = "2s"
 
@@ -219,6 +230,8 @@ poll = "2s"
         window = v(120),
         token = s.api_token,
         drift = v(60),
+        bucket = whole(40),
+        baseline = whole(200),
     );
     for (metric, warning, critical) in cloudwatch::RULES {
         let _ = write!(
@@ -416,6 +429,7 @@ pub fn cast_lines(fleet: &Fleet, story: &Story) -> Vec<String> {
         format!("cast: bad-cert {}", dev(c.bad_cert)),
         format!("cast: closed {}", fleet.buildings[c.closed].name),
         format!("cast: new-network {}", dev(c.new_network)),
+        format!("cast: covered-camera {}", dev(c.covered_camera)),
         format!(
             "cast: carrier-outage carrier-{} {}",
             story::carrier_name(fleet.buildings[c.carrier_outage[0]].carrier),
@@ -538,7 +552,7 @@ mod tests {
 
     #[test]
     fn the_configuration_parses_validates_and_scales_with_the_speed() {
-        for speed in [0.5, 1.0, 4.0, 100.0] {
+        for speed in [0.5, 1.0, 3.0, 4.0, 6.0, 100.0] {
             let s = setup(speed);
             let cfg = Config::from_toml(&config_toml(&s)).unwrap();
             cfg.validate().unwrap();

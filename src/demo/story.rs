@@ -18,6 +18,7 @@
 //! | 65 s | a clone shares a unit's client id (until 120 s) | `client_id_conflict`, `Connect.ClientIDThrottle` |
 //! | 80 s | a modem flaps | `flapping` |
 //! | 95 s | reconnects are throttled | `throttled`, `Connect.Throttle` |
+//! | 100 s | a screen's camera is covered (until 210 s): it keeps sending, counting nobody | `impressions_anomaly` after two low buckets |
 //! | 110 s | a unit presents a wrong certificate | `auth_failure`, `Connect.AuthError` |
 //! | 125 s | a building closes for the night, inside its quiet hours (until 215 s) | nothing |
 //! | 140 s | a screen connects from a new network (until 200 s) | `address_drift` |
@@ -68,6 +69,8 @@ pub struct Cast {
     /// The building that closes (it has quiet hours in `demo::config`).
     pub closed: usize,
     pub new_network: usize,
+    /// The screen whose camera is covered.
+    pub covered_camera: usize,
     /// The buildings (indexes into `Fleet::buildings`) of one carrier that lose it: see
     /// `Fleet::carrier_outage`.
     pub carrier_outage: Vec<usize>,
@@ -115,6 +118,7 @@ impl Cast {
             bad_cert: take(),
             closed,
             new_network: take(),
+            covered_camera: take(),
             carrier_outage,
         })
     }
@@ -237,6 +241,18 @@ impl Story {
                 at: secs(95),
                 text: format!("AWS IoT throttles the reconnects of {}", dev(c.throttled)),
                 incidents: vec![(IncidentKind::Throttled, vec![c.throttled], None)],
+            },
+            Act {
+                at: secs(100),
+                text: format!(
+                    "the camera of {} is covered: the screen keeps sending, but counts nobody",
+                    dev(c.covered_camera)
+                ),
+                incidents: vec![(
+                    IncidentKind::CoveredCamera,
+                    vec![c.covered_camera],
+                    Some(secs(110)),
+                )],
             },
             Act {
                 at: secs(110),
@@ -395,6 +411,7 @@ mod tests {
                 c.throttled,
                 c.bad_cert,
                 c.new_network,
+                c.covered_camera,
             ]);
             let n = singles.len();
             singles.sort();

@@ -15,6 +15,7 @@
 //! | `power-cut` | every screen of one building: `MQTT_KEEP_ALIVE_TIMEOUT` within 3 s, then nothing | `group_outage` (and the devices' gaps under it) |
 //! | `new-network` | `CONNECTION_LOST`, reconnect 3–8 s later from an address in [`FOREIGN_NETWORK`] | `address_drift` (when enabled) |
 //! | `closed` | every screen of one building: the players switch off for the night, the modems stay connected | nothing in the building's quiet hours, else `group_outage` (not in the default mix) |
+//! | `covered-camera` | the camera is covered (or the counting process crashed): the screen stays connected and keeps sending, every message counting 0 impressions | `impressions_anomaly`, once the service has the screen's baseline |
 //! | `carrier-outage` | every screen of several buildings on one carrier (`Fleet::carrier_outage`): `MQTT_KEEP_ALIVE_TIMEOUT` within 3 s, then nothing | one `network_outage` covering the buildings' group outages and gaps (not in the default mix: a third of a small fleet is a `fleet_outage`) |
 //!
 //! The spans above are at pace 1 ([`Ctx::pace`] multiplies every one: the demo's story runs
@@ -50,10 +51,11 @@ pub enum IncidentKind {
     NewNetwork,
     Closed,
     CarrierOutage,
+    CoveredCamera,
 }
 
 impl IncidentKind {
-    pub const ALL: [IncidentKind; 11] = [
+    pub const ALL: [IncidentKind; 12] = [
         IncidentKind::Blip,
         IncidentKind::Crash,
         IncidentKind::DeadModem,
@@ -65,6 +67,7 @@ impl IncidentKind {
         IncidentKind::NewNetwork,
         IncidentKind::Closed,
         IncidentKind::CarrierOutage,
+        IncidentKind::CoveredCamera,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +83,7 @@ impl IncidentKind {
             IncidentKind::NewNetwork => "new-network",
             IncidentKind::Closed => "closed",
             IncidentKind::CarrierOutage => "carrier-outage",
+            IncidentKind::CoveredCamera => "covered-camera",
         }
     }
 
@@ -358,6 +362,7 @@ pub fn generate(
             reconnect_from(screens[0], foreign, at, inc, ctx, &mut steps);
         }
         IncidentKind::Closed => spread(screens, at, Step::Mute, ctx, &mut steps),
+        IncidentKind::CoveredCamera => steps.push((at, Step::Cover(screens[0]))),
     }
     steps
 }
@@ -399,6 +404,7 @@ pub fn recover(
             reconnect_from(screens[0], home, at, inc, ctx, &mut steps);
         }
         IncidentKind::Closed => spread(screens, at, Step::Unmute, ctx, &mut steps),
+        IncidentKind::CoveredCamera => steps.push((at, Step::Uncover(screens[0]))),
     }
     steps
 }
@@ -431,6 +437,7 @@ mod tests {
                 principal: "p".into(),
                 address: s.address,
                 muted: false,
+                covered: false,
             })
             .collect();
         let topics = Topics::default();

@@ -115,6 +115,22 @@ pub struct ScreenState {
     pub address: Ipv4Addr,
     /// Sends no impressions (crashed, offline, not installed yet).
     pub muted: bool,
+    /// Its camera is covered: messages keep coming, each counting 0 impressions.
+    pub covered: bool,
+}
+
+/// The impressions one message counts (its `count` field): the viewers the camera saw since
+/// the last message, 5 to 15, a pure function of the screen and the message's device time (so
+/// runs repeat); 0 while the camera is covered.
+pub fn impressions(screen: usize, device_ts: DateTime<Utc>, covered: bool) -> i64 {
+    if covered {
+        return 0;
+    }
+    let x = (screen as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(device_ts.timestamp_millis() as u64 / 1000)
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    5 + ((x >> 33) % 11) as i64
 }
 
 fn session_id(rng: &mut StdRng) -> String {
@@ -271,7 +287,10 @@ impl Ctx<'_> {
         let topic = self
             .topics
             .impression(&s.device_id, &self.fleet.buildings[s.building].name);
-        let payload = json!({"timestamp": device_ts.timestamp_millis(), "count": 1});
+        let payload = json!({
+            "timestamp": device_ts.timestamp_millis(),
+            "count": impressions(screen, device_ts, self.states[screen].covered),
+        });
         self.out(screen, at, EventKind::Impression, topic, payload, incident)
     }
 }
@@ -284,6 +303,10 @@ pub enum Step {
     Mute(usize),
     /// The screen sends impressions again.
     Unmute(usize),
+    /// The screen's camera is covered (its messages count 0 impressions).
+    Cover(usize),
+    /// The screen's camera sees again.
+    Uncover(usize),
 }
 
 /// How the simulator is set up.
@@ -412,6 +435,7 @@ impl Simulator {
                 principal,
                 address: s.address,
                 muted: false,
+                covered: false,
             })
             .collect();
         // Units that are not installed when the run starts: a clone (it appears with the
@@ -682,6 +706,8 @@ impl Simulator {
                 Action::Step(Step::Publish(o)) => out.push(o),
                 Action::Step(Step::Mute(s)) => self.states[s].muted = true,
                 Action::Step(Step::Unmute(s)) => self.states[s].muted = false,
+                Action::Step(Step::Cover(s)) => self.states[s].covered = true,
+                Action::Step(Step::Uncover(s)) => self.states[s].covered = false,
             }
         }
         out
