@@ -221,6 +221,25 @@ pub async fn cover(
     Ok(covered)
 }
 
+/// [`cover`] for many outages at once: `(alert, outage)` pairs, each alert in at most one.
+/// Returns the pairs newly covered.
+pub async fn cover_many(
+    conn: &mut PgConnection,
+    pairs: &[(i64, i64)],
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<(i64, i64)>> {
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let covered = alerts::cover_many(conn, pairs, now).await?;
+    let entries: Vec<(i64, Value)> = covered
+        .iter()
+        .map(|(id, by)| (*id, json!({"by": by})))
+        .collect();
+    alerts::insert_events_many(conn, &entries, now, "covered", "fleetwatch").await?;
+    Ok(covered)
+}
+
 /// Release the alerts an outage covered (when it resolves): the still-firing ones stand on
 /// their own again.
 pub async fn uncover(

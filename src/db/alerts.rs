@@ -664,6 +664,30 @@ pub async fn cover(
     .await
 }
 
+/// [`cover`] for `(alert, outage)` pairs in one statement. Returns the pairs newly covered.
+pub async fn cover_many(
+    conn: &mut PgConnection,
+    pairs: &[(i64, i64)],
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<(i64, i64)>> {
+    let mut sorted = pairs.to_vec();
+    // Row locks in id order.
+    sorted.sort_unstable();
+    let ids: Vec<i64> = sorted.iter().map(|p| p.0).collect();
+    let by: Vec<i64> = sorted.iter().map(|p| p.1).collect();
+    sqlx::query_as(
+        r#"update alerts a set covered_by = u.by, updated_at = $3
+           from unnest($1::bigint[], $2::bigint[]) as u(id, by)
+           where a.id = u.id and a.covered_by is null and a.status = 'firing' and a.id <> u.by
+           returning a.id, u.by"#,
+    )
+    .bind(ids)
+    .bind(by)
+    .bind(now)
+    .fetch_all(conn)
+    .await
+}
+
 /// Release the still-firing alerts outage `by` covered. Returns their ids.
 pub async fn uncover(
     conn: &mut PgConnection,

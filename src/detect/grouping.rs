@@ -186,6 +186,7 @@ async fn group_pass(
         .collect();
     let names = group_names(conn, &groups).await?;
 
+    let mut to_fire: Vec<(AlertSpec, Vec<i64>)> = Vec::new();
     for group in groups {
         let members = by_group.get(group).map(Vec::as_slice).unwrap_or_default();
         let existing = firing.get(group);
@@ -233,10 +234,17 @@ async fn group_pass(
                 "since": at(since),
             }),
         };
-        let id = fire(conn, &spec, s, now, out).await?;
-        let ids: Vec<i64> = members.iter().map(|g| g.id).collect();
-        out.covered += lifecycle::cover(conn, &ids, id, now).await?.len();
+        to_fire.push((spec, members.iter().map(|g| g.id).collect()));
     }
+    // Fired together: a region going dark darkens hundreds of buildings in one pass.
+    let specs: Vec<AlertSpec> = to_fire.iter().map(|(spec, _)| spec.clone()).collect();
+    let fired = lifecycle::fire_many(conn, Kind::GroupOutage, &specs, now, s.reopen_window).await?;
+    let mut covers: Vec<(i64, i64)> = Vec::new();
+    for ((spec, members), f) in to_fire.iter().zip(&fired) {
+        record_fired(spec, *f, out);
+        covers.extend(members.iter().map(|m| (*m, f.id())));
+    }
+    out.covered += lifecycle::cover_many(conn, &covers, now).await?.len();
     Ok(())
 }
 
@@ -456,11 +464,16 @@ async fn fire(
     out: &mut Outcome,
 ) -> anyhow::Result<i64> {
     let fired = lifecycle::fire(conn, spec, now, s.reopen_window).await?;
+    record_fired(spec, fired, out);
+    Ok(fired.id())
+}
+
+/// Log and record an outage that opened or reopened.
+fn record_fired(spec: &AlertSpec, fired: Fired, out: &mut Outcome) {
     if matches!(fired, Fired::Opened(_) | Fired::Reopened(_)) {
         tracing::warn!(kind = %spec.kind, subject = %spec.subject, summary = %spec.summary, "outage");
         out.fired.push((spec.kind, spec.subject.clone()));
     }
-    Ok(fired.id())
 }
 
 /// Resolve an outage and release what it covered.
