@@ -55,14 +55,12 @@ pub const BACKLOG_CAP: i64 = 10_000;
 /// The page's sections, by element id.
 pub const SECTIONS: [&str; 6] = ["counts", "alerts", "groups", "feed", "health", "aws"];
 
-#[derive(Clone)]
 pub struct StateCount {
     pub state: &'static str,
     pub n: i64,
     pub href: String,
 }
 
-#[derive(Clone)]
 pub struct AlertLine {
     pub kind: String,
     pub severity: String,
@@ -72,7 +70,6 @@ pub struct AlertLine {
     pub href: String,
 }
 
-#[derive(Clone)]
 pub struct Tile {
     pub name: String,
     pub devices: i64,
@@ -83,7 +80,6 @@ pub struct Tile {
     pub href: String,
 }
 
-#[derive(Clone)]
 pub struct FeedItem {
     pub at: When,
     pub event: String,
@@ -94,7 +90,6 @@ pub struct FeedItem {
     pub severity: String,
 }
 
-#[derive(Clone)]
 pub struct HealthLine {
     pub what: String,
     pub ok: bool,
@@ -109,22 +104,12 @@ pub struct OverviewPage {
     pub q: Query,
     /// `Some(id)`: only that section is rendered (a fragment request).
     pub only: Option<&'static str>,
-    pub counts: Vec<StateCount>,
-    pub total: i64,
-    pub alerts: Vec<AlertLine>,
-    pub firing: i64,
-    pub unacked: i64,
-    pub tiles: Vec<Tile>,
-    pub more_groups: bool,
-    pub feed: Vec<FeedItem>,
-    pub health: Vec<HealthLine>,
-    pub charts: Vec<Chart>,
-    /// Why there is nothing to chart: AWS polling off (with its reason) or no metrics yet.
-    pub aws_note: Option<String>,
+    /// What the sections show (shared between requests by [`Cache`]).
+    pub data: Arc<Sections>,
 }
 
 /// What the sections show: the same for every viewer, so it can be shared ([`Cache`]).
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Sections {
     pub counts: Vec<StateCount>,
     pub total: i64,
@@ -224,42 +209,19 @@ pub async fn page(
 ) -> Result<OverviewPage, ApiError> {
     let only = target(&headers);
     let liveness = liveness.as_ref().map(|Extension(l)| l);
-    let sections = match state.live.generation() {
+    let data = match state.live.generation() {
         Some(generation) => {
             let read = || read(&state, liveness, None);
-            (*state.overview.get(generation, read).await?).clone()
+            state.overview.get(generation, read).await?
         }
         // Changes are not announced: nothing may be shared, and a fragment reads only itself.
-        None => read(&state, liveness, only).await?,
+        None => Arc::new(read(&state, liveness, only).await?),
     };
-    let Sections {
-        counts,
-        total,
-        alerts,
-        firing,
-        unacked,
-        tiles,
-        more_groups,
-        feed,
-        health,
-        charts,
-        aws_note,
-    } = sections;
     Ok(OverviewPage {
         chrome,
         q,
         only,
-        counts,
-        total,
-        alerts,
-        firing,
-        unacked,
-        tiles,
-        more_groups,
-        feed,
-        health,
-        charts,
-        aws_note,
+        data,
     })
 }
 
