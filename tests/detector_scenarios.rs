@@ -117,19 +117,19 @@ impl Fleet {
                 Some(t) => format!(r#"{{"timestamp":{}}}"#, ms(*t)),
                 None => "{}".to_string(),
             };
-            let out = accept(
-                &self.ingest,
-                &format!("dt/{device}/impressions"),
-                payload.as_bytes(),
-                self.now(),
-            )
-            .await;
-            assert!(
-                matches!(out, Accepted::Telemetry(TelemetryOutcome::Buffered { .. })),
-                "{out:?}"
-            );
+            self.impression(device, &payload).await;
         }
         telemetry::flush(&self.ingest).await.unwrap();
+    }
+
+    /// One impression message of `device` arriving now: buffered, not yet flushed.
+    async fn impression(&self, device: &str, payload: &str) {
+        let topic = format!("dt/{device}/impressions");
+        let out = accept(&self.ingest, &topic, payload.as_bytes(), self.now()).await;
+        assert!(
+            matches!(out, Accepted::Telemetry(TelemetryOutcome::Buffered { .. })),
+            "{out:?}"
+        );
     }
 
     /// Data stamped now.
@@ -141,12 +141,7 @@ impl Fleet {
     async fn beat_many(&self, devices: &[&str]) {
         let payload = format!(r#"{{"timestamp":{}}}"#, ms(self.now()));
         for device in devices {
-            let topic = format!("dt/{device}/impressions");
-            let out = accept(&self.ingest, &topic, payload.as_bytes(), self.now()).await;
-            assert!(
-                matches!(out, Accepted::Telemetry(TelemetryOutcome::Buffered { .. })),
-                "{out:?}"
-            );
+            self.impression(device, &payload).await;
         }
         telemetry::flush(&self.ingest).await.unwrap();
     }
