@@ -147,7 +147,7 @@ async fn fire_many_writes_what_fire_one_by_one_writes(pool: PgPool) {
     }
     tx.commit().await.unwrap();
     let mut tx = pool.begin().await.unwrap();
-    let by_many = lifecycle::fire_many(&mut tx, Kind::HeartbeatGap, &many, t0(), REOPEN)
+    let by_many = lifecycle::fire_many(&mut tx, Kind::HeartbeatGap, &many, None, t0(), REOPEN)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -183,7 +183,7 @@ async fn fire_many_writes_what_fire_one_by_one_writes(pool: PgPool) {
 #[sqlx::test(migrations = "./migrations")]
 async fn fire_many_of_nothing_writes_nothing(pool: PgPool) {
     let mut tx = pool.begin().await.unwrap();
-    let fired = lifecycle::fire_many(&mut tx, Kind::HeartbeatGap, &[], t0(), REOPEN)
+    let fired = lifecycle::fire_many(&mut tx, Kind::HeartbeatGap, &[], None, t0(), REOPEN)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -193,4 +193,51 @@ async fn fire_many_of_nothing_writes_nothing(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(n, 0);
+}
+
+/// A heartbeat pass's gap memory goes with each alert it fires, whichever way it fired: the
+/// new ones in the insert, the updated, unchanged and reopened ones beside `fire`.
+#[sqlx::test(migrations = "./migrations")]
+async fn fire_many_writes_each_gap_memory_new_or_not(pool: PgPool) {
+    use fleetwatch::db::detector::GapMemory;
+    use fleetwatch::domain::device::Gap;
+    let many = specs("gap", 6);
+    history(&pool, &many).await;
+    let memory: Vec<GapMemory> = (0..many.len() as i64)
+        .map(|i| GapMemory {
+            class: if i % 2 == 0 {
+                Gap::Silent
+            } else {
+                Gap::Offline
+            },
+            last_data_at: Some(t0() - TimeDelta::minutes(10 + i)),
+            last_device_ts: (i != 5).then(|| t0() - TimeDelta::minutes(20 + i)),
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    let fired = lifecycle::fire_many(
+        &mut tx,
+        Kind::HeartbeatGap,
+        &many,
+        Some(&memory),
+        t0(),
+        REOPEN,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(matches!(fired[2], Fired::Reopened(_)));
+    assert!(matches!(fired[4], Fired::Opened(_)));
+    for (f, m) in fired.iter().zip(&memory) {
+        let (class, data, device): (Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+            sqlx::query_as(
+                "select gap_class, gap_last_data_at, gap_last_device_ts from alerts where id = $1",
+            )
+            .bind(f.id())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(class.as_deref(), Some(m.class.as_str()), "{f:?}");
+        assert_eq!((data, device), (m.last_data_at, m.last_device_ts), "{f:?}");
+    }
 }

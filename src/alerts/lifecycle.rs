@@ -12,6 +12,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::outbox::{self, Change};
 use crate::db::alerts::{self, insert_event as event, NewFiring};
+use crate::db::detector::{self, GapMemory};
 use crate::domain::actor::Actor;
 use crate::domain::alert::{Kind, Severity};
 
@@ -126,15 +127,20 @@ pub async fn fire(
 /// the subjects that open a new alert (issue 12: a mass gap opens thousands of heartbeat alerts
 /// in one detector pass, and one round trip each made that tens of seconds). Subjects with a
 /// firing alert, or one resolved within `reopen_window`, go through `fire` one by one.
-/// Subjects must be distinct. Returns what happened to each spec, in order.
+/// Subjects must be distinct. `gaps`, for heartbeat gaps, is what the heartbeat pass measures
+/// each spec's gap from (in the order of `specs`): written with each alert, new or not
+/// ([`detector::remember_gap`]). Returns what happened to each spec, in order.
 pub async fn fire_many(
     conn: &mut PgConnection,
     kind: Kind,
     specs: &[AlertSpec],
+    gaps: Option<&[GapMemory]>,
     now: DateTime<Utc>,
     reopen_window: TimeDelta,
 ) -> sqlx::Result<Vec<Fired>> {
     debug_assert!(specs.iter().all(|s| s.kind == kind));
+    debug_assert!(gaps.is_none_or(|g| g.len() == specs.len()));
+    let gap_of = |i: usize| gaps.map(|g| g[i]);
     let subjects: Vec<&str> = specs.iter().map(|s| s.subject.as_str()).collect();
     let existing: HashSet<String> =
         alerts::subjects_with_recent(conn, kind, &subjects, now - reopen_window)
@@ -142,19 +148,27 @@ pub async fn fire_many(
             .into_iter()
             .collect();
     let mut fired: HashMap<&str, Fired> = HashMap::new();
-    for spec in specs.iter().filter(|s| existing.contains(&s.subject)) {
-        fired.insert(&spec.subject, fire(conn, spec, now, reopen_window).await?);
+    for (i, spec) in specs.iter().enumerate() {
+        if existing.contains(&spec.subject) {
+            let f = fire(conn, spec, now, reopen_window).await?;
+            if let Some(m) = gap_of(i) {
+                detector::remember_gap(&mut *conn, f.id(), &m).await?;
+            }
+            fired.insert(&spec.subject, f);
+        }
     }
     let new: Vec<NewFiring<'_>> = specs
         .iter()
-        .filter(|s| !existing.contains(&s.subject))
-        .map(|s| NewFiring {
+        .enumerate()
+        .filter(|(_, s)| !existing.contains(&s.subject))
+        .map(|(i, s)| NewFiring {
             subject: &s.subject,
             device_id: s.device_id.as_deref(),
             group_id: s.group_id.as_deref(),
             severity: s.severity,
             summary: &s.summary,
             details: &s.details,
+            gap: gap_of(i),
         })
         .collect();
     if !new.is_empty() {

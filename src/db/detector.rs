@@ -36,32 +36,6 @@ pub async fn remember_gap(
     Ok(())
 }
 
-/// [`remember_gap`] for many alerts in one statement.
-pub async fn remember_gaps(
-    conn: impl PgExecutor<'_>,
-    gaps: &[(i64, GapMemory)],
-) -> sqlx::Result<()> {
-    macro_rules! column {
-        ($f:expr) => {
-            gaps.iter().map($f).collect::<Vec<_>>()
-        };
-    }
-    sqlx::query(
-        r#"update alerts a set gap_class = u.class, gap_last_data_at = u.last_data,
-                  gap_last_device_ts = u.last_device_ts
-           from unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[])
-                as u(id, class, last_data, last_device_ts)
-           where a.id = u.id"#,
-    )
-    .bind(column!(|g| g.0))
-    .bind(column!(|g| g.1.class.as_str()))
-    .bind(column!(|g| g.1.last_data_at))
-    .bind(column!(|g| g.1.last_device_ts))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// A due device as read from Postgres: the facts the heartbeat rule needs, and the values its
 /// conditional update is conditioned on.
 #[derive(Debug, sqlx::FromRow)]

@@ -238,7 +238,8 @@ async fn group_pass(
     }
     // Fired together: a region going dark darkens hundreds of buildings in one pass.
     let specs: Vec<AlertSpec> = to_fire.iter().map(|(spec, _)| spec.clone()).collect();
-    let fired = lifecycle::fire_many(conn, Kind::GroupOutage, &specs, now, s.reopen_window).await?;
+    let fired =
+        lifecycle::fire_many(conn, Kind::GroupOutage, &specs, None, now, s.reopen_window).await?;
     let mut covers: Vec<(i64, i64)> = Vec::new();
     for ((spec, members), f) in to_fire.iter().zip(&fired) {
         record_fired(spec, *f, out);

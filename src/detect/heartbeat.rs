@@ -252,7 +252,7 @@ struct Opening {
 
 /// Open the gap alerts of `chunk` in one transaction: the devices' conditional state writes in
 /// one statement, then for those ingest did not move meanwhile the alerts
-/// ([`lifecycle::fire_many`]: trail and outbox rows too) and what each gap is measured from.
+/// ([`lifecycle::fire_many`]: trail and outbox rows too, and what each gap is measured from).
 /// What opening one device in its own transaction would write, for a few statements per chunk.
 async fn open_gaps(
     pool: &PgPool,
@@ -292,22 +292,25 @@ async fn open_gaps(
             details: gap_details(&o.row, o.class, &o.e),
         })
         .collect();
-    let fired =
-        lifecycle::fire_many(&mut tx, Kind::HeartbeatGap, &specs, now, s.reopen_window).await?;
     // What each gap is measured from until it resolves (a reopened alert starts anew).
-    let memory: Vec<(i64, GapMemory)> = opened
+    let memory: Vec<GapMemory> = opened
         .iter()
-        .zip(&fired)
-        .map(|(o, f)| {
-            let m = GapMemory {
-                class: o.class,
-                last_data_at: o.row.last_impression_at,
-                last_device_ts: o.row.last_device_ts,
-            };
-            (f.id(), m)
+        .map(|o| GapMemory {
+            class: o.class,
+            last_data_at: o.row.last_impression_at,
+            last_device_ts: o.row.last_device_ts,
         })
         .collect();
-    detector::remember_gaps(&mut *tx, &memory).await?;
+    let gaps = Some(memory.as_slice());
+    lifecycle::fire_many(
+        &mut tx,
+        Kind::HeartbeatGap,
+        &specs,
+        gaps,
+        now,
+        s.reopen_window,
+    )
+    .await?;
     tx.commit().await?;
     out.opened.extend(opened.iter().map(|o| o.row.id.clone()));
     Ok(())
