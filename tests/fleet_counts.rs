@@ -134,7 +134,7 @@ async fn step(pool: &PgPool, rng: &mut Rng, n: usize) -> String {
     let groups = ["g1", "g2", "g3"];
     let dev = format!("d{}", rng.below(12));
     let st = rng.pick(&STATES[..6]);
-    match rng.below(14) {
+    match rng.below(17) {
         0 | 1 => {
             let g = if rng.below(4) == 0 {
                 None
@@ -270,6 +270,65 @@ async fn step(pool: &PgPool, rng: &mut Rng, n: usize) -> String {
                 .unwrap();
             "retention".into()
         }
+        13 => {
+            // many devices' state in one statement (the detector's batched writes): the
+            // statement-level triggers net a whole statement's rows per key
+            let ids: Vec<String> = (0..12)
+                .filter(|_| rng.below(2) == 0)
+                .map(|i| format!("d{i}"))
+                .collect();
+            sqlx::query("update devices set state = $2, state_since = now() where id = any($1)")
+                .bind(&ids)
+                .bind(st)
+                .execute(pool)
+                .await
+                .unwrap();
+            format!("state {ids:?} {st}")
+        }
+        14 => {
+            // an upsert: some rows inserted, some updated, in one statement
+            let g = rng.pick(&groups);
+            group(pool, g).await;
+            let ids: Vec<String> = (0..12)
+                .filter(|_| rng.below(3) == 0)
+                .map(|i| format!("d{i}"))
+                .collect();
+            sqlx::query(
+                r#"insert into devices (id, group_id, state) select unnest($1::text[]), $2, $3
+                   on conflict (id) do update set state = excluded.state, group_id = excluded.group_id"#,
+            )
+            .bind(&ids)
+            .bind(g)
+            .bind(st)
+            .execute(pool)
+            .await
+            .unwrap();
+            format!("upsert {ids:?} {g} {st}")
+        }
+        15 => {
+            // many alerts in one statement (the detector's `fire_many`), then many changed
+            let (k, s) = (rng.pick(&KINDS), rng.pick(&SEVERITIES));
+            sqlx::query(
+                r#"insert into alerts (kind, subject, severity, status, opened_at, summary,
+                                       details, updated_at)
+                   select $1, 'm' || $3 || '-' || i, $2, 'firing', now(), 's', '{}', now()
+                   from generate_series(1, 1 + $3 % 7) i"#,
+            )
+            .bind(k)
+            .bind(s)
+            .bind(n as i64)
+            .execute(pool)
+            .await
+            .unwrap();
+            let sql = [
+                "update alerts set acknowledged_by = 'token:1:t' where id % 3 = 0",
+                "update alerts set covered_by = (select max(id) from alerts) where id % 2 = 1",
+                "update alerts set status = 'resolved', resolved_at = now() where id % 4 = 1",
+                "update alerts set severity = 'info' where status = 'firing' and id % 5 = 2",
+            ][rng.below(4)];
+            sqlx::query(sql).execute(pool).await.unwrap();
+            format!("alerts {k} {s}, then {sql}")
+        }
         _ => {
             fold(pool).await;
             "fold".into()
@@ -290,6 +349,18 @@ async fn randomized_histories_keep_the_counts_equal_to_a_recount(pool: PgPool) {
             }
         }
         assert_exact(&pool, &format!("seed {seed}")).await;
+        // the grouping pass's reporting devices, read from the counts, as counted from devices
+        let counted: i64 = sqlx::query_scalar(
+            "select count(*) from devices where retired_at is null and state not in ('never_seen', 'retired')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            fleet_counts::count_reporting(&pool).await.unwrap(),
+            counted,
+            "seed {seed}"
+        );
         // and a self-check finds nothing to correct
         let checked = fleetwatch::fleet_counts::check(&pool, &Metrics::new())
             .await

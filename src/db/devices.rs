@@ -207,18 +207,7 @@ pub async fn count_by_state(conn: impl sqlx::PgExecutor<'_>) -> sqlx::Result<Vec
     .await
 }
 
-/// Devices that count as reporting (for the fleet outage's share): not retired, seen at least
-/// once.
-pub async fn count_reporting(conn: impl sqlx::PgExecutor<'_>) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        r#"select count(*) from devices
-           where retired_at is null and state not in ('never_seen', 'retired')"#,
-    )
-    .fetch_one(conn)
-    .await
-}
-
-/// The reporting devices (as [`count_reporting`] counts them) whose last connection came from
+/// The reporting devices (as [`super::fleet_counts::count_reporting`] counts them) whose last connection came from
 /// each of `networks`: (network, count) for each with any.
 pub async fn count_reporting_by_network(
     conn: impl sqlx::PgExecutor<'_>,

@@ -32,6 +32,20 @@ pub struct FiringCount {
     pub n: i64,
 }
 
+/// Devices that count as reporting (for the fleet outage's share): not retired, seen at least
+/// once. Read from the trigger-kept counts (the same definition, exact in every
+/// snapshot), not by counting `devices`: the grouping pass asks every tick while gaps
+/// are firing, and the count read the whole table, ≈ 95 ms a tick at a million devices
+/// (issue 12, benches/detector.rs).
+pub async fn count_reporting(conn: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"select coalesce(sum(n), 0)::bigint from device_state_counts
+           where state not in ('never_seen', 'retired')"#,
+    )
+    .fetch_one(conn)
+    .await
+}
+
 /// Firing alerts per (kind, severity, acknowledged, covered); keys without alerts are absent.
 pub async fn firing(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<FiringCount>> {
     sqlx::query_as(

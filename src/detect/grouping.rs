@@ -44,7 +44,7 @@ use sqlx::{PgConnection, PgPool};
 use super::{at, Settings};
 use crate::alerts::lifecycle::{self, AlertSpec, Fired};
 use crate::db::alerts::{self, FiringGap as Gap, FiringOutage as Outage};
-use crate::db::devices;
+use crate::db::{devices, fleet_counts};
 use crate::domain::alert::Kind;
 
 /// What one grouping tick did.
@@ -110,7 +110,7 @@ async fn tick_in(
         }
     }
 
-    let reporting = devices::count_reporting(&mut *conn).await?;
+    let reporting = fleet_counts::count_reporting(&mut *conn).await?;
     let fleet = FleetCount::new(&gaps, reporting, s);
 
     // A fleet outage that ends releases its alerts first, so that the group pass below can
