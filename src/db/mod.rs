@@ -49,7 +49,17 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
 }
 
 /// A pool over already-parsed options.
+///
+/// Its sessions run with `jit = off` unless the URL's `options` set `jit` itself: every query
+/// here is short, and a read the planner believes expensive (the detector's due devices after a
+/// mass gap: thousands of rows) otherwise paid ≈ 100 ms of JIT compilation per execution, more
+/// than the query itself (issue 12, benches/detector.rs).
 pub async fn pool(opts: PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
+    let opts = if opts.get_options().is_some_and(|o| o.contains("jit")) {
+        opts
+    } else {
+        opts.options([("jit", "off")])
+    };
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
