@@ -993,7 +993,7 @@ impl Default for DetectorConfig {
             disconnect_grace: dur("10m"),
             tick: dur("15s"),
             reopen_window: dur("30m"),
-            max_due_per_tick: 5000,
+            max_due_per_tick: 10_000,
             canary_interval: dur("5s"),
             canary_timeout: dur("20s"),
             canary_topic: "fleetwatch/canary/{instance}".into(),
