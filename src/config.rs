@@ -523,6 +523,9 @@ pub struct RetentionConfig {
     /// than `anomaly.baseline` + `anomaly.season` + 1 day whatever is set here
     /// ([`Config::retention`]): the baseline needs them.
     pub impression_buckets: HumanDuration,
+    /// Hourly impression counts (`impressions_hourly`: the device page's chart) older than this
+    /// are deleted.
+    pub impressions_hourly: HumanDuration,
     /// How often the retention job runs.
     pub interval: HumanDuration,
 }
@@ -1050,6 +1053,7 @@ impl Default for RetentionConfig {
             alerts: dur("365d"),
             cloudwatch_samples: dur("30d"),
             impression_buckets: dur("36d"),
+            impressions_hourly: dur("90d"),
             interval: dur("1h"),
         }
     }

@@ -3,9 +3,9 @@
 //! together with their trail and notifications. Deletes go in bounded batches so the job never
 //! holds long locks; everything is idempotent, so it may run on every replica. The supervisor
 //! (`app::tasks`) runs [`tick`] every `retention.interval`. The deletes themselves are in
-//! `db::{presence, notifications, alerts, cloudwatch, users, anomaly}`; expired dashboard
-//! sessions go too, and impression bucket sums older than the anomaly baseline needs
-//! (`Config::retention`).
+//! `db::{presence, notifications, alerts, cloudwatch, users, anomaly, telemetry}`; expired dashboard
+//! sessions go too, impression bucket sums older than the anomaly baseline needs
+//! (`Config::retention`), and hourly impression counts.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -29,6 +29,8 @@ pub struct Deleted {
     pub sessions: u64,
     /// Impression bucket sums (`impression_buckets`).
     pub impression_buckets: u64,
+    /// Hourly impression counts (`impressions_hourly`).
+    pub impressions_hourly: u64,
 }
 
 fn cutoff(now: DateTime<Utc>, keep: HumanDuration) -> DateTime<Utc> {
@@ -90,6 +92,12 @@ pub async fn tick(
         pool,
         cutoff(now, cfg.impression_buckets),
         db::anomaly::delete_buckets_before,
+    )
+    .await?;
+    d.impressions_hourly = drain(
+        pool,
+        cutoff(now, cfg.impressions_hourly),
+        db::telemetry::delete_hourly_before,
     )
     .await?;
     Ok(d)

@@ -651,3 +651,43 @@ async fn thousands_of_devices_flush_in_one_call(pool: PgPool) {
         (n / 3) as i64
     );
 }
+
+/// Retention trims the hourly counts by hour, in batches, and keeps the recent ones whole.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn retention_trims_hourly_counts_older_than_the_period(pool: PgPool) {
+    sqlx::query(
+        "insert into devices (id, state) values ('old-timer', 'healthy'), ('new', 'healthy')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // 12,000 hours of one device (500 days back from `base()`), 3 of another
+    sqlx::query(
+        r#"insert into impressions_hourly (device_id, hour, count)
+           select 'old-timer', $1 - h * interval '1 hour', 7 from generate_series(0, 11999) h
+           union all
+           select 'new', $1 - h * interval '1 hour', 1 from generate_series(0, 2) h"#,
+    )
+    .bind(base())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut r = Config::default().retention;
+    r.impressions_hourly =
+        fleetwatch::config::HumanDuration(std::time::Duration::from_secs(10 * 86400));
+    let clock: fleetwatch::clock::SharedClock = ManualClock::new(base());
+    let d = fleetwatch::retention::tick(&pool, &clock, &r)
+        .await
+        .unwrap();
+    let keep = 10 * 24 + 1; // hours 0..=240 are at most 10 days old
+    assert_eq!(d.impressions_hourly, 12_000 - keep);
+    let left = hours(&pool, "old-timer").await;
+    assert_eq!(left.len() as u64, keep);
+    assert!(left.keys().all(|h| *h >= base() - TimeDelta::days(10)));
+    assert_eq!(hours(&pool, "new").await.len(), 3);
+    // nothing more to do at the same time
+    let again = fleetwatch::retention::tick(&pool, &clock, &r)
+        .await
+        .unwrap();
+    assert_eq!(again.impressions_hourly, 0);
+}

@@ -2,7 +2,7 @@
 //! counts, and messages and impressions per anomaly bucket, for a whole batch in one statement.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 /// One device's share of a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,4 +138,22 @@ pub async fn hourly_for_device(
     .bind(since)
     .fetch_all(pool)
     .await
+}
+
+/// Delete at most `limit` hourly counts of hours before `cutoff` (retention). Returns how many.
+pub async fn delete_hourly_before(
+    conn: impl PgExecutor<'_>,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        r#"delete from impressions_hourly
+           where (device_id, hour) in (
+               select device_id, hour from impressions_hourly where hour < $1 limit $2)"#,
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .execute(conn)
+    .await?
+    .rows_affected())
 }
