@@ -160,3 +160,55 @@ async fn the_migration_carries_open_gaps_over(pool: PgPool) {
         ]
     );
 }
+
+/// A mass gap bigger than one opening transaction (several chunks, opened a few at once on
+/// their own connections): every device's gap opens exactly once, with its memory, its trail
+/// entry and its state, and the next tick finds nothing left to open.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn a_mass_gap_over_many_chunks_opens_each_gap_once_with_its_memory(pool: PgPool) {
+    let d = Detector::new(
+        pool.clone(),
+        Settings::from_config(&Config::default()),
+        TimeDelta::seconds(20),
+    );
+    d.tick(&IngestStatus::Healthy, min(-60)).await.unwrap();
+    // 4,321 screens that last sent at -40m and are still connected (silent); one that is fine
+    sqlx::query(
+        r#"insert into devices (id, state, connected, conn_event_ts, last_impression_at,
+                                last_device_ts)
+           select 'mass-' || lpad(i::text, 5, '0'), 'healthy', true, $1, $2, $2
+           from generate_series(1, 4321) i
+           union all select 'fine', 'healthy', true, $1, $3, $3"#,
+    )
+    .bind(min(-50))
+    .bind(min(-40))
+    .bind(t0())
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("update devices set deadline_at = $1 where id <> 'fine'")
+        .bind(t0())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = d.tick(&IngestStatus::Healthy, t0()).await.unwrap();
+    assert_eq!(out.heartbeat.opened.len(), 4321);
+    assert_eq!(out.heartbeat.raced, 0);
+    let (alerts, subjects, remembered, trails, silent): (i64, i64, i64, i64, i64) = sqlx::query_as(
+        r#"select (select count(*) from alerts where kind = 'heartbeat_gap'),
+                      (select count(distinct subject) from alerts where kind = 'heartbeat_gap'),
+                      (select count(*) from alerts where gap_class = 'silent'
+                          and gap_last_data_at = $1 and gap_last_device_ts = $1),
+                      (select count(*) from alert_events e join alerts a on a.id = e.alert_id
+                       where e.type = 'opened' and a.kind = 'heartbeat_gap'),
+                      (select count(*) from devices where state = 'silent')"#,
+    )
+    .bind(min(-40))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((alerts, subjects, remembered), (4321, 4321, 4321));
+    assert_eq!((trails, silent), (4321, 4321));
+    let again = d.tick(&IngestStatus::Healthy, min(1)).await.unwrap();
+    assert!(again.heartbeat.opened.is_empty(), "{:?}", again.heartbeat);
+}
