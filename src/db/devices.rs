@@ -207,8 +207,8 @@ pub async fn count_by_state(conn: impl sqlx::PgExecutor<'_>) -> sqlx::Result<Vec
     .await
 }
 
-/// The reporting devices (as [`super::fleet_counts::count_reporting`] counts them) whose last connection came from
-/// each of `networks`: (network, count) for each with any.
+/// The reporting devices (as [`super::fleet_counts::count_reporting`] counts them) whose last
+/// connection came from each of `networks`: (network, count) for each with any.
 pub async fn count_reporting_by_network(
     conn: impl sqlx::PgExecutor<'_>,
     networks: &[&str],
