@@ -10,12 +10,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
 use fleetwatch::clock::{Clock, ManualClock};
 use fleetwatch::config::{Config, HumanDuration};
-use fleetwatch::detect::{Detector, Settings, TickOutcome};
+use fleetwatch::detect::{Detector, TickOutcome};
 use fleetwatch::ingest::health::IngestStatus;
-use fleetwatch::ingest::{
-    accept, presence, telemetry, Accepted, DeviceRegistry, IngestContext, TelemetryOutcome,
-};
-use fleetwatch::metrics::Metrics;
+use fleetwatch::ingest::{accept, presence, telemetry, Accepted, IngestContext};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -40,23 +37,12 @@ impl Fleet {
     }
 
     async fn with_config(pool: PgPool, cfg: Config) -> Fleet {
-        let clock = ManualClock::new(t0());
-        let identity = fleetwatch::domain::identity::Identity::from_config(&cfg);
-        fleetwatch::db::devices::sync_config(&pool, &cfg, &identity)
-            .await
-            .unwrap();
-        let ingest = IngestContext::new(
-            &cfg,
-            pool.clone(),
-            Metrics::new(),
-            clock.clone(),
-            Arc::new(DeviceRegistry::load(&pool, 1000).await.unwrap()),
-        );
-        let detector = Detector::new(
-            pool.clone(),
-            Settings::from_config(&cfg),
-            TimeDelta::seconds(20),
-        );
+        let fleet::Harness {
+            pool,
+            clock,
+            ingest,
+            detector,
+        } = fleet::Harness::new(pool, &cfg, t0()).await;
         Fleet {
             pool,
             clock,
@@ -124,12 +110,7 @@ impl Fleet {
 
     /// One impression message of `device` arriving now: buffered, not yet flushed.
     async fn impression(&self, device: &str, payload: &str) {
-        let topic = format!("dt/{device}/impressions");
-        let out = accept(&self.ingest, &topic, payload.as_bytes(), self.now()).await;
-        assert!(
-            matches!(out, Accepted::Telemetry(TelemetryOutcome::Buffered { .. })),
-            "{out:?}"
-        );
+        fleet::impression(&self.ingest, device, payload, self.now()).await;
     }
 
     /// Data stamped now.

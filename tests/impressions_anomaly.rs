@@ -13,12 +13,9 @@ use chrono_tz::Tz;
 use fleetwatch::clock::{Clock, ManualClock};
 use fleetwatch::config::{Config, GroupConfig, HumanDuration};
 use fleetwatch::db::telemetry::{write_batch, BucketRow, DeviceRow};
-use fleetwatch::detect::{Detector, Settings, TickOutcome};
+use fleetwatch::detect::{Detector, TickOutcome};
 use fleetwatch::ingest::health::IngestStatus;
-use fleetwatch::ingest::{
-    accept, telemetry, Accepted, DeviceRegistry, IngestContext, TelemetryOutcome,
-};
-use fleetwatch::metrics::Metrics;
+use fleetwatch::ingest::{telemetry, IngestContext};
 use sqlx::PgPool;
 
 /// Monday 2026-11-30 00:00 UTC.
@@ -92,23 +89,12 @@ const TWO_BUILDINGS: [(&str, &str, f64); 7] = [
 impl Fleet {
     async fn new(pool: PgPool, cfg: Config, start: DateTime<Utc>) -> Fleet {
         cfg.validate().unwrap();
-        let clock = ManualClock::new(start);
-        let identity = fleetwatch::domain::identity::Identity::from_config(&cfg);
-        fleetwatch::db::devices::sync_config(&pool, &cfg, &identity)
-            .await
-            .unwrap();
-        let ingest = IngestContext::new(
-            &cfg,
-            pool.clone(),
-            Metrics::new(),
-            clock.clone(),
-            Arc::new(DeviceRegistry::load(&pool, 1000).await.unwrap()),
-        );
-        let detector = Detector::new(
-            pool.clone(),
-            Settings::from_config(&cfg),
-            TimeDelta::seconds(20),
-        );
+        let common::fleet::Harness {
+            pool,
+            clock,
+            ingest,
+            detector,
+        } = common::fleet::Harness::new(pool, &cfg, start).await;
         Fleet {
             pool,
             clock,
@@ -171,17 +157,7 @@ impl Fleet {
 
     /// One message from `device` that arrived at `arrival`, through the real ingest path.
     async fn send_at(&self, device: &str, payload: &str, arrival: DateTime<Utc>) {
-        let out = accept(
-            &self.ingest,
-            &format!("dt/{device}/impressions"),
-            payload.as_bytes(),
-            arrival,
-        )
-        .await;
-        assert!(
-            matches!(out, Accepted::Telemetry(TelemetryOutcome::Buffered { .. })),
-            "{out:?}"
-        );
+        common::fleet::impression(&self.ingest, device, payload, arrival).await;
     }
 
     async fn tick(&self) -> TickOutcome {

@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod aws;
 pub mod browser;
+pub mod fleet;
 pub mod http;
 pub mod pki;
 pub mod web;
