@@ -10,10 +10,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
 use fleetwatch::clock::{Clock, ManualClock};
 use fleetwatch::config::{Config, NetworkConfig};
-use fleetwatch::detect::{Detector, Settings, TickOutcome};
+use fleetwatch::detect::{Detector, TickOutcome};
 use fleetwatch::ingest::health::IngestStatus;
-use fleetwatch::ingest::{accept, presence, Accepted, DeviceRegistry, IngestContext};
-use fleetwatch::metrics::Metrics;
+use fleetwatch::ingest::{accept, presence, Accepted, IngestContext};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -52,19 +51,12 @@ fn enabled() -> Config {
 
 impl Fleet {
     async fn new(pool: PgPool, cfg: Config) -> Fleet {
-        let clock = ManualClock::new(t0());
-        let ingest = IngestContext::new(
-            &cfg,
-            pool.clone(),
-            Metrics::new(),
-            clock.clone(),
-            Arc::new(DeviceRegistry::load(&pool, 1000).await.unwrap()),
-        );
-        let detector = Detector::new(
-            pool.clone(),
-            Settings::from_config(&cfg),
-            TimeDelta::seconds(20),
-        );
+        let common::fleet::Harness {
+            pool,
+            clock,
+            ingest,
+            detector,
+        } = common::fleet::Harness::new(pool, &cfg, t0()).await;
         let f = Fleet {
             pool,
             clock,

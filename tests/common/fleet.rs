@@ -1,7 +1,7 @@
 //! What a fleet story on a manual clock stands on (`tests/detector_scenarios.rs`,
-//! `tests/impressions_anomaly.rs`): the configuration synced into a real Postgres, the real
-//! ingest context and a detector, on one injected clock; and one impression message through
-//! the real ingest path.
+//! `tests/impressions_anomaly.rs`, `tests/address_drift.rs`): the configuration synced into a
+//! real Postgres, the real ingest context and a detector, on one injected clock; and one
+//! impression message through the real ingest path.
 
 use std::sync::Arc;
 
