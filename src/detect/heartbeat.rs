@@ -191,27 +191,30 @@ pub async fn run_due(
             gap_min_device_ts: row.gap_min_device_ts,
         };
         let decision = evaluate(&facts, &e, now);
-        if decision.action == Action::None {
-            // Most due devices: rescheduled (or late), no alert touched; written together below.
-            plain.push((row, decision));
-            continue;
-        }
-        if let Action::Open(class) = decision.action {
-            // Opened together below: a mass gap opens thousands at once.
-            opening.push(Opening {
-                row,
-                decision,
-                class,
-                e,
-            });
-            continue;
-        }
-        match apply(pool, &row, &facts, &e, &decision, now).await? {
-            true => match &decision.action {
-                Action::Open(_) => out.opened.push(row.id.clone()),
-                Action::Reclassify { .. } => out.reclassified.push(row.id.clone()),
-                Action::Resolve { .. } => out.resolved.push(row.id.clone()),
-                Action::None => {}
+        let change = match decision.action {
+            Action::None => {
+                // Most due devices: rescheduled (or late), no alert touched; written together
+                // below.
+                plain.push((row, decision));
+                continue;
+            }
+            Action::Open(class) => {
+                // Opened together below: a mass gap opens thousands at once.
+                opening.push(Opening {
+                    row,
+                    decision,
+                    class,
+                    e,
+                });
+                continue;
+            }
+            Action::Reclassify { from, to } => AlertChange::Reclassify { from, to },
+            Action::Resolve { covered } => AlertChange::Resolve { covered },
+        };
+        match apply(pool, &row, &facts, &e, &decision, change, now).await? {
+            true => match change {
+                AlertChange::Reclassify { .. } => out.reclassified.push(row.id.clone()),
+                AlertChange::Resolve { .. } => out.resolved.push(row.id.clone()),
             },
             false => out.raced += 1,
         }
@@ -342,14 +345,24 @@ async fn open_gaps(
     Ok((opened.iter().map(|o| o.row.id.clone()).collect(), raced))
 }
 
-/// Apply one reclassification or resolution in its own transaction. The device update is conditional on what was
-/// read: if ingest moved the device meanwhile, nothing is written and the next tick decides.
+/// What a decision does to its device's open gap alert, one device at a time ([`apply`]); the
+/// decisions that touch no alert and the openings are written in batches by [`run_due`].
+#[derive(Debug, Clone, Copy)]
+enum AlertChange {
+    Reclassify { from: Gap, to: Gap },
+    Resolve { covered: Option<bool> },
+}
+
+/// Apply decision `d`, whose alert change is `change`, in its own transaction. The device
+/// update is conditional on what was read: if ingest moved the device meanwhile, nothing is
+/// written and the next tick decides.
 async fn apply(
     pool: &PgPool,
     row: &DueDevice,
     facts: &Facts,
     e: &Expectations,
     d: &Decision,
+    change: AlertChange,
     now: DateTime<Utc>,
 ) -> anyhow::Result<bool> {
     let mut tx = pool.begin().await?;
@@ -367,15 +380,13 @@ async fn apply(
     if updated == 0 {
         return Ok(false);
     }
-    match &d.action {
-        // Never given here: `run_due` writes these in batches (`open_gaps` for openings).
-        Action::None | Action::Open(_) => {}
-        Action::Reclassify { from, to } => {
+    match change {
+        AlertChange::Reclassify { from, to } => {
             let open = facts
                 .open
                 .as_ref()
                 .expect("reclassify implies an open alert");
-            let mut details = gap_details(row, *to, e);
+            let mut details = gap_details(row, to, e);
             // Keep what the gap was measured from when it opened.
             details["last_impression_at"] = json!(open.last_data_before);
             details["last_device_ts"] = json!(open.last_device_ts_before);
@@ -383,20 +394,20 @@ async fn apply(
             lifecycle::reclassify(
                 &mut tx,
                 open.id,
-                &describe(row, *to),
+                &describe(row, to),
                 &details,
                 now,
                 json!({"from": from.as_str(), "to": to.as_str()}),
             )
             .await?;
             let memory = GapMemory {
-                class: *to,
+                class: to,
                 last_data_at: open.last_data_before,
                 last_device_ts: open.last_device_ts_before,
             };
             detector::remember_gap(&mut *tx, open.id, &memory).await?;
         }
-        Action::Resolve { covered } => {
+        AlertChange::Resolve { covered } => {
             let open = facts.open.as_ref().expect("resolve implies an open alert");
             let gap = open
                 .last_data_before
@@ -439,7 +450,7 @@ mod tests {
             let size = chunk_size(n);
             assert!((1..=OPEN_CHUNK).contains(&size), "{n}: {size}");
             let chunks = n.div_ceil(size);
-            // no more rounds than the bound needs, and every round but the last is full
+            // as few rounds as the bound allows
             let rounds = chunks.div_ceil(OPEN_CONCURRENCY);
             assert_eq!(rounds, n.div_ceil(OPEN_CHUNK * OPEN_CONCURRENCY), "{n}");
             // even: only the last chunk is shorter, by less than one row per chunk
