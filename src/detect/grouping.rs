@@ -205,10 +205,12 @@ async fn group_pass(
                 continue;
             }
             Some(o) => kept_since(Some(o)).unwrap_or_else(|| earliest(members)),
-            None => match cluster_start(members, s.group_outage_devices, s.group_outage_window) {
-                Some(t) => t,
-                None => continue,
-            },
+            None => {
+                match cluster_start(members, s.group_outage_devices, 1, s.group_outage_window) {
+                    Some(t) => t,
+                    None => continue,
+                }
+            }
         };
         let devices = device_list(members);
         let name = display_name(&names, group);
@@ -300,7 +302,7 @@ async fn network_pass(
                 continue;
             }
             Some(o) => kept_since(Some(o)).unwrap_or_else(|| earliest(members)),
-            None => match network_cluster(
+            None => match cluster_start(
                 members,
                 count.need,
                 s.network_outage_min_groups,
@@ -428,34 +430,6 @@ fn group_key(g: &Gap) -> String {
     g.group_id.clone().unwrap_or_else(|| "(none)".to_string())
 }
 
-/// The start of the first run of at least `need` gap start times within `window` of each
-/// other that spans at least `min_groups` groups, if any: where a carrier outage began.
-fn network_cluster(
-    members: &[&Gap],
-    need: i64,
-    min_groups: i64,
-    window: TimeDelta,
-) -> Option<DateTime<Utc>> {
-    let need = usize::try_from(need.max(1)).unwrap_or(usize::MAX);
-    let min_groups = usize::try_from(min_groups.max(1)).unwrap_or(usize::MAX);
-    let mut sorted: Vec<&Gap> = members.to_vec();
-    sorted.sort_by_key(|g| g.since);
-    let mut first = 0;
-    for last in 0..sorted.len() {
-        while sorted[last].since - sorted[first].since > window {
-            first += 1;
-        }
-        let run = &sorted[first..=last];
-        if run.len() >= need {
-            let groups: BTreeSet<String> = run.iter().map(|g| group_key(g)).collect();
-            if groups.len() >= min_groups {
-                return Some(sorted[first].since);
-            }
-        }
-    }
-    None
-}
-
 /// `fire`, recording opened and reopened outages in the outcome.
 async fn fire(
     conn: &mut PgConnection,
@@ -575,19 +549,36 @@ impl FleetCount {
     }
 }
 
-/// The start of the first run of at least `n` start times within `window` of each other, if
-/// any: where the incident began.
-fn cluster_start(members: &[&Gap], n: i64, window: TimeDelta) -> Option<DateTime<Utc>> {
-    let n = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
-    let mut times: Vec<DateTime<Utc>> = members.iter().map(|g| g.since).collect();
-    times.sort_unstable();
+/// The start of the first run of at least `need` gap start times within `window` of each
+/// other that spans at least `min_groups` groups (devices without a group are one, as
+/// [`group_key`] counts them), if any: where the incident began. A building's outage asks for
+/// one group, a carrier's for several.
+fn cluster_start(
+    members: &[&Gap],
+    need: i64,
+    min_groups: i64,
+    window: TimeDelta,
+) -> Option<DateTime<Utc>> {
+    let need = usize::try_from(need.max(1)).unwrap_or(usize::MAX);
+    let min_groups = usize::try_from(min_groups.max(1)).unwrap_or(usize::MAX);
+    let mut sorted: Vec<&Gap> = members.to_vec();
+    sorted.sort_by_key(|g| g.since);
     let mut first = 0;
-    for last in 0..times.len() {
-        while times[last] - times[first] > window {
+    for last in 0..sorted.len() {
+        while sorted[last].since - sorted[first].since > window {
             first += 1;
         }
-        if last + 1 - first >= n {
-            return Some(times[first]);
+        let run = &sorted[first..=last];
+        if run.len() >= need
+            && (min_groups == 1
+                || run
+                    .iter()
+                    .map(|g| group_key(g))
+                    .collect::<BTreeSet<_>>()
+                    .len()
+                    >= min_groups)
+        {
+            return Some(sorted[first].since);
         }
     }
     None
@@ -664,14 +655,14 @@ mod tests {
     }
 
     #[test]
-    fn a_network_cluster_needs_its_count_within_the_window_across_groups() {
+    fn a_carrier_cluster_needs_its_count_within_the_window_across_groups() {
         let w = TimeDelta::minutes(10);
         let refs = |v: &[Gap]| -> Vec<Gap> { v.to_vec() };
         // five in one building: a group outage's business, never a carrier's
         let one: Vec<Gap> = (0..5).map(|m| on(m, "a", "n")).collect();
         let r: Vec<&Gap> = one.iter().collect();
-        assert_eq!(network_cluster(&r, 5, 2, w), None);
-        assert_eq!(network_cluster(&r, 5, 1, w), Some(one[0].since));
+        assert_eq!(cluster_start(&r, 5, 2, w), None);
+        assert_eq!(cluster_start(&r, 5, 1, w), Some(one[0].since));
         // five across two buildings within the window
         let two: Vec<Gap> = refs(&[
             on(0, "a", "n"),
@@ -681,8 +672,8 @@ mod tests {
             on(9, "a", "n"),
         ]);
         let r: Vec<&Gap> = two.iter().collect();
-        assert_eq!(network_cluster(&r, 5, 2, w), Some(two[0].since));
-        assert_eq!(network_cluster(&r, 6, 2, w), None);
+        assert_eq!(cluster_start(&r, 5, 2, w), Some(two[0].since));
+        assert_eq!(cluster_start(&r, 6, 2, w), None);
         // the same five spread over an hour: screens failing one by one are no outage
         let spread: Vec<Gap> = [0, 15, 30, 45, 60]
             .iter()
@@ -690,7 +681,7 @@ mod tests {
             .map(|(i, m)| on(*m, if i % 2 == 0 { "a" } else { "b" }, "n"))
             .collect();
         let r: Vec<&Gap> = spread.iter().collect();
-        assert_eq!(network_cluster(&r, 2, 2, w), None);
+        assert_eq!(cluster_start(&r, 2, 2, w), None);
         // a burst after a lone early gap starts at the burst, in any input order
         let mut late: Vec<Gap> = refs(&[
             on(50, "b", "n"),
@@ -701,7 +692,7 @@ mod tests {
         late.reverse();
         let r: Vec<&Gap> = late.iter().collect();
         assert_eq!(
-            network_cluster(&r, 3, 2, w),
+            cluster_start(&r, 3, 2, w),
             Some(DateTime::<Utc>::UNIX_EPOCH + TimeDelta::minutes(50))
         );
     }
@@ -730,15 +721,15 @@ mod tests {
         let w = TimeDelta::minutes(10);
         let spread: Vec<Gap> = [0, 30, 60, 90].map(gap).into();
         let refs: Vec<&Gap> = spread.iter().collect();
-        assert_eq!(cluster_start(&refs, 2, w), None);
+        assert_eq!(cluster_start(&refs, 2, 1, w), None);
 
         let burst: Vec<Gap> = [0, 45, 50, 55, 58].map(gap).into();
         let refs: Vec<&Gap> = burst.iter().collect();
-        assert_eq!(cluster_start(&refs, 3, w), Some(burst[1].since));
-        assert_eq!(cluster_start(&refs, 5, w), None);
+        assert_eq!(cluster_start(&refs, 3, 1, w), Some(burst[1].since));
+        assert_eq!(cluster_start(&refs, 5, 1, w), None);
         // exactly the window apart still counts
         let edge: Vec<Gap> = [0, 10].map(gap).into();
         let refs: Vec<&Gap> = edge.iter().collect();
-        assert_eq!(cluster_start(&refs, 2, w), Some(edge[0].since));
+        assert_eq!(cluster_start(&refs, 2, 1, w), Some(edge[0].since));
     }
 }
