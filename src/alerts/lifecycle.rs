@@ -222,17 +222,20 @@ pub async fn resolve(
 }
 
 /// Mark firing alerts as covered by a group or fleet outage (their notification speaks for
-/// them). Alerts already covered keep their cover. Returns the ids newly covered.
+/// them). Alerts already covered keep their cover. Returns the ids newly covered: [`cover_many`]
+/// of one outage.
 pub async fn cover(
     conn: &mut PgConnection,
     ids: &[i64],
     by: i64,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Vec<i64>> {
-    let covered = alerts::cover(conn, ids, by, now).await?;
-    let entries: Vec<(i64, Value)> = covered.iter().map(|id| (*id, json!({"by": by}))).collect();
-    alerts::insert_events_many(conn, &entries, now, "covered", "fleetwatch").await?;
-    Ok(covered)
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let pairs: Vec<(i64, i64)> = ids.into_iter().map(|id| (id, by)).collect();
+    let covered = cover_many(conn, &pairs, now).await?;
+    Ok(covered.into_iter().map(|(id, _)| id).collect())
 }
 
 /// [`cover`] for many outages at once: `(alert, outage)` pairs, each alert in at most one.

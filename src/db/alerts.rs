@@ -655,27 +655,8 @@ pub async fn firing_id(
     .await
 }
 
-/// Cover the firing alerts among `ids` not yet covered by outage `by`. Returns the ids newly
-/// covered.
-pub async fn cover(
-    conn: &mut PgConnection,
-    ids: &[i64],
-    by: i64,
-    now: DateTime<Utc>,
-) -> sqlx::Result<Vec<i64>> {
-    sqlx::query_scalar(
-        r#"update alerts set covered_by = $2, updated_at = $3
-           where id = any($1) and covered_by is null and status = 'firing' and id <> $2
-           returning id"#,
-    )
-    .bind(ids)
-    .bind(by)
-    .bind(now)
-    .fetch_all(conn)
-    .await
-}
-
-/// [`cover`] for `(alert, outage)` pairs in one statement. Returns the pairs newly covered.
+/// Cover each firing alert of `(alert, outage)` pairs not yet covered by the outage (never
+/// itself), in one statement. Returns the pairs newly covered.
 pub async fn cover_many(
     conn: &mut PgConnection,
     pairs: &[(i64, i64)],
