@@ -9,7 +9,7 @@
 mod common;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use common::alerts::device_alert;
+use common::alerts::{device_alert, group_alert};
 use fleetwatch::alerts::lifecycle::{self, AlertSpec, Fired};
 use fleetwatch::alerts::outbox;
 use fleetwatch::config::{HumanDuration, WebhookConfig};
@@ -199,6 +199,7 @@ async fn fire_many_of_nothing_writes_nothing(pool: PgPool) {
 /// new ones in the insert, the updated, unchanged and reopened ones beside `fire`.
 #[sqlx::test(migrations = "./migrations")]
 async fn fire_many_writes_each_gap_memory_new_or_not(pool: PgPool) {
+    use fleetwatch::alerts::lifecycle::GapOpening;
     use fleetwatch::db::detector::GapMemory;
     use fleetwatch::domain::device::Gap;
     let many = specs("gap", 6);
@@ -214,12 +215,19 @@ async fn fire_many_writes_each_gap_memory_new_or_not(pool: PgPool) {
             last_device_ts: (i != 5).then(|| t0() - TimeDelta::minutes(20 + i)),
         })
         .collect();
+    let gaps: Vec<GapOpening> = memory
+        .iter()
+        .map(|m| GapOpening {
+            memory: *m,
+            covered_by: None,
+        })
+        .collect();
     let mut tx = pool.begin().await.unwrap();
     let fired = lifecycle::fire_many(
         &mut tx,
         Kind::HeartbeatGap,
         &many,
-        Some(&memory),
+        Some(&gaps),
         t0(),
         REOPEN,
     )
@@ -239,5 +247,95 @@ async fn fire_many_writes_each_gap_memory_new_or_not(pool: PgPool) {
             .unwrap();
         assert_eq!(class.as_deref(), Some(m.class.as_str()), "{f:?}");
         assert_eq!((data, device), (m.last_data_at, m.last_device_ts), "{f:?}");
+    }
+}
+
+/// A gap that names its covering outage (`GapOpening::covered_by`: its building is dark) is
+/// covered whichever way it fired, with one `covered` entry after its `opened`, `reopened` or
+/// `updated` one, as `fire` then `cover` would write; a gap that names none is not.
+#[sqlx::test(migrations = "./migrations")]
+async fn fire_many_covers_each_gap_that_names_its_outage(pool: PgPool) {
+    use fleetwatch::alerts::lifecycle::GapOpening;
+    use fleetwatch::db::detector::GapMemory;
+    use fleetwatch::domain::device::Gap;
+    let many = specs("gap", 6);
+    history(&pool, &many).await;
+    let mut tx = pool.begin().await.unwrap();
+    let outage = group_alert(Kind::GroupOutage, "g0");
+    let outage = lifecycle::fire(&mut tx, &outage, t0(), REOPEN)
+        .await
+        .unwrap()
+        .id();
+    let gaps: Vec<GapOpening> = (0..many.len())
+        .map(|i| GapOpening {
+            memory: GapMemory {
+                class: Gap::Silent,
+                last_data_at: None,
+                last_device_ts: None,
+            },
+            covered_by: (i != 5).then_some(outage),
+        })
+        .collect();
+    let fired = lifecycle::fire_many(
+        &mut tx,
+        Kind::HeartbeatGap,
+        &many,
+        Some(&gaps),
+        t0(),
+        REOPEN,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let kinds: Vec<&str> = fired
+        .iter()
+        .map(|f| match f {
+            Fired::Opened(_) => "opened",
+            Fired::Reopened(_) => "reopened",
+            Fired::Updated(_) => "updated",
+            Fired::Unchanged(_) => "unchanged",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "updated",
+            "unchanged",
+            "reopened",
+            "opened",
+            "opened",
+            "opened"
+        ]
+    );
+    for (i, f) in fired.iter().enumerate() {
+        let covered_by: Option<i64> =
+            sqlx::query_scalar("select covered_by from alerts where id = $1")
+                .bind(f.id())
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let trail: Vec<(String, Value)> = sqlx::query_as(
+            "select type, details from alert_events where alert_id = $1 and at = $2 order by id",
+        )
+        .bind(f.id())
+        .bind(t0())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let types: Vec<&str> = trail.iter().map(|(t, _)| t.as_str()).collect();
+        let first = match kinds[i] {
+            "unchanged" => vec![],
+            k => vec![k],
+        };
+        if i == 5 {
+            assert_eq!(covered_by, None);
+            assert_eq!(types, first, "{i}");
+        } else {
+            assert_eq!(covered_by, Some(outage), "{i}");
+            let mut expected = first;
+            expected.push("covered");
+            assert_eq!(types, expected, "{i}");
+            assert_eq!(trail.last().unwrap().1, json!({"by": outage}));
+        }
     }
 }

@@ -651,3 +651,104 @@ async fn ungrouped_devices_only_count_for_the_fleet(pool: PgPool) {
     let f = &alerts(&pool, Kind::FleetOutage).await[0];
     assert_eq!(f.details["groups"], json!({"(none)": 10}));
 }
+
+/// Make `ids` silent as of `now`: connected, last data 40 minutes ago, due now.
+async fn go_dark(pool: &PgPool, ids: &[String], now: DateTime<Utc>) {
+    sqlx::query(
+        r#"update devices set connected = true, conn_event_ts = $2 - interval '50 minutes',
+                              last_impression_at = $2 - interval '40 minutes',
+                              last_device_ts = $2 - interval '40 minutes', deadline_at = $2
+           where id = any($1)"#,
+    )
+    .bind(ids)
+    .bind(now)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Through the detector: gaps that open in a building that is dark open covered by its
+/// outage, fired or updated just before them in the same tick (`grouping::fire_ahead`), so
+/// that a mass gap writes each gap once (issue 12). The trails are what opening then covering
+/// wrote before, the group pass after finds nothing to change, and a building below the
+/// threshold stays uncovered.
+#[sqlx::test(migrator = "fleetwatch::db::MIGRATOR")]
+async fn gaps_in_a_dark_building_open_covered(pool: PgPool) {
+    use fleetwatch::detect::Detector;
+    use fleetwatch::ingest::health::IngestStatus;
+    let d = Detector::new(pool.clone(), settings(), TimeDelta::seconds(20));
+    let b: Vec<Vec<String>> = {
+        let mut b = Vec::new();
+        for g in ["b1", "b2", "b3"] {
+            group(&pool, g, &g.to_uppercase(), "UTC").await;
+            b.push(devices(&pool, g, g, 5).await);
+        }
+        b
+    };
+    // a large building that stays fine: ten dark screens are no fleet outage
+    group(&pool, "hq", "HQ", "UTC").await;
+    devices(&pool, "hq", "hq", 40).await;
+    d.tick(&IngestStatus::Healthy, t(9, 0)).await.unwrap();
+
+    // 10:00, B2: three screens go dark, the threshold: an outage and its gaps in one tick
+    go_dark(&pool, &b[1][..3], t(10, 0)).await;
+    let out = d.tick(&IngestStatus::Healthy, t(10, 0)).await.unwrap();
+    assert_eq!(out.heartbeat.opened.len(), 3);
+    assert_eq!(out.grouping.fired, vec![fired(Kind::GroupOutage, "b2")]);
+    assert_eq!(out.grouping.covered, 3);
+
+    // 10:05, all of B1 and two more of B2 go dark, and two of B3 (below the threshold)
+    let mut dark: Vec<String> = b[0].clone();
+    dark.extend_from_slice(&b[1][3..]);
+    dark.extend_from_slice(&b[2][..2]);
+    go_dark(&pool, &dark, t(10, 5)).await;
+    let before = event_count(&pool).await;
+    let out = d.tick(&IngestStatus::Healthy, t(10, 5)).await.unwrap();
+    assert_eq!(out.heartbeat.opened.len(), 9);
+    assert_eq!(out.grouping.fired, vec![fired(Kind::GroupOutage, "b1")]);
+    assert_eq!(out.grouping.covered, 7);
+
+    let outages = alerts(&pool, Kind::GroupOutage).await;
+    let id = |g: &str| outages.iter().find(|o| o.subject == g).unwrap().id;
+    assert_eq!(outages.len(), 2);
+    for (building, outage) in [(&b[0], Some(id("b1"))), (&b[1], Some(id("b2")))] {
+        for dev in building {
+            let gap = gap_of(&pool, dev).await;
+            assert_eq!(gap.covered_by, outage, "{dev}");
+            assert_eq!(
+                event_types(&pool, gap.id).await,
+                ["opened", "covered"],
+                "{dev}"
+            );
+        }
+    }
+    // and each gap row was written once: the version its opening transaction wrote (the
+    // transaction of its `opened` entry) is the one that stands, not rewritten by a cover
+    let rewritten: Vec<String> = sqlx::query_scalar(
+        r#"select a.subject from alerts a join alert_events e on e.alert_id = a.id
+           where a.kind = 'heartbeat_gap' and e.type = 'opened' and a.xmin <> e.xmin"#,
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(rewritten.is_empty(), "{rewritten:?}");
+    for dev in &b[2][..2] {
+        let gap = gap_of(&pool, dev).await;
+        assert_eq!(gap.covered_by, None, "{dev}");
+        assert_eq!(event_types(&pool, gap.id).await, ["opened"], "{dev}");
+    }
+    // B2's outage was updated once, ahead of its two new gaps, and lists all five
+    assert_eq!(event_types(&pool, id("b2")).await, ["opened", "updated"]);
+    assert_eq!(event_types(&pool, id("b1")).await, ["opened"]);
+    let b2 = outages.iter().find(|o| o.subject == "b2").unwrap();
+    assert_eq!(strings(&b2.details["devices"]), b[1]);
+    assert!(b2.summary.contains("5 devices"), "{}", b2.summary);
+    // nine gaps opened (9 entries), seven covered (7), one outage opened, one updated
+    assert_eq!(event_count(&pool).await - before, 9 + 7 + 2);
+
+    // a tick later nothing new: the group pass writes nothing
+    let before = event_count(&pool).await;
+    let out = d.tick(&IngestStatus::Healthy, t(10, 6)).await.unwrap();
+    assert_eq!(out.grouping, Outcome::default());
+    assert_eq!(event_count(&pool).await, before);
+}

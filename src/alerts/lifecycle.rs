@@ -4,7 +4,7 @@
 //! its own transaction (with the device state change that caused them); later the notification
 //! outbox rows ([`super::outbox`]) are written in that same transaction too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
@@ -81,8 +81,7 @@ pub async fn fire(
 ) -> sqlx::Result<Fired> {
     let firing = alerts::lock_firing(conn, spec.kind, &spec.subject).await?;
     if let Some((id, summary, details, severity)) = firing {
-        if summary == spec.summary && details == spec.details && severity == spec.severity.as_str()
-        {
+        if says(spec, &summary, &details, &severity) {
             return Ok(Fired::Unchanged(id));
         }
         refire(conn, id, spec, now, "updated").await?;
@@ -122,19 +121,36 @@ pub async fn fire(
     Ok(Fired::Opened(id))
 }
 
+/// What the heartbeat pass writes with each gap alert it fires ([`fire_many`]'s `gaps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GapOpening {
+    /// What the gap is measured from, written with the alert, new or not
+    /// ([`detector::remember_gap`]).
+    pub memory: GapMemory,
+    /// The outage that covers it from its first moment (its building is dark,
+    /// `detect::grouping::fire_ahead`): written with a new alert, [`cover_many`] for another.
+    pub covered_by: Option<i64>,
+}
+
+/// Whether a firing alert's (summary, details, severity) already say what `spec` says.
+fn says(spec: &AlertSpec, summary: &str, details: &Value, severity: &str) -> bool {
+    summary == spec.summary && *details == spec.details && severity == spec.severity.as_str()
+}
+
 /// [`fire`] for many specs of one kind, in the caller's transaction: the same alerts, trail
 /// entries and notifications as calling `fire` for each, in a fixed number of statements for
-/// the subjects that open a new alert (issue 12: a mass gap opens thousands of heartbeat alerts
-/// in one detector pass, and one round trip each made that tens of seconds). Subjects with a
-/// firing alert, or one resolved within `reopen_window`, go through `fire` one by one.
-/// Subjects must be distinct. `gaps`, for heartbeat gaps, is what the heartbeat pass measures
-/// each spec's gap from (in the order of `specs`): written with each alert, new or not
-/// ([`detector::remember_gap`]). Returns what happened to each spec, in order.
+/// the subjects that open a new alert and those firing unchanged (issue 12: a mass gap opens
+/// thousands of heartbeat alerts in one detector pass, and a region's outage keeps a thousand
+/// building outages firing tick after tick; one round trip each made that seconds). Subjects
+/// whose firing alert changes, or with one resolved within `reopen_window`, go through `fire`
+/// one by one. Subjects must be distinct. `gaps`, for heartbeat gaps, is what the heartbeat
+/// pass writes with each spec's alert (in the order of `specs`). Returns what happened to each
+/// spec, in order.
 pub async fn fire_many(
     conn: &mut PgConnection,
     kind: Kind,
     specs: &[AlertSpec],
-    gaps: Option<&[GapMemory]>,
+    gaps: Option<&[GapOpening]>,
     now: DateTime<Utc>,
     reopen_window: TimeDelta,
 ) -> sqlx::Result<Vec<Fired>> {
@@ -142,25 +158,34 @@ pub async fn fire_many(
     debug_assert!(gaps.is_none_or(|g| g.len() == specs.len()));
     let gap_of = |i: usize| gaps.map(|g| g[i]);
     let subjects: Vec<&str> = specs.iter().map(|s| s.subject.as_str()).collect();
-    let existing: HashSet<String> =
-        alerts::subjects_with_recent(conn, kind, &subjects, now - reopen_window)
+    let existing: HashMap<String, Option<alerts::FiringSpec>> =
+        alerts::recent_subjects(conn, kind, &subjects, now - reopen_window)
             .await?
             .into_iter()
             .collect();
     let mut fired: HashMap<&str, Fired> = HashMap::new();
+    let mut covers: Vec<(i64, i64)> = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
-        if existing.contains(&spec.subject) {
-            let f = fire(conn, spec, now, reopen_window).await?;
-            if let Some(m) = gap_of(i) {
-                detector::remember_gap(&mut *conn, f.id(), &m).await?;
+        let Some(firing) = existing.get(&spec.subject) else {
+            continue;
+        };
+        // Nothing is written to an alert that already says it, so it needs no lock.
+        let f = match firing {
+            Some((id, summary, details, severity)) if says(spec, summary, details, severity) => {
+                Fired::Unchanged(*id)
             }
-            fired.insert(&spec.subject, f);
+            _ => fire(conn, spec, now, reopen_window).await?,
+        };
+        if let Some(g) = gap_of(i) {
+            detector::remember_gap(&mut *conn, f.id(), &g.memory).await?;
+            covers.extend(g.covered_by.map(|by| (f.id(), by)));
         }
+        fired.insert(&spec.subject, f);
     }
     let new: Vec<NewFiring<'_>> = specs
         .iter()
         .enumerate()
-        .filter(|(_, s)| !existing.contains(&s.subject))
+        .filter(|(_, s)| !existing.contains_key(&s.subject))
         .map(|(i, s)| NewFiring {
             subject: &s.subject,
             device_id: s.device_id.as_deref(),
@@ -168,7 +193,8 @@ pub async fn fire_many(
             severity: s.severity,
             summary: &s.summary,
             details: &s.details,
-            gap: gap_of(i),
+            gap: gap_of(i).map(|g| g.memory),
+            covered_by: gap_of(i).and_then(|g| g.covered_by),
         })
         .collect();
     if !new.is_empty() {
@@ -181,12 +207,21 @@ pub async fn fire_many(
             .map(|n| (ids[n.subject], json!({"summary": n.summary})))
             .collect();
         alerts::insert_events_many(conn, &entries, now, "opened", "fleetwatch").await?;
+        // Covered in the insert; the trail says so as `cover_many` would.
+        let covered: Vec<(i64, Value)> = new
+            .iter()
+            .filter_map(|n| Some((ids[n.subject], json!({"by": n.covered_by?}))))
+            .collect();
+        if !covered.is_empty() {
+            alerts::insert_events_many(conn, &covered, now, "covered", "fleetwatch").await?;
+        }
         let opened: Vec<i64> = entries.iter().map(|e| e.0).collect();
         outbox::notify_many(conn, &opened, Change::Fired, now).await?;
         for n in &new {
             fired.insert(n.subject, Fired::Opened(ids[n.subject]));
         }
     }
+    cover_many(conn, &covers, now).await?;
     Ok(specs.iter().map(|s| fired[s.subject.as_str()]).collect())
 }
 

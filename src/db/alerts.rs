@@ -310,6 +310,8 @@ pub struct FiringGap {
     pub reporting: bool,
     /// The network its device's last connection came from (`devices.network`), if known.
     pub network: Option<String>,
+    /// Whether an outage covers it already.
+    pub covered: bool,
 }
 
 /// A firing group or fleet outage.
@@ -338,6 +340,21 @@ pub async fn firing_gaps_and_outages(conn: impl PgExecutor<'_>) -> sqlx::Result<
 /// Every firing heartbeat gap, oldest first, with when it last became firing and whether its
 /// device counts as reporting.
 pub async fn firing_gaps(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<FiringGap>> {
+    firing_gaps_where(conn, None).await
+}
+
+/// [`firing_gaps`] of the devices in `groups` only (the groups a tick's openings fall in).
+pub async fn firing_gaps_in_groups(
+    conn: impl PgExecutor<'_>,
+    groups: &[&str],
+) -> sqlx::Result<Vec<FiringGap>> {
+    firing_gaps_where(conn, Some(groups)).await
+}
+
+async fn firing_gaps_where(
+    conn: impl PgExecutor<'_>,
+    groups: Option<&[&str]>,
+) -> sqlx::Result<Vec<FiringGap>> {
     sqlx::query_as(
         r#"select a.id, a.device_id, a.group_id,
                   coalesce((select max(e.at) from alert_events e
@@ -345,11 +362,13 @@ pub async fn firing_gaps(conn: impl PgExecutor<'_>) -> sqlx::Result<Vec<FiringGa
                            a.opened_at) as since,
                   coalesce(d.retired_at is null and d.state not in ('never_seen', 'retired'),
                            false) as reporting,
-                  d.network
+                  d.network, a.covered_by is not null as covered
            from alerts a left join devices d on d.id = a.device_id
            where a.kind = 'heartbeat_gap' and a.status = 'firing'
+             and ($1::text[] is null or a.group_id = any($1))
            order by a.id"#,
     )
+    .bind(groups)
     .fetch_all(conn)
     .await
 }
@@ -502,6 +521,8 @@ pub struct NewFiring<'a> {
     /// A heartbeat gap's memory, written with the alert (a separate update of thousands of
     /// fresh rows cost a fifth of a mass gap's tick).
     pub gap: Option<GapMemory>,
+    /// The outage that covers it from the start (a gap opening in a building that is dark).
+    pub covered_by: Option<i64>,
 }
 
 /// [`insert_firing`] for many alerts of one kind in one statement. Returns (subject, id) of
@@ -520,13 +541,13 @@ pub async fn insert_firing_many(
     sqlx::query_as(
         r#"insert into alerts (kind, subject, device_id, group_id, severity, status, opened_at,
                                summary, details, updated_at, gap_class, gap_last_data_at,
-                               gap_last_device_ts)
+                               gap_last_device_ts, covered_by)
            select $1, subject, device_id, group_id, severity, 'firing', $2, summary, details, $2,
-                  gap_class, gap_last_data_at, gap_last_device_ts
+                  gap_class, gap_last_data_at, gap_last_device_ts, covered_by
            from unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::jsonb[],
-                       $9::text[], $10::timestamptz[], $11::timestamptz[])
+                       $9::text[], $10::timestamptz[], $11::timestamptz[], $12::bigint[])
                 as u(subject, device_id, group_id, severity, summary, details, gap_class,
-                     gap_last_data_at, gap_last_device_ts)
+                     gap_last_data_at, gap_last_device_ts, covered_by)
            returning subject, id"#,
     )
     .bind(kind.as_str())
@@ -540,6 +561,7 @@ pub async fn insert_firing_many(
     .bind(column!(|a| a.gap.map(|g| g.class.as_str())))
     .bind(column!(|a| a.gap.and_then(|g| g.last_data_at)))
     .bind(column!(|a| a.gap.and_then(|g| g.last_device_ts)))
+    .bind(column!(|a| a.covered_by))
     .fetch_all(conn)
     .await
 }
@@ -569,24 +591,54 @@ pub async fn insert_events_many(
     Ok(())
 }
 
+/// A firing alert's (id, summary, details, severity): what [`crate::alerts::lifecycle::fire`]
+/// compares a spec with.
+pub type FiringSpec = (i64, String, Value, String);
+
 /// The subjects among `subjects` that have an alert of `kind` firing, or one that resolved at
 /// or after `since`: [`crate::alerts::lifecycle::fire`] must update or reopen those, not open.
-pub async fn subjects_with_recent(
+/// Each with its firing alert, if it has one (read, not locked).
+pub async fn recent_subjects(
     conn: &mut PgConnection,
     kind: Kind,
     subjects: &[&str],
     since: DateTime<Utc>,
-) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(
-        r#"select distinct subject from alerts
+) -> sqlx::Result<Vec<(String, Option<FiringSpec>)>> {
+    type Row = (
+        String,
+        Option<i64>,
+        Option<String>,
+        Option<Value>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        r#"select distinct on (subject) subject,
+                  case when status = 'firing' then id end,
+                  case when status = 'firing' then summary end,
+                  case when status = 'firing' then details end,
+                  case when status = 'firing' then severity end
+           from alerts
            where kind = $1 and subject = any($2)
-             and (status = 'firing' or resolved_at >= $3)"#,
+             and (status = 'firing' or resolved_at >= $3)
+           order by subject, status = 'firing' desc"#,
     )
     .bind(kind.as_str())
     .bind(subjects)
     .bind(since)
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(subject, id, summary, details, severity)| {
+            let firing = match (id, summary, details, severity) {
+                (Some(id), Some(summary), Some(details), Some(severity)) => {
+                    Some((id, summary, details, severity))
+                }
+                _ => None,
+            };
+            (subject, firing)
+        })
+        .collect())
 }
 
 /// [`snapshot`] of many alerts, in one statement (missing ids are left out).

@@ -6,6 +6,9 @@
 //! their own.
 //!
 //! Runs after the heartbeat pass of each detector tick, in one transaction, with `now` injected.
+//! The heartbeat pass asks first ([`fire_ahead`]) which group outages the gaps it is about to
+//! open make or grow, and those fire just before the gaps, which open covered: the group pass
+//! then finds them saying what it would say, and covers only what is not covered yet.
 //!
 //! Rules:
 //! - A group outage fires when at least `group_outage_devices` firing gap alerts of one group
@@ -58,6 +61,17 @@ pub struct Outcome {
     pub covered: usize,
     /// Alerts released by a resolved outage.
     pub uncovered: usize,
+}
+
+impl Outcome {
+    /// Add what another part of the same tick did (the outages [`fire_ahead`] fired, the gaps
+    /// that opened covered).
+    pub fn absorb(&mut self, other: Outcome) {
+        self.fired.extend(other.fired);
+        self.resolved.extend(other.resolved);
+        self.covered += other.covered;
+        self.uncovered += other.uncovered;
+    }
 }
 
 /// The fleet outage's subject.
@@ -156,7 +170,7 @@ async fn tick_in(
         // cover (`cover` skips it) and the building is covered by the fleet, so one
         // notification still speaks for all of them.
         let mut ids = alerts::firing_group_and_network_outage_ids(&mut *conn).await?;
-        ids.extend(gaps.iter().map(|g| g.id));
+        ids.extend(uncovered(gaps.iter()));
         out.covered += lifecycle::cover(conn, &ids, id, now).await?.len();
     }
     Ok(out)
@@ -171,12 +185,7 @@ async fn group_pass(
     firing: &BTreeMap<String, Outage>,
     out: &mut Outcome,
 ) -> anyhow::Result<()> {
-    let mut by_group: BTreeMap<&str, Vec<&Gap>> = BTreeMap::new();
-    for g in gaps {
-        if let Some(group) = g.group_id.as_deref() {
-            by_group.entry(group).or_default().push(g);
-        }
-    }
+    let by_group = by_group(gaps);
     // Groups whose outage is firing while none of their devices is in a gap any more must be
     // visited too, to resolve.
     let groups: BTreeSet<&str> = by_group
@@ -185,9 +194,124 @@ async fn group_pass(
         .chain(firing.keys().map(String::as_str))
         .collect();
     let names = group_names(conn, &groups).await?;
+    let plan = plan_groups(s, &by_group, &groups, firing, &names);
+    for (o, summary, still) in plan.resolve {
+        resolve_outage(conn, o, Kind::GroupOutage, summary, &still, now, out).await?;
+    }
+    let fired = fire_groups(conn, s, &plan.fire, now, out).await?;
+    let mut covers: Vec<(i64, i64)> = Vec::new();
+    for ((_, members), id) in plan.fire.iter().zip(fired) {
+        covers.extend(
+            uncovered(members.iter().copied())
+                .into_iter()
+                .map(|m| (m, id)),
+        );
+    }
+    out.covered += lifecycle::cover_many(conn, &covers, now).await?.len();
+    Ok(())
+}
 
-    let mut to_fire: Vec<(AlertSpec, Vec<i64>)> = Vec::new();
-    for group in groups {
+/// A gap alert the heartbeat pass is about to open in a group, for [`fire_ahead`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewGap<'a> {
+    pub device_id: &'a str,
+    pub group_id: &'a str,
+}
+
+/// Fire, before the heartbeat pass opens `openings`, the group outages the group pass of this
+/// tick would fire or update with them (their buildings are dark), so that the gaps open
+/// covered: a mass gap's gaps are written once, not written and then covered (an update of
+/// every new alert row that no index spares: a third of the tick, issue 12). Returns the
+/// covering outage of each group that has one, which the gaps must name. The group pass that
+/// follows the heartbeat pass finds the same outages saying the same, and writes nothing more.
+///
+/// The plan is the group pass's ([`plan_groups`]) over the firing gaps of these groups plus
+/// the openings, each starting `now` (as the alerts opened `now` will). Resolving is left to
+/// the group pass. One transaction, committed before the gaps are opened: a gap that then
+/// fails to open (ingest moved its device meanwhile) leaves its outage listing it until the
+/// group pass of the tick rewrites or resolves it.
+pub async fn fire_ahead(
+    pool: &PgPool,
+    s: &Settings,
+    openings: &[NewGap<'_>],
+    now: DateTime<Utc>,
+) -> anyhow::Result<(BTreeMap<String, i64>, Outcome)> {
+    let mut out = Outcome::default();
+    let groups: BTreeSet<&str> = openings.iter().map(|o| o.group_id).collect();
+    if groups.is_empty() {
+        return Ok((BTreeMap::new(), out));
+    }
+    let mut tx = pool.begin().await?;
+    let list: Vec<&str> = groups.iter().copied().collect();
+    let mut gaps = alerts::firing_gaps_in_groups(&mut *tx, &list).await?;
+    let firing: BTreeMap<String, Outage> = alerts::firing_outages(&mut *tx)
+        .await?
+        .into_iter()
+        .filter(|o| o.kind == Kind::GroupOutage.as_str() && groups.contains(o.subject.as_str()))
+        .map(|o| (o.subject.clone(), o))
+        .collect();
+    // Openings stand in with ids no alert has: the plan's members are told apart by them.
+    gaps.extend(openings.iter().zip(1..).map(|(o, i)| Gap {
+        id: -i,
+        device_id: Some(o.device_id.to_string()),
+        group_id: Some(o.group_id.to_string()),
+        since: now,
+        reporting: true,
+        network: None,
+        covered: false,
+    }));
+    let by_group = by_group(&gaps);
+    let names = group_names(&mut tx, &groups).await?;
+    let mut plan = plan_groups(s, &by_group, &groups, &firing, &names);
+    plan.fire
+        .retain(|(_, members)| members.iter().any(|m| m.id < 0));
+    if plan.fire.is_empty() {
+        return Ok((BTreeMap::new(), out));
+    }
+    let fired = fire_groups(&mut tx, s, &plan.fire, now, &mut out).await?;
+    tx.commit().await?;
+    let covering = plan
+        .fire
+        .iter()
+        .zip(fired)
+        .map(|((spec, _), id)| (spec.subject.clone(), id))
+        .collect();
+    Ok((covering, out))
+}
+
+/// What the group rule makes of the firing gaps by group.
+struct GroupPlan<'a> {
+    /// Firing outages to resolve, with their summary and the devices still silent.
+    resolve: Vec<(&'a Outage, String, Vec<String>)>,
+    /// Outages that fire (open, reopen, update or stay), with the gap alerts each covers.
+    fire: Vec<(AlertSpec, Vec<&'a Gap>)>,
+}
+
+/// The firing gaps of devices in a group, by group.
+fn by_group(gaps: &[Gap]) -> BTreeMap<&str, Vec<&Gap>> {
+    let mut by_group: BTreeMap<&str, Vec<&Gap>> = BTreeMap::new();
+    for g in gaps {
+        if let Some(group) = g.group_id.as_deref() {
+            by_group.entry(group).or_default().push(g);
+        }
+    }
+    by_group
+}
+
+/// The group rule (module doc) over `groups`, their firing gaps `by_group` and their firing
+/// outages.
+fn plan_groups<'a>(
+    s: &Settings,
+    by_group: &BTreeMap<&str, Vec<&'a Gap>>,
+    groups: &BTreeSet<&str>,
+    firing: &'a BTreeMap<String, Outage>,
+    names: &BTreeMap<String, (String, String)>,
+) -> GroupPlan<'a> {
+    let mut plan = GroupPlan {
+        resolve: Vec::new(),
+        fire: Vec::new(),
+    };
+    for &group in groups {
         let members = by_group.get(group).map(Vec::as_slice).unwrap_or_default();
         let existing = firing.get(group);
         let count = members.len() as i64;
@@ -196,12 +320,12 @@ async fn group_pass(
             // until fewer than half of the threshold are still dark.
             Some(o) if count * 2 < s.group_outage_devices => {
                 let still: Vec<String> = device_list(members);
-                let name = display_name(&names, group);
+                let name = display_name(names, group);
                 let summary = format!(
                     "Building {name}: outage over, {} still silent",
                     plural(still.len(), "device")
                 );
-                resolve_outage(conn, o, Kind::GroupOutage, summary, &still, now, out).await?;
+                plan.resolve.push((o, summary, still));
                 continue;
             }
             Some(o) => kept_since(Some(o)).unwrap_or_else(|| earliest(members)),
@@ -213,7 +337,7 @@ async fn group_pass(
             }
         };
         let devices = device_list(members);
-        let name = display_name(&names, group);
+        let name = display_name(names, group);
         let group_json = match names.get(group) {
             Some((n, tz)) => json!({"id": group, "name": n, "time_zone": tz}),
             None => json!({"id": group, "name": group, "time_zone": null}),
@@ -236,19 +360,31 @@ async fn group_pass(
                 "since": at(since),
             }),
         };
-        to_fire.push((spec, members.iter().map(|g| g.id).collect()));
+        plan.fire.push((spec, members.to_vec()));
     }
-    // Fired together: a region going dark darkens hundreds of buildings in one pass.
-    let specs: Vec<AlertSpec> = to_fire.iter().map(|(spec, _)| spec.clone()).collect();
+    plan
+}
+
+/// Fire the planned group outages together (a region going dark darkens hundreds of buildings
+/// in one pass). Returns their ids, in order.
+async fn fire_groups(
+    conn: &mut PgConnection,
+    s: &Settings,
+    fire: &[(AlertSpec, Vec<&Gap>)],
+    now: DateTime<Utc>,
+    out: &mut Outcome,
+) -> anyhow::Result<Vec<i64>> {
+    let specs: Vec<AlertSpec> = fire.iter().map(|(spec, _)| spec.clone()).collect();
     let fired =
         lifecycle::fire_many(conn, Kind::GroupOutage, &specs, None, now, s.reopen_window).await?;
-    let mut covers: Vec<(i64, i64)> = Vec::new();
-    for ((spec, members), f) in to_fire.iter().zip(&fired) {
-        record_fired(spec, *f, out);
-        covers.extend(members.iter().map(|m| (*m, f.id())));
-    }
-    out.covered += lifecycle::cover_many(conn, &covers, now).await?.len();
-    Ok(())
+    Ok(specs
+        .iter()
+        .zip(fired)
+        .map(|(spec, f)| {
+            record_fired(spec, f, out);
+            f.id()
+        })
+        .collect())
 }
 
 /// Fire, resolve and cover the network outages (carrier outages across buildings).
@@ -363,10 +499,19 @@ async fn network_pass(
             })
             .map(|o| o.id)
             .collect();
-        ids.extend(members.iter().map(|g| g.id));
+        ids.extend(uncovered(members.iter().copied()));
         out.covered += lifecycle::cover(conn, &ids, id, now).await?.len();
     }
     Ok(())
+}
+
+/// The ids of the gaps no outage covers yet: only those need covering (a building's gaps
+/// mostly open covered, and in a long outage the same gaps are looked at every tick).
+fn uncovered<'a>(gaps: impl IntoIterator<Item = &'a Gap>) -> Vec<i64> {
+    gaps.into_iter()
+        .filter(|g| !g.covered)
+        .map(|g| g.id)
+        .collect()
 }
 
 /// The groups where more than half of the firing gaps are of `network`'s devices: a group
@@ -642,6 +787,7 @@ mod tests {
             since: DateTime::<Utc>::UNIX_EPOCH + TimeDelta::minutes(minute),
             reporting: true,
             network: Some("carrier".into()),
+            covered: false,
         }
     }
 

@@ -13,20 +13,21 @@
 //! deadline passed (`db::detector::due_devices`), evaluates them and applies each decision
 //! with a conditional update: a decision that reclassifies or resolves an alert in its own
 //! transaction with the alert's change; the openings in transactions of up to [`OPEN_CHUNK`]
-//! devices, a few statements each (a mass gap opens thousands at once); all the others (a
-//! device rescheduled, or late) in one statement per pass, still conditional per row (issue 12:
-//! at a million devices, healthy devices come due by the thousand every second). The queries
-//! are in `db::detector`.
+//! devices, a few statements each (a mass gap opens thousands at once), covered from the start
+//! by their building's outage where one fires or grows with them ([`grouping::fire_ahead`],
+//! just before); all the others (a device rescheduled, or late) in one statement per pass,
+//! still conditional per row (issue 12: at a million devices, healthy devices come due by the
+//! thousand every second). The queries are in `db::detector`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::future::join_all;
 use serde_json::json;
 use sqlx::PgPool;
 
-use super::{at, Settings};
-use crate::alerts::lifecycle::{self, AlertSpec};
+use super::{at, grouping, Settings};
+use crate::alerts::lifecycle::{self, AlertSpec, GapOpening};
 use crate::db::detector::{self, DueDevice, GapMemory, StateWrite};
 use crate::domain::alert::Kind;
 use crate::domain::schedule::QuietHours;
@@ -47,6 +48,10 @@ pub struct Outcome {
     /// Groups (not from the configuration) whose stored time zone or quiet hours did not
     /// parse, each with what it fell back to: the fleet's time zone, no quiet hours.
     pub unusable_group_settings: Vec<String>,
+    /// The group outages fired ahead of the openings ([`grouping::fire_ahead`]) and the gaps
+    /// that opened covered by them: the grouping's part of the tick, which
+    /// [`super::Detector::tick`] moves into its grouping outcome.
+    pub grouping: grouping::Outcome,
 }
 
 /// A group's time zone and quiet hours, parsed.
@@ -235,18 +240,31 @@ pub async fn run_due(
         let updated = detector::set_states_if_unchanged(pool, &writes, now).await?;
         out.raced += plain.len() - updated.len();
     }
+    // Gaps opening in a dark building open covered by its outage, fired first.
+    let new_gaps: Vec<grouping::NewGap<'_>> = opening
+        .iter()
+        .filter_map(|o| {
+            Some(grouping::NewGap {
+                device_id: &o.row.id,
+                group_id: o.row.group_id.as_deref()?,
+            })
+        })
+        .collect();
+    let (covering, ahead) = grouping::fire_ahead(pool, s, &new_gaps, now).await?;
+    out.grouping = ahead;
     // Chunks are disjoint sets of devices and of new alerts, so two transactions never wait
     // on each other, and each locks its devices in id order as ingest does.
     let size = chunk_size(opening.len());
     for round in opening.chunks(size * OPEN_CONCURRENCY) {
         let mut at_once = Vec::with_capacity(OPEN_CONCURRENCY);
         for chunk in round.chunks(size) {
-            at_once.push(open_gaps(pool, s, chunk, now));
+            at_once.push(open_gaps(pool, s, chunk, &covering, now));
         }
         for done in join_all(at_once).await {
-            let (opened, raced) = done?;
+            let (opened, raced, covered) = done?;
             out.opened.extend(opened);
             out.raced += raced;
+            out.grouping.covered += covered;
         }
     }
     Ok(out)
@@ -284,13 +302,15 @@ struct Opening {
 /// one statement, then for those ingest did not move meanwhile the alerts
 /// ([`lifecycle::fire_many`]: trail and outbox rows too, and what each gap is measured from).
 /// What opening one device in its own transaction would write, for a few statements per chunk.
-/// Returns the devices whose gap opened and how many raced ingest.
+/// A gap in a group of `covering` (group → outage) opens covered by its outage. Returns the
+/// devices whose gap opened, how many raced ingest and how many opened covered.
 async fn open_gaps(
     pool: &PgPool,
     s: &Settings,
     chunk: &[Opening],
+    covering: &BTreeMap<String, i64>,
     now: DateTime<Utc>,
-) -> anyhow::Result<(Vec<String>, usize)> {
+) -> anyhow::Result<(Vec<String>, usize, usize)> {
     let mut tx = pool.begin().await?;
     let writes: Vec<StateWrite<'_>> = chunk
         .iter()
@@ -322,27 +342,36 @@ async fn open_gaps(
             details: gap_details(&o.row, o.class, &o.e),
         })
         .collect();
-    // What each gap is measured from until it resolves (a reopened alert starts anew).
-    let memory: Vec<GapMemory> = opened
+    // What each gap is measured from until it resolves (a reopened alert starts anew), and
+    // the outage that covers it.
+    let gaps: Vec<GapOpening> = opened
         .iter()
-        .map(|o| GapMemory {
-            class: o.class,
-            last_data_at: o.row.last_impression_at,
-            last_device_ts: o.row.last_device_ts,
+        .map(|o| GapOpening {
+            memory: GapMemory {
+                class: o.class,
+                last_data_at: o.row.last_impression_at,
+                last_device_ts: o.row.last_device_ts,
+            },
+            covered_by: o
+                .row
+                .group_id
+                .as_ref()
+                .and_then(|g| covering.get(g).copied()),
         })
         .collect();
-    let gaps = Some(memory.as_slice());
+    let covered = gaps.iter().filter(|g| g.covered_by.is_some()).count();
     lifecycle::fire_many(
         &mut tx,
         Kind::HeartbeatGap,
         &specs,
-        gaps,
+        Some(&gaps),
         now,
         s.reopen_window,
     )
     .await?;
     tx.commit().await?;
-    Ok((opened.iter().map(|o| o.row.id.clone()).collect(), raced))
+    let opened = opened.iter().map(|o| o.row.id.clone()).collect();
+    Ok((opened, raced, covered))
 }
 
 /// What a decision does to its device's open gap alert, one device at a time ([`apply`]); the

@@ -244,6 +244,8 @@ impl Detector {
         out.heartbeat = heartbeat::run_due(&self.pool, &self.settings, restart, now).await?;
         out.connection = connection::tick(&self.pool, &self.settings, now).await?;
         out.grouping = grouping::tick(&self.pool, &self.settings, now).await?;
+        out.grouping
+            .absorb(std::mem::take(&mut out.heartbeat.grouping));
         out.anomaly = anomaly::tick(&self.pool, &self.settings, now).await?;
         Ok(out)
     }
