@@ -10,7 +10,7 @@ mod common;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use common::alerts::{device_alert, group_alert};
-use fleetwatch::alerts::lifecycle::{self, AlertSpec, Fired};
+use fleetwatch::alerts::lifecycle::{self, AlertSpec, Fired, GapOpening};
 use fleetwatch::alerts::outbox;
 use fleetwatch::config::{HumanDuration, WebhookConfig};
 use fleetwatch::domain::alert::Kind;
@@ -75,6 +75,29 @@ async fn history(pool: &PgPool, specs: &[AlertSpec]) {
         }
     }
     tx.commit().await.unwrap();
+}
+
+/// What happened to each spec, by name.
+fn kinds(fired: &[Fired]) -> Vec<&'static str> {
+    fired
+        .iter()
+        .map(|f| match f {
+            Fired::Opened(_) => "opened",
+            Fired::Reopened(_) => "reopened",
+            Fired::Updated(_) => "updated",
+            Fired::Unchanged(_) => "unchanged",
+        })
+        .collect()
+}
+
+/// `fire_many` of heartbeat gaps with what the heartbeat pass writes beside each, committed.
+async fn fire_gaps(pool: &PgPool, specs: &[AlertSpec], gaps: &[GapOpening]) -> Vec<Fired> {
+    let mut tx = pool.begin().await.unwrap();
+    let fired = lifecycle::fire_many(&mut tx, Kind::HeartbeatGap, specs, Some(gaps), t0(), REOPEN)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    fired
 }
 
 /// Every row the pass wrote for `prefix`, with the prefix and the ids taken out.
@@ -152,16 +175,6 @@ async fn fire_many_writes_what_fire_one_by_one_writes(pool: PgPool) {
         .unwrap();
     tx.commit().await.unwrap();
 
-    let kinds = |f: &[Fired]| -> Vec<&'static str> {
-        f.iter()
-            .map(|f| match f {
-                Fired::Opened(_) => "opened",
-                Fired::Reopened(_) => "reopened",
-                Fired::Updated(_) => "updated",
-                Fired::Unchanged(_) => "unchanged",
-            })
-            .collect()
-    };
     assert_eq!(kinds(&by_many), kinds(&by_one));
     assert_eq!(
         &kinds(&by_many)[..5],
@@ -199,7 +212,6 @@ async fn fire_many_of_nothing_writes_nothing(pool: PgPool) {
 /// new ones in the insert, the updated, unchanged and reopened ones beside `fire`.
 #[sqlx::test(migrations = "./migrations")]
 async fn fire_many_writes_each_gap_memory_new_or_not(pool: PgPool) {
-    use fleetwatch::alerts::lifecycle::GapOpening;
     use fleetwatch::db::detector::GapMemory;
     use fleetwatch::domain::device::Gap;
     let many = specs("gap", 6);
@@ -222,18 +234,7 @@ async fn fire_many_writes_each_gap_memory_new_or_not(pool: PgPool) {
             covered_by: None,
         })
         .collect();
-    let mut tx = pool.begin().await.unwrap();
-    let fired = lifecycle::fire_many(
-        &mut tx,
-        Kind::HeartbeatGap,
-        &many,
-        Some(&gaps),
-        t0(),
-        REOPEN,
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let fired = fire_gaps(&pool, &many, &gaps).await;
     assert!(matches!(fired[2], Fired::Reopened(_)));
     assert!(matches!(fired[4], Fired::Opened(_)));
     for (f, m) in fired.iter().zip(&memory) {
@@ -255,7 +256,6 @@ async fn fire_many_writes_each_gap_memory_new_or_not(pool: PgPool) {
 /// `updated` one, as `fire` then `cover` would write; a gap that names none is not.
 #[sqlx::test(migrations = "./migrations")]
 async fn fire_many_covers_each_gap_that_names_its_outage(pool: PgPool) {
-    use fleetwatch::alerts::lifecycle::GapOpening;
     use fleetwatch::db::detector::GapMemory;
     use fleetwatch::domain::device::Gap;
     let many = specs("gap", 6);
@@ -266,6 +266,7 @@ async fn fire_many_covers_each_gap_that_names_its_outage(pool: PgPool) {
         .await
         .unwrap()
         .id();
+    tx.commit().await.unwrap();
     let gaps: Vec<GapOpening> = (0..many.len())
         .map(|i| GapOpening {
             memory: GapMemory {
@@ -276,28 +277,10 @@ async fn fire_many_covers_each_gap_that_names_its_outage(pool: PgPool) {
             covered_by: (i != 5).then_some(outage),
         })
         .collect();
-    let fired = lifecycle::fire_many(
-        &mut tx,
-        Kind::HeartbeatGap,
-        &many,
-        Some(&gaps),
-        t0(),
-        REOPEN,
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    let kinds: Vec<&str> = fired
-        .iter()
-        .map(|f| match f {
-            Fired::Opened(_) => "opened",
-            Fired::Reopened(_) => "reopened",
-            Fired::Updated(_) => "updated",
-            Fired::Unchanged(_) => "unchanged",
-        })
-        .collect();
+    let fired = fire_gaps(&pool, &many, &gaps).await;
+    let how = kinds(&fired);
     assert_eq!(
-        kinds,
+        how,
         [
             "updated",
             "unchanged",
@@ -323,7 +306,7 @@ async fn fire_many_covers_each_gap_that_names_its_outage(pool: PgPool) {
         .await
         .unwrap();
         let types: Vec<&str> = trail.iter().map(|(t, _)| t.as_str()).collect();
-        let first = match kinds[i] {
+        let first = match how[i] {
             "unchanged" => vec![],
             k => vec![k],
         };
