@@ -146,8 +146,17 @@ async fn tick_in(
         }
     }
 
-    group_pass(conn, s, now, &gaps, &group_outages, &mut out).await?;
-    network_pass(conn, s, now, &gaps, &network_outages, &mut out).await?;
+    let groups_dark = group_pass(conn, s, now, &gaps, &group_outages, &mut out).await?;
+    network_pass(
+        conn,
+        s,
+        now,
+        &gaps,
+        &network_outages,
+        &groups_dark,
+        &mut out,
+    )
+    .await?;
 
     if fleet_outage.is_some() || fleet.should_fire() {
         let since = kept_since(fleet_outage.as_ref()).unwrap_or(fleet.since);
@@ -176,7 +185,8 @@ async fn tick_in(
     Ok(out)
 }
 
-/// Fire, resolve and cover the group outages.
+/// Fire, resolve and cover the group outages. Returns the group outages firing after it, by
+/// group.
 async fn group_pass(
     conn: &mut PgConnection,
     s: &Settings,
@@ -184,7 +194,7 @@ async fn group_pass(
     gaps: &[Gap],
     firing: &BTreeMap<String, Outage>,
     out: &mut Outcome,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<BTreeMap<String, i64>> {
     let by_group = by_group(gaps);
     // Groups whose outage is firing while none of their devices is in a gap any more must be
     // visited too, to resolve.
@@ -200,15 +210,17 @@ async fn group_pass(
     }
     let fired = fire_groups(conn, s, &plan.fire, now, out).await?;
     let mut covers: Vec<(i64, i64)> = Vec::new();
-    for ((_, members), id) in plan.fire.iter().zip(fired) {
+    let mut outages = BTreeMap::new();
+    for ((spec, members), id) in plan.fire.iter().zip(fired) {
         covers.extend(
             uncovered(members.iter().copied())
                 .into_iter()
                 .map(|m| (m, id)),
         );
+        outages.insert(spec.subject.clone(), id);
     }
     out.covered += lifecycle::cover_many(conn, &covers, now).await?.len();
-    Ok(())
+    Ok(outages)
 }
 
 /// A gap alert the heartbeat pass is about to open in a group, for [`fire_ahead`].
@@ -289,13 +301,21 @@ struct GroupPlan<'a> {
 
 /// The firing gaps of devices in a group, by group.
 fn by_group(gaps: &[Gap]) -> BTreeMap<&str, Vec<&Gap>> {
-    let mut by_group: BTreeMap<&str, Vec<&Gap>> = BTreeMap::new();
+    bucket(gaps.iter(), |g| g.group_id.as_deref())
+}
+
+/// `gaps` by `key`, leaving out those without one.
+fn bucket<'a>(
+    gaps: impl Iterator<Item = &'a Gap>,
+    key: impl Fn(&'a Gap) -> Option<&'a str>,
+) -> BTreeMap<&'a str, Vec<&'a Gap>> {
+    let mut buckets: BTreeMap<&str, Vec<&Gap>> = BTreeMap::new();
     for g in gaps {
-        if let Some(group) = g.group_id.as_deref() {
-            by_group.entry(group).or_default().push(g);
+        if let Some(k) = key(g) {
+            buckets.entry(k).or_default().push(g);
         }
     }
-    by_group
+    buckets
 }
 
 /// The group rule (module doc) over `groups`, their firing gaps `by_group` and their firing
@@ -387,21 +407,20 @@ async fn fire_groups(
         .collect())
 }
 
-/// Fire, resolve and cover the network outages (carrier outages across buildings).
+/// Fire, resolve and cover the network outages (carrier outages across buildings), after the
+/// group pass (`group_outages`: the group outages firing after it, by group).
 async fn network_pass(
     conn: &mut PgConnection,
     s: &Settings,
     now: DateTime<Utc>,
     gaps: &[Gap],
     firing: &BTreeMap<String, Outage>,
+    group_outages: &BTreeMap<String, i64>,
     out: &mut Outcome,
 ) -> anyhow::Result<()> {
-    let mut by_network: BTreeMap<&str, Vec<&Gap>> = BTreeMap::new();
-    for g in gaps.iter().filter(|g| g.reporting) {
-        if let Some(network) = g.network.as_deref() {
-            by_network.entry(network).or_default().push(g);
-        }
-    }
+    let by_network = bucket(gaps.iter().filter(|g| g.reporting), |g| {
+        g.network.as_deref()
+    });
     // Only networks that could fire, or are firing, are counted: one indexed count each.
     let candidates: BTreeSet<&str> = by_network
         .iter()
@@ -490,14 +509,9 @@ async fn network_pass(
         let id = fire(conn, &spec, s, now, out).await?;
         // The group outages it explains are covered with their gaps (which they cover), the
         // network's other gaps directly; `cover` leaves alone what is covered already.
-        let explained = explained_groups(gaps, network);
-        let mut ids: Vec<i64> = alerts::firing_outages(&mut *conn)
-            .await?
+        let mut ids: Vec<i64> = explained_groups(gaps, network)
             .into_iter()
-            .filter(|o| {
-                o.kind == Kind::GroupOutage.as_str() && explained.contains(o.subject.as_str())
-            })
-            .map(|o| o.id)
+            .filter_map(|g| group_outages.get(g).copied())
             .collect();
         ids.extend(uncovered(members.iter().copied()));
         out.covered += lifecycle::cover(conn, &ids, id, now).await?.len();
