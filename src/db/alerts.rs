@@ -618,8 +618,7 @@ pub async fn recent_subjects(
         r#"select s.subject, a.id, a.summary, a.details, a.severity
            from unnest($2::text[]) as s(subject)
            cross join lateral (
-               select status = 'firing' as firing,
-                      case when status = 'firing' then id end as id,
+               select case when status = 'firing' then id end as id,
                       case when status = 'firing' then summary end as summary,
                       case when status = 'firing' then details end as details,
                       case when status = 'firing' then severity end as severity
