@@ -208,16 +208,15 @@ async fn group_pass(
     for (o, summary, still) in plan.resolve {
         resolve_outage(conn, o, Kind::GroupOutage, summary, &still, now, out).await?;
     }
-    let fired = fire_groups(conn, s, &plan.fire, now, out).await?;
+    let outages = fire_groups(conn, s, &plan.fire, now, out).await?;
     let mut covers: Vec<(i64, i64)> = Vec::new();
-    let mut outages = BTreeMap::new();
-    for ((spec, members), id) in plan.fire.iter().zip(fired) {
+    for (spec, members) in &plan.fire {
+        let id = outages[&spec.subject];
         covers.extend(
             uncovered(members.iter().copied())
                 .into_iter()
                 .map(|m| (m, id)),
         );
-        outages.insert(spec.subject.clone(), id);
     }
     out.covered += lifecycle::cover_many(conn, &covers, now).await?.len();
     Ok(outages)
@@ -280,14 +279,8 @@ pub async fn fire_ahead(
     if plan.fire.is_empty() {
         return Ok((BTreeMap::new(), out));
     }
-    let fired = fire_groups(&mut tx, s, &plan.fire, now, &mut out).await?;
+    let covering = fire_groups(&mut tx, s, &plan.fire, now, &mut out).await?;
     tx.commit().await?;
-    let covering = plan
-        .fire
-        .iter()
-        .zip(fired)
-        .map(|((spec, _), id)| (spec.subject.clone(), id))
-        .collect();
     Ok((covering, out))
 }
 
@@ -386,23 +379,23 @@ fn plan_groups<'a>(
 }
 
 /// Fire the planned group outages together (a region going dark darkens hundreds of buildings
-/// in one pass). Returns their ids, in order.
+/// in one pass). Returns each one's id by group.
 async fn fire_groups(
     conn: &mut PgConnection,
     s: &Settings,
     fire: &[(AlertSpec, Vec<&Gap>)],
     now: DateTime<Utc>,
     out: &mut Outcome,
-) -> anyhow::Result<Vec<i64>> {
+) -> anyhow::Result<BTreeMap<String, i64>> {
     let specs: Vec<AlertSpec> = fire.iter().map(|(spec, _)| spec.clone()).collect();
     let fired =
         lifecycle::fire_many(conn, Kind::GroupOutage, &specs, None, now, s.reopen_window).await?;
     Ok(specs
-        .iter()
+        .into_iter()
         .zip(fired)
         .map(|(spec, f)| {
-            record_fired(spec, f, out);
-            f.id()
+            record_fired(&spec, f, out);
+            (spec.subject, f.id())
         })
         .collect())
 }
